@@ -1,0 +1,357 @@
+//! Calling Warren procedures (or any tutorial-style RPC server) over RabbitMQ.
+//!
+//! An [`RpcClient`] owns one connection and one exclusive, server-named
+//! callback queue. Any number of calls can be in flight at once: each gets
+//! a fresh `correlation_id`, and one background task routes replies back to
+//! the call waiting for them. Replies that match no waiting call (late
+//! replies to calls that timed out, strays) are dropped.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), warren_client::CallError> {
+//! use std::time::Duration;
+//! use warren_client::{Call, RpcClient};
+//!
+//! let client = RpcClient::connect("amqp://guest:guest@127.0.0.1:5672/%2f", "rpc_queue").await?;
+//! let reply = client.call(Call::new("30").timeout(Duration::from_secs(5))).await?;
+//! assert_eq!(reply.body, b"832040");
+//! # Ok(()) }
+//! ```
+//!
+//! The wire contract (headers, error kinds) lives in `warren-protocol`,
+//! re-exported here as [`protocol`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::StreamExt as _;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+pub use warren_protocol as protocol;
+use warren_protocol::{
+    ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
+    HEADER_RPC_STATUS, RpcError, STATUS_ERROR, header_text, redact_url, set_header_text,
+};
+
+/// Default time to wait for a reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One request to make: a body, optionally a procedure, and a timeout.
+#[derive(Debug, Clone)]
+pub struct Call {
+    body: Vec<u8>,
+    procedure: Option<String>,
+    timeout: Duration,
+}
+
+impl Call {
+    /// A call with `body`, the host's default procedure and [`DEFAULT_TIMEOUT`].
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Call {
+            body: body.into(),
+            procedure: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Runs procedure `name` (sent as the `x-procedure` header).
+    pub fn procedure(mut self, name: impl Into<String>) -> Self {
+        self.procedure = Some(name.into());
+        self
+    }
+
+    /// Gives up after `timeout`. The request carries the same `expiration`,
+    /// so the broker discards it if no host picks it up in time.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The reply body, exactly as the procedure returned it.
+    pub body: Vec<u8>,
+    /// The procedure that answered (absent from non-Warren servers).
+    pub procedure: Option<String>,
+    /// `sha256:<hex>` of the module that answered (absent from non-Warren servers).
+    pub digest: Option<String>,
+}
+
+/// Why a call produced no successful reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The procedure (or the host on its behalf) answered with an error.
+    #[error("{error}")]
+    Rpc {
+        /// Kind and message, as sent by the host.
+        error: RpcError,
+        /// The procedure that answered, if the host said.
+        procedure: Option<String>,
+    },
+    /// No reply arrived in time; `diagnosis` says what is known about why.
+    #[error("no reply within {}: {diagnosis}", humantime::format_duration(*.waited))]
+    Timeout {
+        /// How long the call waited.
+        waited: Duration,
+        /// What the client found out about the queue.
+        diagnosis: String,
+    },
+    /// The broker could not be reached or refused the connection.
+    #[error("cannot reach the broker at {url}: {source}")]
+    Connect {
+        /// The broker URL, password hidden.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The connection failed after it was made.
+    #[error("{context}: {source}")]
+    Broker {
+        /// What the client was doing.
+        context: &'static str,
+        /// What went wrong.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The connection to the broker closed while the call was waiting.
+    #[error("the connection to the broker closed before a reply arrived")]
+    Disconnected,
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<lapin::message::Delivery>>>>;
+
+/// A connection to the broker for making calls; cheap to share behind an `Arc`.
+pub struct RpcClient {
+    connection: Connection,
+    channel: Channel,
+    queue: String,
+    callback_queue: ShortString,
+    pending: Pending,
+    router: JoinHandle<()>,
+}
+
+impl RpcClient {
+    /// Connects to `url` and sets up the callback queue for calls to `queue`.
+    pub async fn connect(url: &str, queue: &str) -> Result<Self, CallError> {
+        let connect_error = |source| CallError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        let properties = ConnectionProperties::default().with_connection_name("warren".into());
+        let connection = Connection::connect(url, properties)
+            .await
+            .map_err(connect_error)?;
+        let broker = |context| move |source| CallError::Broker { context, source };
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(broker("opening a channel"))?;
+        // Server-named, exclusive, auto-deleted: private to this client and
+        // gone when it disconnects.
+        let callback = channel
+            .queue_declare(
+                ShortString::default(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker("declaring the callback queue"))?;
+        let callback_queue = callback.name().clone();
+        let consumer = channel
+            .basic_consume(
+                callback_queue.clone(),
+                ShortString::default(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker("consuming the callback queue"))?;
+        let pending: Pending = Arc::default();
+        let router = tokio::spawn(route_replies(consumer, pending.clone()));
+        Ok(RpcClient {
+            connection,
+            channel,
+            queue: queue.to_owned(),
+            callback_queue,
+            pending,
+            router,
+        })
+    }
+
+    /// The request queue calls go to.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Makes one call and waits for its reply.
+    pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let (sender, receiver) = oneshot::channel();
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(correlation_id.clone(), sender);
+        // Whatever happens next, the entry must not outlive this call.
+        let _forget = ForgetOnDrop {
+            pending: &self.pending,
+            correlation_id: &correlation_id,
+        };
+
+        let mut properties = BasicProperties::default()
+            .with_reply_to(self.callback_queue.clone())
+            .with_correlation_id(correlation_id.as_str().into())
+            .with_expiration(call.timeout.as_millis().max(1).to_string().into());
+        if let Some(name) = &call.procedure {
+            let mut headers = FieldTable::default();
+            set_header_text(&mut headers, HEADER_PROCEDURE, name);
+            properties = properties.with_headers(headers);
+        }
+        self.channel
+            .basic_publish(
+                ShortString::default(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &call.body,
+                properties,
+            )
+            .await
+            .map_err(|source| CallError::Broker {
+                context: "publishing the request",
+                source,
+            })?;
+
+        match tokio::time::timeout(call.timeout, receiver).await {
+            Ok(Ok(delivery)) => interpret_reply(delivery),
+            Ok(Err(_closed)) => Err(CallError::Disconnected),
+            Err(_elapsed) => Err(CallError::Timeout {
+                waited: call.timeout,
+                diagnosis: self.diagnose_silence().await,
+            }),
+        }
+    }
+
+    /// Closes the connection (the callback queue goes with it).
+    pub async fn close(self) {
+        let _ = self
+            .connection
+            .close(200, "warren client done".into())
+            .await;
+        self.router.abort();
+    }
+
+    /// Explains a timeout in words: is anyone consuming the queue at all?
+    async fn diagnose_silence(&self) -> String {
+        let queue = &self.queue;
+        // A passive declare of a missing queue closes the channel it runs on,
+        // so ask on a throwaway channel.
+        let Ok(probe) = self.connection.create_channel().await else {
+            return "the connection to the broker is no longer usable".to_owned();
+        };
+        let answer = probe
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let diagnosis = match answer {
+            Err(_) => format!(
+                "queue {queue:?} does not exist, so no host is serving it \
+                 (start warren-host, or check --queue)"
+            ),
+            Ok(info) if info.consumer_count() == 0 => format!(
+                "no host is consuming queue {queue:?} (it has 0 consumers; start warren-host, \
+                 or check --queue)"
+            ),
+            Ok(info) => format!(
+                "{} consumer(s) on queue {queue:?} did not answer in time (busy, or a slow \
+                 procedure; try a longer --timeout)",
+                info.consumer_count()
+            ),
+        };
+        let _ = probe.close(200, "probe done".into()).await;
+        diagnosis
+    }
+}
+
+impl Drop for RpcClient {
+    fn drop(&mut self) {
+        self.router.abort();
+    }
+}
+
+/// Removes a call's entry from the pending map when the call ends.
+struct ForgetOnDrop<'a> {
+    pending: &'a Pending,
+    correlation_id: &'a str,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(self.correlation_id);
+        }
+    }
+}
+
+/// Hands each reply to the call waiting for its `correlation_id`. When the
+/// consumer ends, the pending senders drop and their calls see `Disconnected`.
+async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let Some(id) = delivery.properties.correlation_id().as_ref() else {
+            tracing::debug!("dropping a reply without correlation_id");
+            continue;
+        };
+        let waiting = pending.lock().expect("pending lock").remove(id.as_str());
+        match waiting {
+            Some(sender) => {
+                let _ = sender.send(delivery);
+            }
+            None => {
+                tracing::debug!(correlation_id = %id, "dropping a reply no call is waiting for")
+            }
+        }
+    }
+    pending.lock().expect("pending lock").clear();
+}
+
+/// Turns a reply message into a [`Reply`] or the error it reports. A reply
+/// without `x-rpc-status` (a plain tutorial server) counts as success.
+fn interpret_reply(delivery: lapin::message::Delivery) -> Result<Reply, CallError> {
+    let headers = delivery.properties.headers().as_ref();
+    let procedure = header_text(headers, HEADER_PROCEDURE);
+    let digest = header_text(headers, HEADER_PROCEDURE_DIGEST);
+    if header_text(headers, HEADER_RPC_STATUS).as_deref() == Some(STATUS_ERROR) {
+        let error = match ErrorBody::from_json(&delivery.data) {
+            Some(body) => body.error,
+            None => RpcError::new(
+                header_text(headers, HEADER_RPC_ERROR)
+                    .and_then(|kind| kind.parse().ok())
+                    .unwrap_or(ErrorKind::Internal),
+                String::from_utf8_lossy(&delivery.data).into_owned(),
+            ),
+        };
+        return Err(CallError::Rpc { error, procedure });
+    }
+    Ok(Reply {
+        body: delivery.data,
+        procedure,
+        digest,
+    })
+}

@@ -1,0 +1,115 @@
+//! `warren-host` options: each has a default and a line in `--help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE};
+
+use crate::sandbox::Limits;
+
+/// Runs RPC requests from a RabbitMQ queue through sandboxed WebAssembly
+/// components, and replies to each caller's `reply_to` queue.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "warren-host", version, about, long_about = None)]
+pub struct HostConfig {
+    /// Broker to connect to. The password is never logged.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+
+    /// Queue to consume requests from (declared like the tutorial's server:
+    /// classic, not durable, not exclusive, not auto-delete).
+    #[arg(long, default_value = DEFAULT_QUEUE)]
+    pub queue: String,
+
+    /// Folder of procedures: every NAME.wasm in it is procedure NAME. Files
+    /// created, replaced or deleted there take effect within a second.
+    #[arg(long, default_value = "modules")]
+    pub modules_dir: PathBuf,
+
+    /// Procedure for requests without an `x-procedure` header
+    /// [default: the only loaded module, when exactly one is loaded].
+    #[arg(long)]
+    pub default_procedure: Option<String>,
+
+    /// Requests run at once [default: the number of cores].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
+
+    /// Wall-clock budget of one request, e.g. 500ms, 10s, 2m.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Linear memory one request may use, e.g. 64MiB, 1GiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_memory: u64,
+
+    /// Largest request body accepted; larger ones get `request-too-large`
+    /// without running the procedure.
+    #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+    pub max_request_bytes: u64,
+
+    /// Largest reply body sent; larger ones become `reply-too-large`.
+    #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+    pub max_reply_bytes: u64,
+
+    /// Guest stdout and stderr kept per request (logged at debug level);
+    /// the rest is dropped.
+    #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
+    pub max_output_bytes: u64,
+}
+
+impl HostConfig {
+    /// Options for a host on `queue` serving `modules_dir`, all else default.
+    /// Handy for tests and embedding.
+    pub fn new(queue: impl Into<String>, modules_dir: impl Into<PathBuf>) -> Self {
+        let mut config = HostConfig::parse_from(["warren-host"]);
+        config.queue = queue.into();
+        config.modules_dir = modules_dir.into();
+        config
+    }
+
+    /// The sandbox limits these options describe.
+    pub fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        Limits {
+            timeout: self.timeout,
+            max_memory: self.max_memory,
+            max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
+            max_reply_bytes: usize::try_from(self.max_reply_bytes).unwrap_or(usize::MAX),
+            max_output_bytes: usize::try_from(self.max_output_bytes).unwrap_or(usize::MAX),
+            concurrency: self.concurrency.map_or(defaults.concurrency, usize::from),
+        }
+    }
+}
+
+/// Parses `64MiB`, `4 MB`, `1048576` into bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    text.parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|e| format!("{e} (write a size like 64MiB, 4MB or 1048576)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let config = HostConfig::new("q", "m");
+        let limits = config.limits();
+        assert_eq!(limits.timeout, Duration::from_secs(10));
+        assert_eq!(limits.max_memory, 64 << 20);
+        assert_eq!(limits.max_request_bytes, 4 << 20);
+        assert_eq!(limits.max_reply_bytes, 4 << 20);
+        assert!(limits.concurrency >= 1);
+    }
+
+    #[test]
+    fn sizes_parse_in_iec_and_si_units() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("4MB"), Ok(4_000_000));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert!(parse_bytes("lots").is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! One request, from body to reply, with no AMQP in sight.
+//!
+//! The AMQP layer hands over the requested procedure name and the body; the
+//! [`Dispatcher`] picks the procedure, checks the size, runs the sandbox and
+//! returns a [`Reply`] that the AMQP layer turns into a message. Keeping
+//! this apart from the broker keeps every rule about *what* is answered in
+//! one small place.
+
+use std::sync::Arc;
+
+use warren_protocol::{ErrorKind, RpcError};
+
+use crate::modules::Registry;
+use crate::sandbox::Sandbox;
+
+/// What to send back for one request.
+#[derive(Debug)]
+pub struct Reply {
+    /// The procedure that answered, or the one asked for if none could.
+    pub procedure: Option<String>,
+    /// Digest of the module that ran, when one did (or would have).
+    pub digest: Option<String>,
+    /// The reply body, or why there is none.
+    pub outcome: Result<Vec<u8>, RpcError>,
+}
+
+/// Routes requests to procedures and runs them.
+pub struct Dispatcher {
+    registry: Arc<Registry>,
+    sandbox: Arc<Sandbox>,
+    default_procedure: Option<String>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `registry`; `default_procedure` answers requests
+    /// that name none (when `None`, the only loaded procedure does).
+    pub fn new(
+        registry: Arc<Registry>,
+        sandbox: Arc<Sandbox>,
+        default_procedure: Option<String>,
+    ) -> Self {
+        Dispatcher {
+            registry,
+            sandbox,
+            default_procedure,
+        }
+    }
+
+    /// Answers one request. `label` identifies it in the logs.
+    pub async fn handle(&self, requested: Option<&str>, body: Vec<u8>, label: &str) -> Reply {
+        let chosen = match requested {
+            Some(name) => self.registry.get(name).ok_or_else(|| {
+                format!(
+                    "no procedure named {name:?} on this host{}",
+                    self.registry.describe()
+                )
+            }),
+            None => self
+                .registry
+                .default_procedure(self.default_procedure.as_deref()),
+        };
+        let procedure = match chosen {
+            Ok(procedure) => procedure,
+            Err(message) => {
+                return Reply {
+                    procedure: requested.map(str::to_owned),
+                    digest: None,
+                    outcome: Err(RpcError::new(ErrorKind::NoProcedure, message)),
+                };
+            }
+        };
+        let max_request_bytes = self.sandbox.limits().max_request_bytes;
+        let outcome = if body.len() > max_request_bytes {
+            Err(RpcError::new(
+                ErrorKind::RequestTooLarge,
+                format!(
+                    "the request is {} bytes; this host accepts at most {} (--max-request-bytes)",
+                    body.len(),
+                    max_request_bytes
+                ),
+            ))
+        } else {
+            self.sandbox.run(&procedure.component, body, label).await
+        };
+        Reply {
+            procedure: Some(procedure.name.clone()),
+            digest: Some(procedure.digest.clone()),
+            outcome,
+        }
+    }
+}

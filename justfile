@@ -1,0 +1,57 @@
+# Warren: run RPC procedures as sandboxed WebAssembly components over RabbitMQ.
+# `just` lists the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+amqp_url := env_var_or_default("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+wasm_target := "wasm32-wasip2"
+guest_out := "target/" + wasm_target + "/release"
+
+# List the recipes.
+default:
+    @just --list
+
+# Add the wasm32-wasip2 target if rustup does not have it yet.
+target:
+    @rustup target list --installed | grep -qx {{wasm_target}} || rustup target add {{wasm_target}}
+
+# Build the fib guest for wasm32-wasip2 (release) and install it as modules/fib.wasm.
+build-guest: target
+    cargo build -p guest-fib --target {{wasm_target}} --release
+    mkdir -p modules
+    install -m 0644 {{guest_out}}/guest_fib.wasm modules/fib.wasm.tmp
+    mv -f modules/fib.wasm.tmp modules/fib.wasm
+    @echo "installed modules/fib.wasm"
+
+# Build the host and the client.
+build:
+    cargo build --workspace
+
+# Make sure a RabbitMQ broker answers on 127.0.0.1:5672, starting a local one if installed.
+broker:
+    @scripts/ensure-broker
+
+# Run the host in the foreground (Ctrl-C stops it gracefully).
+host *ARGS: build-guest broker
+    cargo run -q -p warren-host -- {{ARGS}}
+
+# Call fib(N) through the client.
+fib N:
+    cargo run -q -p warren-client --bin warren -- fib {{N}}
+
+# Call a procedure with a raw body: just call BODY [--procedure NAME]
+call *ARGS:
+    cargo run -q -p warren-client --bin warren -- call {{ARGS}}
+
+# Everything end to end: build, broker, host, fib 30, a hot swap, stop.
+demo: build-guest build broker
+    scripts/demo
+
+# The whole test suite against the real broker (guest built first).
+test: build-guest broker
+    cargo test --workspace --all-targets
+
+# Formatting and lints, as CI wants them.
+check:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings

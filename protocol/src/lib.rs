@@ -1,0 +1,268 @@
+//! The Warren wire contract, defined once for the host, the client and the docs.
+//!
+//! Warren keeps the RabbitMQ tutorial's RPC pattern unchanged: a caller
+//! publishes a request to a queue (default [`DEFAULT_QUEUE`]) with `reply_to`
+//! naming its callback queue and a `correlation_id`; a host publishes the
+//! reply to `reply_to` through the default exchange with the same
+//! `correlation_id`. Everything Warren adds travels in message headers, so a
+//! caller that ignores headers (like the tutorial's `rpc_client.py`) still
+//! works:
+//!
+//! | header | on | value |
+//! |---|---|---|
+//! | [`HEADER_PROCEDURE`] | request (optional), every reply | procedure name |
+//! | [`HEADER_PROCEDURE_DIGEST`] | every reply that ran a module | `sha256:` + hex of the module bytes |
+//! | [`HEADER_RPC_STATUS`] | every reply | [`STATUS_OK`] or [`STATUS_ERROR`] |
+//! | [`HEADER_RPC_ERROR`] | error replies | an [`ErrorKind`] |
+//!
+//! A success body is exactly what the procedure returned. An error body is
+//! JSON (`{"error":{"kind":"…","message":"…"}}`, content type
+//! [`ERROR_CONTENT_TYPE`]) and never a bare number, so an old caller that
+//! parses the body as an integer fails loudly instead of reading a wrong answer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use lapin::types::{AMQPValue, FieldTable};
+use serde::{Deserialize, Serialize};
+
+/// Queue the seed programs use, and Warren's default.
+pub const DEFAULT_QUEUE: &str = "rpc_queue";
+/// Broker URL used when neither `--amqp-url` nor `AMQP_URL` is given.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Request header choosing the procedure; echoed on every reply.
+pub const HEADER_PROCEDURE: &str = "x-procedure";
+/// Reply header: `sha256:<hex>` of the module that answered.
+pub const HEADER_PROCEDURE_DIGEST: &str = "x-procedure-digest";
+/// Reply header: [`STATUS_OK`] or [`STATUS_ERROR`].
+pub const HEADER_RPC_STATUS: &str = "x-rpc-status";
+/// Reply header on errors: the [`ErrorKind`] as text.
+pub const HEADER_RPC_ERROR: &str = "x-rpc-error";
+
+/// Value of [`HEADER_RPC_STATUS`] when the procedure returned `ok`.
+pub const STATUS_OK: &str = "ok";
+/// Value of [`HEADER_RPC_STATUS`] for every other outcome.
+pub const STATUS_ERROR: &str = "error";
+/// Content type of an error reply body.
+pub const ERROR_CONTENT_TYPE: &str = "application/json";
+
+/// Why a request did not produce a procedure's `ok` result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The procedure ran and returned `err(message)`.
+    ProcedureError,
+    /// The request ran past the host's wall-clock budget.
+    Timeout,
+    /// The procedure tried to grow its memory past the host's limit.
+    MemoryLimit,
+    /// The procedure trapped (panic, `unreachable`, stack overflow, …).
+    Trap,
+    /// No procedure by the requested name (or no default) is loaded.
+    NoProcedure,
+    /// The request body is larger than the host accepts; the guest never ran.
+    RequestTooLarge,
+    /// The procedure returned more bytes than the host may send back.
+    ReplyTooLarge,
+    /// The host itself failed; the message says what it was doing.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::ProcedureError,
+        ErrorKind::Timeout,
+        ErrorKind::MemoryLimit,
+        ErrorKind::Trap,
+        ErrorKind::NoProcedure,
+        ErrorKind::RequestTooLarge,
+        ErrorKind::ReplyTooLarge,
+        ErrorKind::Internal,
+    ];
+
+    /// The kind as it appears in [`HEADER_RPC_ERROR`] and the JSON body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ProcedureError => "procedure-error",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::MemoryLimit => "memory-limit",
+            ErrorKind::Trap => "trap",
+            ErrorKind::NoProcedure => "no-procedure",
+            ErrorKind::RequestTooLarge => "request-too-large",
+            ErrorKind::ReplyTooLarge => "reply-too-large",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Returned when text names no [`ErrorKind`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownErrorKind(pub String);
+
+impl fmt::Display for UnknownErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown error kind {:?}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownErrorKind {}
+
+impl FromStr for ErrorKind {
+    type Err = UnknownErrorKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| UnknownErrorKind(s.to_owned()))
+    }
+}
+
+/// The JSON body of an error reply: `{"error":{"kind":"…","message":"…"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: RpcError,
+}
+
+/// An error outcome of one request: its kind and a message for people.
+///
+/// The host builds one for every failed request; the client hands it to the
+/// caller. It is the inside of [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcError {
+    /// Machine-readable kind; the same value as [`HEADER_RPC_ERROR`].
+    pub kind: ErrorKind,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl RpcError {
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RpcError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+impl ErrorBody {
+    /// An error body of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: RpcError::new(kind, message),
+        }
+    }
+
+    /// The body as sent on the wire.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an ErrorBody always serialises")
+    }
+
+    /// Parses a body received on the wire; `None` if it is not an error body.
+    pub fn from_json(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+}
+
+/// Reads a text header, whichever AMQP string type the sender used
+/// (pika sends long strings, some clients short strings or byte arrays).
+pub fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    let value = headers?.inner().get(name)?;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        _ => None,
+    }
+}
+
+/// Sets a text header, creating the table if needed.
+pub fn set_header_text(headers: &mut FieldTable, name: &str, value: &str) {
+    headers.insert(name.into(), AMQPValue::LongString(value.into()));
+}
+
+/// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`, so a
+/// broker URL can be logged or shown in an error without its password.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
+    }
+
+    use super::*;
+
+    #[test]
+    fn error_kinds_round_trip_through_text() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(kind.as_str().parse::<ErrorKind>(), Ok(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+        assert!("nope".parse::<ErrorKind>().is_err());
+    }
+
+    #[test]
+    fn error_body_has_the_documented_shape() {
+        let body = ErrorBody::new(ErrorKind::Timeout, "took too long").to_json();
+        assert_eq!(
+            String::from_utf8(body.clone()).unwrap(),
+            r#"{"error":{"kind":"timeout","message":"took too long"}}"#
+        );
+        assert_eq!(
+            ErrorBody::from_json(&body).unwrap().error.kind,
+            ErrorKind::Timeout
+        );
+        assert!(ErrorBody::from_json(b"832040").is_none());
+    }
+
+    #[test]
+    fn headers_read_back_whatever_string_type() {
+        let mut table = FieldTable::default();
+        set_header_text(&mut table, HEADER_PROCEDURE, "fib");
+        table.insert("short".into(), AMQPValue::ShortString("s".into()));
+        assert_eq!(
+            header_text(Some(&table), HEADER_PROCEDURE).as_deref(),
+            Some("fib")
+        );
+        assert_eq!(header_text(Some(&table), "short").as_deref(), Some("s"));
+        assert_eq!(header_text(Some(&table), "missing"), None);
+        assert_eq!(header_text(None, HEADER_PROCEDURE), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! Shared test setup: a real broker, in-process hosts on their own queues.
+//!
+//! Every host gets a queue named with a fresh uuid and a temporary modules
+//! folder, so tests run in parallel and leftovers from earlier runs cannot
+//! interfere.
+
+#![allow(dead_code)] // each test binary uses a different part of this
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use warren_client::{Call, CallError, Reply, RpcClient};
+use warren_host::{HostConfig, RunningHost};
+
+/// The broker the tests use: `AMQP_URL`, or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| warren_client::protocol::DEFAULT_AMQP_URL.into())
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// The fib component, as `just build-guest` builds it.
+pub fn fib_wasm() -> Vec<u8> {
+    let path = workspace().join("target/wasm32-wasip2/release/guest_fib.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e}. Build the guest first: `just build-guest` (`just test` does it)",
+            path.display()
+        )
+    })
+}
+
+/// `wasm` with a custom section appended: a different file (and digest)
+/// that behaves exactly the same, like a rebuild.
+pub fn with_custom_section(wasm: &[u8], payload: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"warren-test";
+    let mut content = Vec::new();
+    leb128(name.len(), &mut content);
+    content.extend_from_slice(name);
+    content.extend_from_slice(payload.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section id
+    leb128(content.len(), &mut out);
+    out.extend_from_slice(&content);
+    out
+}
+
+/// `sha256:<hex>` of `bytes`, as the host reports it.
+pub fn digest(bytes: &[u8]) -> String {
+    warren_host::modules::digest(bytes)
+}
+
+/// A unique queue name for one test.
+pub fn unique_queue(test: &str) -> String {
+    format!("warren-test-{test}-{}", uuid::Uuid::new_v4())
+}
+
+/// A host serving its own queue from its own temporary modules folder.
+pub struct TestHost {
+    pub queue: String,
+    pub modules: tempfile::TempDir,
+    pub host: Option<RunningHost>,
+}
+
+impl TestHost {
+    /// Starts a host on a fresh queue with `modules` (name, bytes) installed.
+    pub async fn start(test: &str, modules: &[(&str, &[u8])]) -> Self {
+        Self::start_with(test, modules, |_| {}).await
+    }
+
+    /// Like [`TestHost::start`], with a chance to adjust the options.
+    pub async fn start_with(
+        test: &str,
+        modules: &[(&str, &[u8])],
+        adjust: impl FnOnce(&mut HostConfig),
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in modules {
+            std::fs::write(dir.path().join(format!("{name}.wasm")), bytes).unwrap();
+        }
+        let queue = unique_queue(test);
+        let mut config = HostConfig::new(&queue, dir.path());
+        config.amqp_url = amqp_url();
+        config.concurrency = Some(2);
+        adjust(&mut config);
+        let host = warren_host::start(config).await.expect("starting the host");
+        TestHost {
+            queue,
+            modules: dir,
+            host: Some(host),
+        }
+    }
+
+    /// A client for this host's queue.
+    pub async fn client(&self) -> RpcClient {
+        RpcClient::connect(&amqp_url(), &self.queue).await.expect("client connects")
+    }
+
+    /// Path of module `name` in this host's folder.
+    pub fn module_path(&self, name: &str) -> PathBuf {
+        self.modules.path().join(format!("{name}.wasm"))
+    }
+
+    /// Replaces (or creates) module `name` atomically, as a deploy would.
+    pub fn install(&self, name: &str, bytes: &[u8]) {
+        let tmp = self.modules.path().join(format!(".{name}.wasm.tmp"));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, self.module_path(name)).unwrap();
+    }
+
+    /// Stops the host gracefully.
+    pub async fn stop(mut self) {
+        if let Some(host) = self.host.take() {
+            host.stop().await.expect("host stops cleanly");
+        }
+    }
+}
+
+/// Calls until `accept` likes the reply or `within` passes; returns the last.
+pub async fn call_until(
+    client: &RpcClient,
+    call: Call,
+    within: Duration,
+    accept: impl Fn(&Result<Reply, CallError>) -> bool,
+) -> Result<Reply, CallError> {
+    let give_up = Instant::now() + within;
+    loop {
+        let outcome = client.call(call.clone()).await;
+        if accept(&outcome) || Instant::now() >= give_up {
+            return outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The error kind of a failed call, or a panic saying what came instead.
+pub fn error_kind(outcome: Result<Reply, CallError>) -> warren_client::protocol::ErrorKind {
+    match outcome {
+        Err(CallError::Rpc { error, .. }) => error.kind,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+/// Short timeout for calls in tests that expect an answer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A call with the test timeout.
+pub fn call(body: impl Into<Vec<u8>>) -> Call {
+    Call::new(body).timeout(CALL_TIMEOUT)
+}
+
+/// Shares a client between tasks.
+pub type SharedClient = Arc<RpcClient>;

@@ -37,7 +37,9 @@ fn text(bytes: &[u8]) -> String {
 async fn fib_prints_the_number_and_nothing_else() {
     let host = TestHost::start("cli-fib", &[("fib", &fib_wasm())]).await;
     let queue = host.queue.clone();
-    let out = tokio::task::spawn_blocking(move || warren(&["--queue", &queue, "fib", "30"])).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || warren(&["--queue", &queue, "fib", "30"]))
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "832040\n");
     host.stop().await;
@@ -55,8 +57,14 @@ async fn call_prints_the_raw_body_and_reads_stdin_for_dash() {
     })
     .await
     .unwrap();
-    assert_eq!((arg.status.code(), text(&arg.stdout)), (Some(0), "89".to_owned()));
-    assert_eq!((piped.status.code(), text(&piped.stdout)), (Some(0), "144".to_owned()));
+    assert_eq!(
+        (arg.status.code(), text(&arg.stdout)),
+        (Some(0), "89".to_owned())
+    );
+    assert_eq!(
+        (piped.status.code(), text(&piped.stdout)),
+        (Some(0), "144".to_owned())
+    );
     host.stop().await;
 }
 
@@ -64,19 +72,34 @@ async fn call_prints_the_raw_body_and_reads_stdin_for_dash() {
 async fn a_procedure_error_exits_1_with_kind_and_message_on_stderr() {
     let host = TestHost::start("cli-error", &[("fib", &fib_wasm())]).await;
     let queue = host.queue.clone();
-    let out = tokio::task::spawn_blocking(move || warren(&["--queue", &queue, "fib", "94"])).await.unwrap();
+    let out = tokio::task::spawn_blocking(move || warren(&["--queue", &queue, "fib", "94"]))
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("procedure-error") && stderr.contains("above 93"), "{stderr}");
+    assert!(
+        stderr.contains("procedure-error") && stderr.contains("above 93"),
+        "{stderr}"
+    );
     host.stop().await;
 }
 
 #[test]
 fn bad_usage_exits_2() {
-    for args in [&["fib", "abc"][..], &["fib"], &["frobnicate"], &["--timeout", "soon", "fib", "1"]] {
+    for args in [
+        &["fib", "abc"][..],
+        &["fib"],
+        &["frobnicate"],
+        &["--timeout", "soon", "fib", "1"],
+    ] {
         let out = warren(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -87,21 +110,36 @@ fn no_host_on_the_queue_exits_3_and_says_so() {
     let out = warren(&["--queue", &missing, "--timeout", "1s", "fib", "3"]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("no reply within 1s") && stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("no reply within 1s") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queue_without_consumers_exits_3_and_says_so() {
     let queue = unique_queue("cli-idle");
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let options = lapin::options::QueueDeclareOptions { auto_delete: false, ..Default::default() };
-    channel.queue_declare(queue.as_str().into(), options, Default::default()).await.unwrap();
-    let q = queue.clone();
-    let out = tokio::task::spawn_blocking(move || warren(&["--queue", &q, "--timeout", "1s", "fib", "3"]))
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
         .await
         .unwrap();
-    let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+    let channel = connection.create_channel().await.unwrap();
+    let options = lapin::options::QueueDeclareOptions {
+        auto_delete: false,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.as_str().into(), options, Default::default())
+        .await
+        .unwrap();
+    let q = queue.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        warren(&["--queue", &q, "--timeout", "1s", "fib", "3"])
+    })
+    .await
+    .unwrap();
+    let _ = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("no host is consuming"), "{stderr}");
@@ -110,11 +148,19 @@ async fn a_queue_without_consumers_exits_3_and_says_so() {
 #[test]
 fn an_unreachable_broker_exits_4_and_names_the_url() {
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--amqp-url", "amqp://guest:secret@127.0.0.1:1/%2f", "fib", "3"])
+        .args([
+            "--amqp-url",
+            "amqp://guest:secret@127.0.0.1:1/%2f",
+            "fib",
+            "3",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("amqp://guest:***@127.0.0.1:1/%2f"), "{stderr}");
+    assert!(
+        stderr.contains("amqp://guest:***@127.0.0.1:1/%2f"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
 }

@@ -18,7 +18,11 @@ use warren_client::protocol::{
 };
 
 fn seed_fib(n: u64) -> u64 {
-    if n < 2 { n } else { seed_fib(n - 1) + seed_fib(n - 2) }
+    if n < 2 {
+        n
+    } else {
+        seed_fib(n - 1) + seed_fib(n - 2)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,7 +37,11 @@ async fn fib_0_to_30_through_the_client_all_in_flight_at_once() {
     for handle in calls.collect::<Vec<_>>() {
         let (n, reply) = handle.await.unwrap();
         let reply = reply.unwrap_or_else(|e| panic!("fib({n}): {e}"));
-        assert_eq!(String::from_utf8(reply.body).unwrap(), seed_fib(n).to_string(), "fib({n})");
+        assert_eq!(
+            String::from_utf8(reply.body).unwrap(),
+            seed_fib(n).to_string(),
+            "fib({n})"
+        );
         assert_eq!(reply.procedure.as_deref(), Some("fib"));
         assert_eq!(reply.digest, Some(digest(&wasm)));
     }
@@ -45,14 +53,39 @@ async fn each_bad_input_gets_its_error_reply_and_the_host_still_answers() {
     let host = TestHost::start("bad-input", &[("fib", &fib_wasm())]).await;
     let client = host.client().await;
     let cases: Vec<(&str, Vec<u8>, ErrorKind, &str)> = vec![
-        ("abc", b"abc".to_vec(), ErrorKind::ProcedureError, "not a decimal integer"),
+        (
+            "abc",
+            b"abc".to_vec(),
+            ErrorKind::ProcedureError,
+            "not a decimal integer",
+        ),
         ("-1", b"-1".to_vec(), ErrorKind::ProcedureError, "negative"),
         ("empty", Vec::new(), ErrorKind::ProcedureError, "empty"),
-        ("1e3", b"1e3".to_vec(), ErrorKind::ProcedureError, "not a decimal integer"),
-        ("huge", b"99999999999999999999".to_vec(), ErrorKind::ProcedureError, "above 93"),
+        (
+            "1e3",
+            b"1e3".to_vec(),
+            ErrorKind::ProcedureError,
+            "not a decimal integer",
+        ),
+        (
+            "huge",
+            b"99999999999999999999".to_vec(),
+            ErrorKind::ProcedureError,
+            "above 93",
+        ),
         ("94", b"94".to_vec(), ErrorKind::ProcedureError, "above 93"),
-        ("not utf-8", vec![0xff, 0xfe, 0x00, 0x31], ErrorKind::ProcedureError, "not UTF-8"),
-        ("5 MB", vec![b'1'; 5_000_000], ErrorKind::RequestTooLarge, "at most"),
+        (
+            "not utf-8",
+            vec![0xff, 0xfe, 0x00, 0x31],
+            ErrorKind::ProcedureError,
+            "not UTF-8",
+        ),
+        (
+            "5 MB",
+            vec![b'1'; 5_000_000],
+            ErrorKind::RequestTooLarge,
+            "at most",
+        ),
     ];
     for (label, body, kind, needle) in cases {
         match client.call(call(body)).await {
@@ -63,7 +96,10 @@ async fn each_bad_input_gets_its_error_reply_and_the_host_still_answers() {
             }
             other => panic!("{label}: expected an error reply, got {other:?}"),
         }
-        let still = client.call(call("10")).await.expect("the host still answers");
+        let still = client
+            .call(call("10"))
+            .await
+            .expect("the host still answers");
         assert_eq!(still.body, b"55", "after {label}");
     }
     host.stop().await;
@@ -73,12 +109,17 @@ async fn each_bad_input_gets_its_error_reply_and_the_host_still_answers() {
 async fn error_replies_follow_the_wire_contract() {
     let wasm = fib_wasm();
     let host = TestHost::start("wire", &[("fib", &wasm)]).await;
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let callback = channel
         .queue_declare(
             ShortString::default(),
-            QueueDeclareOptions { exclusive: true, ..Default::default() },
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -87,7 +128,10 @@ async fn error_replies_follow_the_wire_contract() {
         .basic_consume(
             callback.name().clone(),
             "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await
@@ -105,19 +149,46 @@ async fn error_replies_follow_the_wire_contract() {
             )
             .await
             .unwrap();
-        let reply = tokio::time::timeout(CALL_TIMEOUT, replies.next()).await.unwrap().unwrap().unwrap();
+        let reply = tokio::time::timeout(CALL_TIMEOUT, replies.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let props = &reply.properties;
         let headers = props.headers().as_ref();
-        assert_eq!(props.correlation_id().as_ref().unwrap().as_str(), format!("corr-{body}"));
-        assert_eq!(header_text(headers, HEADER_RPC_STATUS).as_deref(), Some(status));
-        assert_eq!(header_text(headers, HEADER_PROCEDURE).as_deref(), Some("fib"));
-        assert_eq!(header_text(headers, HEADER_PROCEDURE_DIGEST), Some(digest(&wasm)));
+        assert_eq!(
+            props.correlation_id().as_ref().unwrap().as_str(),
+            format!("corr-{body}")
+        );
+        assert_eq!(
+            header_text(headers, HEADER_RPC_STATUS).as_deref(),
+            Some(status)
+        );
+        assert_eq!(
+            header_text(headers, HEADER_PROCEDURE).as_deref(),
+            Some("fib")
+        );
+        assert_eq!(
+            header_text(headers, HEADER_PROCEDURE_DIGEST),
+            Some(digest(&wasm))
+        );
         if status == "error" {
-            assert_eq!(header_text(headers, HEADER_RPC_ERROR).as_deref(), Some("procedure-error"));
-            assert_eq!(props.content_type().as_ref().unwrap().as_str(), ERROR_CONTENT_TYPE);
+            assert_eq!(
+                header_text(headers, HEADER_RPC_ERROR).as_deref(),
+                Some("procedure-error")
+            );
+            assert_eq!(
+                props.content_type().as_ref().unwrap().as_str(),
+                ERROR_CONTENT_TYPE
+            );
             let body = ErrorBody::from_json(&reply.data).expect("a JSON error body");
             assert_eq!(body.error.kind, ErrorKind::ProcedureError);
-            assert!(std::str::from_utf8(&reply.data).unwrap().parse::<i64>().is_err());
+            assert!(
+                std::str::from_utf8(&reply.data)
+                    .unwrap()
+                    .parse::<i64>()
+                    .is_err()
+            );
         } else {
             assert_eq!(reply.data, b"13");
             assert_eq!(header_text(headers, HEADER_RPC_ERROR), None);
@@ -130,7 +201,9 @@ async fn error_replies_follow_the_wire_contract() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_without_reply_to_is_acked_and_dropped() {
     let host = TestHost::start("no-reply-to", &[("fib", &fib_wasm())]).await;
-    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.unwrap();
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_publish(
@@ -149,11 +222,24 @@ async fn a_request_without_reply_to_is_acked_and_dropped() {
     host.stop().await;
     // Had it been left unacked, stopping the host would have returned it to the queue.
     let info = channel
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
-    assert_eq!(info.message_count(), 0, "the request without reply_to was not acked");
-    let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+    assert_eq!(
+        info.message_count(),
+        0,
+        "the request without reply_to was not acked"
+    );
+    let _ = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
     let _ = connection.close(200, "done".into()).await;
 }
 
@@ -165,7 +251,10 @@ async fn an_unknown_procedure_gets_no_procedure() {
     match outcome {
         Err(CallError::Rpc { error, procedure }) => {
             assert_eq!(error.kind, ErrorKind::NoProcedure);
-            assert!(error.message.contains("does-not-exist") && error.message.contains("fib"), "{error}");
+            assert!(
+                error.message.contains("does-not-exist") && error.message.contains("fib"),
+                "{error}"
+            );
             assert_eq!(procedure.as_deref(), Some("does-not-exist"));
         }
         other => panic!("expected no-procedure, got {other:?}"),
@@ -188,7 +277,10 @@ async fn with_two_modules_and_no_default_a_request_must_name_one() {
         other => panic!("expected no-procedure, got {other:?}"),
     }
     let reply = client.call(call("5").procedure("twin")).await.unwrap();
-    assert_eq!((reply.body.as_slice(), reply.digest), (&b"5"[..], Some(digest(&twin))));
+    assert_eq!(
+        (reply.body.as_slice(), reply.digest),
+        (&b"5"[..], Some(digest(&twin)))
+    );
     host.stop().await;
 
     let host = TestHost::start_with("two-default", &[("fib", &wasm), ("twin", &twin)], |c| {
@@ -196,7 +288,10 @@ async fn with_two_modules_and_no_default_a_request_must_name_one() {
     })
     .await;
     let reply = host.client().await.call(call("6")).await.unwrap();
-    assert_eq!((reply.body.as_slice(), reply.procedure.as_deref()), (&b"8"[..], Some("twin")));
+    assert_eq!(
+        (reply.body.as_slice(), reply.procedure.as_deref()),
+        (&b"8"[..], Some("twin"))
+    );
     host.stop().await;
 }
 
@@ -206,15 +301,25 @@ async fn a_module_replaced_under_a_running_host_serves_within_a_second_or_so() {
     let v2 = with_custom_section(&v1, "second build");
     let host = TestHost::start("swap", &[("fib", &v1)]).await;
     let client = host.client().await;
-    assert_eq!(client.call(call("20")).await.unwrap().digest, Some(digest(&v1)));
+    assert_eq!(
+        client.call(call("20")).await.unwrap().digest,
+        Some(digest(&v1))
+    );
 
     host.install("fib", &v2);
-    let reply = call_until(&client, call("20"), Duration::from_secs(10), |r| {
-        matches!(r, Ok(reply) if reply.digest == Some(digest(&v2)))
-    })
+    let reply = call_until(
+        &client,
+        call("20"),
+        Duration::from_secs(10),
+        |r| matches!(r, Ok(reply) if reply.digest == Some(digest(&v2))),
+    )
     .await
     .expect("calls keep succeeding during the swap");
-    assert_eq!(reply.digest, Some(digest(&v2)), "the new version never took over");
+    assert_eq!(
+        reply.digest,
+        Some(digest(&v2)),
+        "the new version never took over"
+    );
     assert_eq!(reply.body, b"6765");
     host.stop().await;
 }
@@ -231,12 +336,20 @@ async fn a_broken_module_file_keeps_the_last_good_version_serving() {
     // watcher has been through the broken ones too.
     let marker = with_custom_section(&good, "marker");
     host.install("marker", &marker);
-    call_until(&client, call("1").procedure("marker"), Duration::from_secs(10), |r| r.is_ok())
-        .await
-        .expect("the marker module loads");
+    call_until(
+        &client,
+        call("1").procedure("marker"),
+        Duration::from_secs(10),
+        |r| r.is_ok(),
+    )
+    .await
+    .expect("the marker module loads");
 
     let reply = client.call(call("12").procedure("fib")).await.unwrap();
-    assert_eq!((reply.body.as_slice(), reply.digest), (&b"144"[..], Some(digest(&good))));
+    assert_eq!(
+        (reply.body.as_slice(), reply.digest),
+        (&b"144"[..], Some(digest(&good)))
+    );
     let core = client.call(call("1").procedure("fib-core")).await;
     assert_eq!(error_kind(core), ErrorKind::NoProcedure);
     host.stop().await;
@@ -248,10 +361,22 @@ async fn deleting_a_module_retires_it_and_putting_it_back_restores_it() {
     let host = TestHost::start("delete", &[("fib", &wasm)]).await;
     let client = host.client().await;
     std::fs::remove_file(host.module_path("fib")).unwrap();
-    let gone = call_until(&client, call("3").procedure("fib"), Duration::from_secs(10), |r| r.is_err()).await;
+    let gone = call_until(
+        &client,
+        call("3").procedure("fib"),
+        Duration::from_secs(10),
+        |r| r.is_err(),
+    )
+    .await;
     assert_eq!(error_kind(gone), ErrorKind::NoProcedure);
     host.install("fib", &wasm);
-    let back = call_until(&client, call("3").procedure("fib"), Duration::from_secs(10), |r| r.is_ok()).await;
+    let back = call_until(
+        &client,
+        call("3").procedure("fib"),
+        Duration::from_secs(10),
+        |r| r.is_ok(),
+    )
+    .await;
     assert_eq!(back.unwrap().body, b"2");
     host.stop().await;
 }

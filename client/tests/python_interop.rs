@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lapin::options::{QueueDeleteOptions, QueueDeclareOptions};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use warren_client::{Call, RpcClient};
 
@@ -84,7 +84,10 @@ async fn run_python(args: Vec<String>, limit: Duration) -> String {
         ));
         let started = Instant::now();
         while child.child().try_wait().unwrap().is_none() {
-            assert!(started.elapsed() < limit, "{args:?} did not finish within {limit:?}");
+            assert!(
+                started.elapsed() < limit,
+                "{args:?} did not finish within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let out = child.into_inner().wait_with_output().unwrap();
@@ -110,18 +113,29 @@ async fn start_python_server(args: Vec<String>, queue: &str) -> KillOnDrop {
         .spawn()
         .expect("running python3 (install Python 3 with pika: pip install pika)");
     let server = KillOnDrop(Some(child));
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
     let started = Instant::now();
     loop {
         let channel = connection.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-        if let Ok(info) = channel.queue_declare(queue.into(), passive, FieldTable::default()).await {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if let Ok(info) = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+        {
             if info.consumer_count() > 0 {
                 break;
             }
             let _ = channel.close(200, "".into()).await;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "{args:?} never consumed {queue}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{args:?} never consumed {queue}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = connection.close(200, "".into()).await;
@@ -130,9 +144,13 @@ async fn start_python_server(args: Vec<String>, queue: &str) -> KillOnDrop {
 
 /// Deletes `rpc_queue` so nothing left from an earlier run consumes it.
 async fn fresh_rpc_queue() {
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let _ = channel.queue_delete(SEED_QUEUE.into(), QueueDeleteOptions::default()).await;
+    let _ = channel
+        .queue_delete(SEED_QUEUE.into(), QueueDeleteOptions::default())
+        .await;
     let _ = connection.close(200, "".into()).await;
 }
 
@@ -140,7 +158,11 @@ async fn fresh_rpc_queue() {
 async fn a_tutorial_pika_caller_gets_fib_from_the_host() {
     let host = TestHost::start("pika-caller", &[("fib", &fib_wasm())]).await;
     let script = our_pika_script().display().to_string();
-    let stdout = run_python(vec![script, "call".into(), host.queue.clone(), "30".into()], Duration::from_secs(60)).await;
+    let stdout = run_python(
+        vec![script, "call".into(), host.queue.clone(), "30".into()],
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(stdout.trim(), "832040");
     host.stop().await;
 }
@@ -151,13 +173,24 @@ async fn the_client_gets_fib_from_a_tutorial_pika_server() {
     let script = our_pika_script().display().to_string();
     let _server = start_python_server(vec![script, "serve".into(), queue.clone()], &queue).await;
     let client = RpcClient::connect(&amqp_url(), &queue).await.unwrap();
-    let reply = client.call(Call::new("30").timeout(CALL_TIMEOUT)).await.unwrap();
+    let reply = client
+        .call(Call::new("30").timeout(CALL_TIMEOUT))
+        .await
+        .unwrap();
     assert_eq!(reply.body, b"832040");
-    assert_eq!((reply.procedure, reply.digest), (None, None), "a plain server sends no Warren headers");
+    assert_eq!(
+        (reply.procedure, reply.digest),
+        (None, None),
+        "a plain server sends no Warren headers"
+    );
     client.close().await;
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,7 +204,10 @@ async fn the_seed_rpc_client_gets_fib_30_from_the_host() {
     .await;
     let script = seed.join("rpc_client.py").display().to_string();
     let stdout = run_python(vec![script], Duration::from_secs(60)).await;
-    assert!(stdout.contains("Got 832040"), "seed client printed: {stdout}");
+    assert!(
+        stdout.contains("Got 832040"),
+        "seed client printed: {stdout}"
+    );
     host.stop().await;
 }
 
@@ -183,7 +219,10 @@ async fn the_client_gets_fib_30_from_the_seed_rpc_server() {
     let script = seed.join("rpc_server.py").display().to_string();
     let _server = start_python_server(vec![script], SEED_QUEUE).await;
     let client = RpcClient::connect(&amqp_url(), SEED_QUEUE).await.unwrap();
-    let reply = client.call(Call::new("30").timeout(CALL_TIMEOUT)).await.unwrap();
+    let reply = client
+        .call(Call::new("30").timeout(CALL_TIMEOUT))
+        .await
+        .unwrap();
     assert_eq!(reply.body, b"832040");
     client.close().await;
 }

@@ -20,7 +20,10 @@ pub fn amqp_url() -> String {
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// The fib component, as `just build-guest` builds it.
@@ -108,7 +111,9 @@ impl TestHost {
 
     /// A client for this host's queue.
     pub async fn client(&self) -> RpcClient {
-        RpcClient::connect(&amqp_url(), &self.queue).await.expect("client connects")
+        RpcClient::connect(&amqp_url(), &self.queue)
+            .await
+            .expect("client connects")
     }
 
     /// Path of module `name` in this host's folder.

@@ -23,6 +23,10 @@ build-guest: target
     mv -f modules/fib.wasm.tmp modules/fib.wasm
     @echo "installed modules/fib.wasm"
 
+# Build the hostile test guests (test-guests/) for the sandbox tests.
+build-test-guests: target
+    cargo build -p guest-hostile --target {{wasm_target}} --release
+
 # Build the host and the client.
 build:
     cargo build --workspace
@@ -47,8 +51,8 @@ call *ARGS:
 demo: build-guest build broker
     scripts/demo
 
-# The whole test suite against the real broker (guest built first).
-test: build-guest broker
+# The whole test suite against the real broker (guests built first).
+test: build-guest build-test-guests broker
     cargo test --workspace --all-targets
 
 # Formatting and lints, as CI wants them.

@@ -28,10 +28,19 @@ pub fn workspace() -> PathBuf {
 
 /// The fib component, as `just build-guest` builds it.
 pub fn fib_wasm() -> Vec<u8> {
-    let path = workspace().join("target/wasm32-wasip2/release/guest_fib.wasm");
+    built_guest("guest_fib", "just build-guest")
+}
+
+/// The hostile test component, as `just build-test-guests` builds it.
+pub fn hostile_wasm() -> Vec<u8> {
+    built_guest("guest_hostile", "just build-test-guests")
+}
+
+fn built_guest(file_stem: &str, recipe: &str) -> Vec<u8> {
+    let path = workspace().join(format!("target/wasm32-wasip2/release/{file_stem}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
-            "reading {}: {e}. Build the guest first: `just build-guest` (`just test` does it)",
+            "reading {}: {e}. Build it first: `{recipe}` (`just test` does it)",
             path.display()
         )
     })

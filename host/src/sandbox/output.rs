@@ -51,13 +51,16 @@ impl CappedOutput {
         );
     }
 
-    /// The last non-empty line written, for example a panic message.
+    /// The last line worth showing, for example a Rust panic's message
+    /// (skipping the `RUST_BACKTRACE` hint that follows it).
     pub(super) fn last_line(&self) -> Option<String> {
         let captured = self.inner.lock().expect("output lock");
         String::from_utf8_lossy(&captured.kept)
             .lines()
             .rev()
-            .find(|line| !line.trim().is_empty())
+            .find(|line| {
+                !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE")
+            })
             .map(|line| line.trim().chars().take(300).collect())
     }
 }

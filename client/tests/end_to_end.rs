@@ -380,3 +380,57 @@ async fn deleting_a_module_retires_it_and_putting_it_back_restores_it() {
     assert_eq!(back.unwrap().body, b"2");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swapping_again_and_again_under_steady_load_fails_no_request() {
+    let v1 = fib_wasm();
+    let versions: Vec<Vec<u8>> = (0..4)
+        .map(|i| with_custom_section(&v1, &format!("build {i}")))
+        .collect();
+    let host = TestHost::start("swap-load", &[("fib", &v1)]).await;
+    let client = Arc::new(host.client().await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..4)
+        .map(|caller| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                let mut n = caller;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n = (n + 1) % 25;
+                    let reply = client.call(call(n.to_string())).await;
+                    let reply =
+                        reply.unwrap_or_else(|e| panic!("fib({n}) failed during swaps: {e}"));
+                    assert_eq!(
+                        String::from_utf8(reply.body).unwrap(),
+                        seed_fib(n).to_string()
+                    );
+                    answered.push(reply.digest.unwrap());
+                }
+                answered
+            })
+        })
+        .collect();
+    for round in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        host.install("fib", &versions[round % versions.len()]);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for caller in callers {
+        let answered = caller.await.expect("no caller saw a failed or wrong reply");
+        total += answered.len();
+        seen.extend(answered);
+    }
+    assert!(
+        total > 50,
+        "too little load to mean anything: {total} calls"
+    );
+    assert!(
+        seen.len() >= 3,
+        "the swaps did not take effect under load: {seen:?}"
+    );
+    host.stop().await;
+}

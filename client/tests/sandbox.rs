@@ -15,12 +15,18 @@ use warren_client::{CallError, RpcClient};
 /// Short budget so the timeout cases finish quickly.
 const BUDGET: Duration = Duration::from_secs(1);
 
+/// A host whose default procedure is the hostile guest, with `fib` beside
+/// it for honest requests, and a wall-clock budget of [`BUDGET`].
 async fn hostile_host(test: &str) -> TestHost {
+    hostile_host_with_budget(test, BUDGET).await
+}
+
+async fn hostile_host_with_budget(test: &str, budget: Duration) -> TestHost {
     TestHost::start_with(
         test,
         &[("hostile", &hostile_wasm()), ("fib", &fib_wasm())],
         |config| {
-            config.timeout = BUDGET;
+            config.timeout = budget;
             config.default_procedure = Some("hostile".into());
         },
     )
@@ -165,15 +171,7 @@ async fn every_request_gets_a_fresh_instance() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_spinning_guest_does_not_hold_up_an_honest_request() {
-    let host = TestHost::start_with(
-        "fairness",
-        &[("hostile", &hostile_wasm()), ("fib", &fib_wasm())],
-        |config| {
-            config.timeout = Duration::from_secs(5);
-            config.default_procedure = Some("hostile".into());
-        },
-    )
-    .await;
+    let host = hostile_host_with_budget("fairness", Duration::from_secs(5)).await;
     let client = Arc::new(host.client().await);
     let spinner = tokio::spawn({
         let client = client.clone();

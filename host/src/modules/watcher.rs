@@ -40,6 +40,12 @@ pub fn watch(
     registry: Arc<Registry>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "the modules folder {} does not exist (create it, or pass --modules-dir)",
+            dir.display()
+        );
+    }
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {

@@ -25,12 +25,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_lite::StreamExt as _;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 pub use warren_protocol as protocol;
+pub use warren_protocol::deploy::{DeployAnswer, SecretKey};
+use warren_protocol::deploy::{
+    HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME, HEADER_DEPLOY_SIGNATURE,
+    deploy_stream, deploy_stream_arguments,
+};
 use warren_protocol::{
     ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
     HEADER_RPC_STATUS, RpcError, STATUS_ERROR, header_text, redact_url, set_header_text,
@@ -65,6 +72,47 @@ impl Call {
 
     /// Gives up after `timeout`. The request carries the same `expiration`,
     /// so the broker discards it if no host picks it up in time.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// One module to publish to every host of a queue.
+pub struct Deploy {
+    name: String,
+    module: Vec<u8>,
+    key: Option<SecretKey>,
+    expect_hosts: usize,
+    timeout: Duration,
+}
+
+impl Deploy {
+    /// Deploys `module` as procedure `name`, unsigned, expecting one host
+    /// to answer within [`DEFAULT_TIMEOUT`].
+    pub fn new(name: impl Into<String>, module: Vec<u8>) -> Self {
+        Deploy {
+            name: name.into(),
+            module,
+            key: None,
+            expect_hosts: 1,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Signs the deploy with `key` (hosts accept only trusted signers).
+    pub fn signed_by(mut self, key: SecretKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Waits for `hosts` answers (default 1).
+    pub fn expect_hosts(mut self, hosts: usize) -> Self {
+        self.expect_hosts = hosts;
+        self
+    }
+
+    /// Stops waiting for answers after `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -119,12 +167,17 @@ pub enum CallError {
         #[source]
         source: lapin::Error,
     },
+    /// The broker did not confirm storing a deploy (a publisher nack).
+    #[error("the broker did not store the deploy (it answered with a nack); nothing was deployed")]
+    DeployNotStored,
     /// The connection to the broker closed while the call was waiting.
     #[error("the connection to the broker closed before a reply arrived")]
     Disconnected,
 }
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<lapin::message::Delivery>>>>;
+/// Calls (and deploys) waiting for replies, by `correlation_id`. A deploy
+/// gets one reply per host, so each entry is a stream, not a single value.
+type Pending = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<lapin::message::Delivery>>>>;
 
 /// A connection to the broker for making calls; cheap to share behind an `Arc`.
 pub struct RpcClient {
@@ -196,23 +249,36 @@ impl RpcClient {
         &self.queue
     }
 
-    /// Makes one call and waits for its reply.
-    pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
+    /// Registers a new `correlation_id` whose replies arrive on the receiver
+    /// until the returned guard is dropped.
+    fn expect_replies(
+        &self,
+    ) -> (
+        Waiting<'_>,
+        mpsc::UnboundedReceiver<lapin::message::Delivery>,
+    ) {
         let correlation_id = uuid::Uuid::new_v4().to_string();
-        let (sender, receiver) = oneshot::channel();
+        let (sender, receiver) = mpsc::unbounded_channel();
         self.pending
             .lock()
             .expect("pending lock")
             .insert(correlation_id.clone(), sender);
-        // Whatever happens next, the entry must not outlive this call.
-        let _forget = ForgetOnDrop {
+        let waiting = Waiting {
             pending: &self.pending,
-            correlation_id: &correlation_id,
+            correlation_id,
         };
+        (waiting, receiver)
+    }
+
+    /// Makes one call and waits for its reply.
+    pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        // Whatever happens next, the entry must not outlive this call.
+        let (waiting, mut replies) = self.expect_replies();
+        let correlation_id = waiting.correlation_id.as_str();
 
         let mut properties = BasicProperties::default()
             .with_reply_to(self.callback_queue.clone())
-            .with_correlation_id(correlation_id.as_str().into())
+            .with_correlation_id(correlation_id.into())
             .with_expiration(call.timeout.as_millis().max(1).to_string().into());
         if let Some(name) = &call.procedure {
             let mut headers = FieldTable::default();
@@ -233,14 +299,103 @@ impl RpcClient {
                 source,
             })?;
 
-        match tokio::time::timeout(call.timeout, receiver).await {
-            Ok(Ok(delivery)) => interpret_reply(delivery),
-            Ok(Err(_closed)) => Err(CallError::Disconnected),
+        match tokio::time::timeout(call.timeout, replies.recv()).await {
+            Ok(Some(delivery)) => interpret_reply(delivery),
+            Ok(None) => Err(CallError::Disconnected),
             Err(_elapsed) => Err(CallError::Timeout {
                 waited: call.timeout,
                 diagnosis: self.diagnose_silence().await,
             }),
         }
+    }
+
+    /// Publishes a module to every host of the queue (through the queue's
+    /// deploy stream) and collects their answers until `deploy.expect_hosts`
+    /// have answered or `deploy.timeout` passes. Fewer answers than expected
+    /// is not an error here: the caller decides what it means.
+    pub async fn deploy(&self, deploy: Deploy) -> Result<Vec<DeployAnswer>, CallError> {
+        let broker = |context| move |source| CallError::Broker { context, source };
+        let stream = deploy_stream(&self.queue);
+        // A dedicated channel with publisher confirms: a deploy is history,
+        // so it is sent only once the broker has stored it.
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(broker("opening the deploy channel"))?;
+        channel
+            .queue_declare(
+                stream.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                deploy_stream_arguments(),
+            )
+            .await
+            .map_err(broker(
+                "declaring the deploy stream (RabbitMQ 3.9 or later has streams)",
+            ))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker("enabling publisher confirms"))?;
+
+        let digest = warren_protocol::module_digest(&deploy.module);
+        let mut headers = FieldTable::default();
+        set_header_text(&mut headers, HEADER_DEPLOY_NAME, &deploy.name);
+        set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest);
+        if let Some(key) = &deploy.key {
+            set_header_text(
+                &mut headers,
+                HEADER_DEPLOY_KEY,
+                &key.public_key().to_string(),
+            );
+            set_header_text(
+                &mut headers,
+                HEADER_DEPLOY_SIGNATURE,
+                &key.sign(&deploy.name, &digest),
+            );
+        }
+        let (waiting, mut answers) = self.expect_replies();
+        let properties = BasicProperties::default()
+            .with_reply_to(self.callback_queue.clone())
+            .with_correlation_id(waiting.correlation_id.as_str().into())
+            .with_headers(headers);
+        let confirmation = channel
+            .basic_publish(
+                ShortString::default(),
+                stream.as_str().into(),
+                BasicPublishOptions::default(),
+                &deploy.module,
+                properties,
+            )
+            .await
+            .map_err(broker("publishing the deploy"))?
+            .await
+            .map_err(broker("waiting for the broker to store the deploy"))?;
+        let _ = channel.close(200, "deploy sent".into()).await;
+        if !confirmation.is_ack() {
+            return Err(CallError::DeployNotStored);
+        }
+
+        let mut received = Vec::new();
+        let deadline = tokio::time::Instant::now() + deploy.timeout;
+        while received.len() < deploy.expect_hosts {
+            match tokio::time::timeout_at(deadline, answers.recv()).await {
+                Ok(Some(delivery)) => {
+                    match serde_json::from_slice::<DeployAnswer>(&delivery.data) {
+                        Ok(answer) => received.push(answer),
+                        Err(error) => {
+                            tracing::warn!(%error, "ignoring an unreadable deploy answer")
+                        }
+                    }
+                }
+                Ok(None) => return Err(CallError::Disconnected),
+                Err(_elapsed) => break,
+            }
+        }
+        Ok(received)
     }
 
     /// Closes the connection (the callback queue goes with it).
@@ -296,16 +451,17 @@ impl Drop for RpcClient {
     }
 }
 
-/// Removes a call's entry from the pending map when the call ends.
-struct ForgetOnDrop<'a> {
+/// A registered `correlation_id`; removes its entry from the pending map
+/// when the call or deploy waiting for it ends, however it ends.
+struct Waiting<'a> {
     pending: &'a Pending,
-    correlation_id: &'a str,
+    correlation_id: String,
 }
 
-impl Drop for ForgetOnDrop<'_> {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(self.correlation_id);
+            pending.remove(&self.correlation_id);
         }
     }
 }
@@ -318,7 +474,11 @@ async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
             tracing::debug!("dropping a reply without correlation_id");
             continue;
         };
-        let waiting = pending.lock().expect("pending lock").remove(id.as_str());
+        let waiting = pending
+            .lock()
+            .expect("pending lock")
+            .get(id.as_str())
+            .cloned();
         match waiting {
             Some(sender) => {
                 let _ = sender.send(delivery);

@@ -17,15 +17,20 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
+use warren_protocol::deploy::{
+    DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
+    HEADER_DEPLOY_SIGNATURE, deploy_stream, deploy_stream_arguments,
+};
 use warren_protocol::{
     ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
     HEADER_RPC_STATUS, STATUS_ERROR, STATUS_OK, header_text, redact_url, set_header_text,
 };
 
+use crate::deploy::{DeployRequest, Deployer};
 use crate::dispatch::{Dispatcher, Reply};
 use crate::shutdown::Shutdown;
 
@@ -33,17 +38,25 @@ use crate::shutdown::Shutdown;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// Deploys read from the stream ahead of the one being applied.
+const DEPLOY_PREFETCH: u16 = 16;
+/// Quiet time that ends a burst of deploys (the history, on startup), so
+/// that only the newest deploy of each name in it is compiled.
+const DEPLOY_SETTLE: Duration = Duration::from_millis(200);
 
-/// A live subscription to the request queue.
+/// A live subscription to the request queue and the deploy stream.
 pub struct Session {
     connection: Connection,
     channel: Channel,
     consumer: Consumer,
+    deploy_channel: Channel,
+    deploys: Consumer,
 }
 
 impl Session {
     /// Connects to `url`, declares `queue` as the tutorial does and starts
-    /// consuming it with `prefetch` unacked requests at most.
+    /// consuming it with `prefetch` unacked requests at most; also starts
+    /// reading the queue's deploy stream from its beginning.
     pub async fn open(url: &str, queue: &str, prefetch: u16) -> anyhow::Result<Self> {
         let shown = redact_url(url);
         let properties = ConnectionProperties::default().with_connection_name("warren-host".into());
@@ -83,10 +96,13 @@ impl Session {
             )
             .await
             .with_context(|| format!("consuming queue {queue:?}"))?;
+        let (deploy_channel, deploys) = open_deploy_stream(&connection, queue).await?;
         Ok(Session {
             connection,
             channel,
             consumer,
+            deploy_channel,
+            deploys,
         })
     }
 
@@ -97,8 +113,15 @@ impl Session {
     pub async fn serve(
         mut self,
         dispatcher: Arc<Dispatcher>,
+        deployer: Arc<Deployer>,
         mut shutdown: Shutdown,
     ) -> anyhow::Result<()> {
+        let deploys = tokio::spawn(listen_for_deploys(
+            self.deploy_channel.clone(),
+            self.deploys,
+            deployer,
+            shutdown.clone(),
+        ));
         let mut in_flight = JoinSet::new();
         let result = loop {
             tokio::select! {
@@ -129,6 +152,15 @@ impl Session {
             tracing::info!(in_flight = in_flight.len(), "finishing requests in flight");
         }
         while in_flight.join_next().await.is_some() {}
+        if result.is_ok() {
+            let _ = deploys.await;
+        } else {
+            deploys.abort();
+        }
+        let _ = self
+            .deploy_channel
+            .close(200, "warren-host stopping".into())
+            .await;
         let _ = self.channel.close(200, "warren-host stopping".into()).await;
         let _ = self
             .connection
@@ -146,11 +178,13 @@ pub async fn serve_forever(
     queue: String,
     prefetch: u16,
     dispatcher: Arc<Dispatcher>,
+    deployer: Arc<Deployer>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut session = first;
     loop {
-        let error = match session.serve(dispatcher.clone(), shutdown.clone()).await {
+        let served = session.serve(dispatcher.clone(), deployer.clone(), shutdown.clone());
+        let error = match served.await {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
@@ -172,6 +206,141 @@ pub async fn serve_forever(
                 }
             }
         };
+    }
+}
+
+/// Declares the deploy stream for `queue` and reads it from the start.
+async fn open_deploy_stream(
+    connection: &Connection,
+    queue: &str,
+) -> anyhow::Result<(Channel, Consumer)> {
+    let stream = deploy_stream(queue);
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening the deploy channel")?;
+    channel
+        .queue_declare(
+            stream.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            deploy_stream_arguments(),
+        )
+        .await
+        .with_context(|| {
+            format!("declaring the deploy stream {stream:?} (RabbitMQ 3.9 or later has streams)")
+        })?;
+    // Streams require a prefetch limit and manual acks.
+    channel
+        .basic_qos(DEPLOY_PREFETCH, BasicQosOptions::default())
+        .await
+        .context("setting the deploy prefetch")?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let consumer = channel
+        .basic_consume(
+            stream.as_str().into(),
+            ShortString::default(),
+            BasicConsumeOptions::default(),
+            arguments,
+        )
+        .await
+        .with_context(|| format!("reading the deploy stream {stream:?}"))?;
+    Ok((channel, consumer))
+}
+
+/// Applies deploys from the stream in order, answering each deployer.
+///
+/// Deploys arrive in bursts: the whole history when the host starts, then
+/// one at a time; [`Deployer::apply_all`] takes a burst at once so a
+/// replayed history compiles only the newest good version of each name.
+async fn listen_for_deploys(
+    channel: Channel,
+    mut deploys: Consumer,
+    deployer: Arc<Deployer>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.recv() => return,
+            next = deploys.next() => next,
+        };
+        let mut burst = match first {
+            Some(Ok(delivery)) => vec![delivery],
+            Some(Err(error)) => {
+                tracing::warn!(%error, "reading the deploy stream stopped; remote deploys are off until reconnect");
+                return;
+            }
+            None => return,
+        };
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(DEPLOY_SETTLE, deploys.next()).await
+        {
+            burst.push(delivery);
+        }
+        let mut requests = Vec::with_capacity(burst.len());
+        let mut envelopes = Vec::with_capacity(burst.len());
+        for delivery in burst {
+            let Delivery {
+                properties,
+                data,
+                acker,
+                ..
+            } = delivery;
+            let headers = properties.headers().as_ref();
+            requests.push(DeployRequest {
+                name: header_text(headers, HEADER_DEPLOY_NAME),
+                digest: header_text(headers, HEADER_DEPLOY_DIGEST),
+                key: header_text(headers, HEADER_DEPLOY_KEY),
+                signature: header_text(headers, HEADER_DEPLOY_SIGNATURE),
+                module: data,
+            });
+            envelopes.push((properties, acker));
+        }
+        let names: Vec<String> = requests
+            .iter()
+            .map(|r| r.name.clone().unwrap_or_default())
+            .collect();
+        let answers = deployer.apply_all(requests).await;
+        for ((answer, (properties, acker)), name) in answers.iter().zip(envelopes).zip(names) {
+            if answer.accepted {
+                tracing::info!(procedure = %name, digest = %answer.digest, took_ms = answer.took_ms, "deploy accepted");
+            } else {
+                tracing::warn!(procedure = %name, digest = %answer.digest, "deploy refused: {}", answer.reason);
+            }
+            answer_deployer(&channel, &properties, answer).await;
+            if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "acking a deploy");
+            }
+        }
+    }
+}
+
+/// Sends `answer` to the deploy's `reply_to`, if it has one.
+async fn answer_deployer(channel: &Channel, deploy: &BasicProperties, answer: &DeployAnswer) {
+    let Some(reply_to) = deploy.reply_to().clone() else {
+        return;
+    };
+    let mut properties = BasicProperties::default().with_content_type("application/json".into());
+    if let Some(id) = deploy.correlation_id().clone() {
+        properties = properties.with_correlation_id(id);
+    }
+    let body = serde_json::to_vec(answer).expect("a DeployAnswer always serialises");
+    let published = channel
+        .basic_publish(
+            ShortString::default(),
+            reply_to,
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
+        .await;
+    if let Err(error) = published {
+        tracing::warn!(%error, "answering the deployer");
     }
 }
 

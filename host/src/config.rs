@@ -27,6 +27,12 @@ pub struct HostConfig {
     #[arg(long, default_value = "modules")]
     pub modules_dir: PathBuf,
 
+    /// Where compiled code is kept by module digest, so restarts skip
+    /// compilation [default: MODULES_DIR/.cache]. Must be writable only by
+    /// the host's user.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+
     /// Procedure for requests without an `x-procedure` header
     /// [default: the only loaded module, when exactly one is loaded].
     #[arg(long)]
@@ -53,6 +59,25 @@ pub struct HostConfig {
     #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
     pub max_reply_bytes: u64,
 
+    /// File of public keys (`ed25519:<hex>`, one per line, `#` comments)
+    /// whose signed deploys (`warren deploy --key`) this host accepts.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_keys: Option<PathBuf>,
+
+    /// Accept remote deploys that are unsigned or signed by an unknown key.
+    /// Anyone who can publish to the broker can then change what runs: use
+    /// it only on a private broker.
+    #[arg(long)]
+    pub allow_unsigned_deploys: bool,
+
+    /// Largest module a remote deploy may carry.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_module_bytes: u64,
+
+    /// This host's name in deploy answers [default: HOSTNAME-PID].
+    #[arg(long)]
+    pub host_id: Option<String>,
+
     /// Guest stdout and stderr kept per request (logged at debug level);
     /// the rest is dropped.
     #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
@@ -67,6 +92,13 @@ impl HostConfig {
         config.queue = queue.into();
         config.modules_dir = modules_dir.into();
         config
+    }
+
+    /// The compiled-code cache folder.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.modules_dir.join(".cache"))
     }
 
     /// The sandbox limits these options describe.

@@ -6,6 +6,8 @@
 //! - [`config`]: the command-line options and their defaults.
 //! - [`amqp`]: broker plumbing only: consume the request queue, publish
 //!   replies, ack, reconnect.
+//! - [`deploy`]: remote deploys: check signature, size and digest, swap the
+//!   module in, save it to the modules folder.
 //! - [`dispatch`]: one request from body to [`dispatch::Reply`]: choose the
 //!   procedure, check sizes, run it. No AMQP, no wasmtime.
 //! - [`sandbox`]: wasmtime only: compile components, run one request in a
@@ -25,6 +27,7 @@
 
 pub mod amqp;
 pub mod config;
+pub mod deploy;
 pub mod dispatch;
 pub mod modules;
 pub mod sandbox;
@@ -36,6 +39,7 @@ use anyhow::Context as _;
 use tokio::task::JoinHandle;
 
 pub use config::HostConfig;
+use deploy::{DeployPolicy, Deployer};
 use dispatch::Dispatcher;
 use modules::{Registry, watcher};
 use sandbox::Sandbox;
@@ -53,9 +57,25 @@ pub struct RunningHost {
 /// folder, starts watching it, connects to the broker and starts consuming.
 /// When this returns `Ok`, requests on the queue are being answered.
 pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
+    // Check before anything creates the cache folder inside it.
+    anyhow::ensure!(
+        config.modules_dir.is_dir(),
+        "the modules folder {} does not exist (create it, or pass --modules-dir)",
+        config.modules_dir.display()
+    );
+    let policy = DeployPolicy {
+        trusted_keys: match &config.trusted_keys {
+            Some(path) => warren_protocol::deploy::read_trusted_keys(path)?,
+            None => Vec::new(),
+        },
+        allow_unsigned: config.allow_unsigned_deploys,
+        max_module_bytes: usize::try_from(config.max_module_bytes).unwrap_or(usize::MAX),
+    };
     let limits = config.limits();
     let concurrency = limits.concurrency;
-    let sandbox = Arc::new(Sandbox::new(limits).context("setting up the sandbox")?);
+    let sandbox = Arc::new(
+        Sandbox::new(limits, Some(&config.cache_dir())).context("setting up the sandbox")?,
+    );
     let registry = Arc::new(Registry::new());
     let trigger = ShutdownTrigger::new();
 
@@ -91,6 +111,21 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         "warren-host ready"
     );
 
+    let deployer = Arc::new(Deployer::new(
+        config
+            .host_id
+            .clone()
+            .unwrap_or_else(deploy::default_host_id),
+        policy,
+        registry.clone(),
+        sandbox.clone(),
+        config.modules_dir.clone(),
+    ));
+    tracing::info!(
+        host_id = deployer.host_id(),
+        trusted_keys = deployer_keys_summary(&config),
+        "remote deploys"
+    );
     let dispatcher = Arc::new(Dispatcher::new(
         registry.clone(),
         sandbox,
@@ -102,6 +137,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         config.queue,
         prefetch,
         dispatcher,
+        deployer,
         trigger.subscribe(),
     ));
     let watching = tokio::spawn(watch);
@@ -111,6 +147,15 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         serving,
         watching,
     })
+}
+
+/// How this host treats remote deploys, for the startup log.
+fn deployer_keys_summary(config: &HostConfig) -> String {
+    match (&config.trusted_keys, config.allow_unsigned_deploys) {
+        (_, true) => "any (--allow-unsigned-deploys)".to_owned(),
+        (Some(path), false) => format!("from {}", path.display()),
+        (None, false) => "none: every remote deploy is refused".to_owned(),
+    }
 }
 
 impl RunningHost {

@@ -4,8 +4,8 @@
 use warren_host::sandbox::{Limits, Sandbox};
 
 fn refusal(wasm: &[u8]) -> String {
-    let sandbox = Sandbox::new(Limits::default()).unwrap();
-    match sandbox.prepare(wasm) {
+    let sandbox = Sandbox::new(Limits::default(), None).unwrap();
+    match sandbox.prepare(wasm, "sha256:under-test") {
         Ok(_) => panic!("the module was accepted"),
         Err(error) => format!("{error:#}"),
     }

@@ -20,6 +20,8 @@
 //! [`ERROR_CONTENT_TYPE`]) and never a bare number, so an old caller that
 //! parses the body as an integer fails loudly instead of reading a wrong answer.
 
+pub mod deploy;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -197,6 +199,13 @@ pub fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
 /// Sets a text header, creating the table if needed.
 pub fn set_header_text(headers: &mut FieldTable, name: &str, value: &str) {
     headers.insert(name.into(), AMQPValue::LongString(value.into()));
+}
+
+/// `sha256:` + lowercase hex of a module's bytes: the value of
+/// [`HEADER_PROCEDURE_DIGEST`] and of a deploy's digest.
+pub fn module_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`, so a

@@ -14,13 +14,12 @@
 pub mod watcher;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use sha2::{Digest as _, Sha256};
+pub use warren_protocol::module_digest as digest;
 
 use crate::sandbox::{PreparedComponent, Sandbox};
 
@@ -38,12 +37,18 @@ pub struct Procedure {
 }
 
 impl Procedure {
-    /// Compiles `wasm` as procedure `name`. CPU-heavy: call off the async runtime.
-    pub fn compile(sandbox: &Sandbox, name: &str, wasm: &[u8]) -> anyhow::Result<Self> {
-        let component = sandbox.prepare(wasm)?;
+    /// Compiles `wasm`, whose [`digest`] the caller has already taken, as
+    /// procedure `name`. CPU-heavy: call off the async runtime.
+    pub fn compile(
+        sandbox: &Sandbox,
+        name: &str,
+        wasm: &[u8],
+        digest: String,
+    ) -> anyhow::Result<Self> {
+        let component = sandbox.prepare(wasm, &digest)?;
         Ok(Procedure {
             name: name.to_owned(),
-            digest: digest(wasm),
+            digest,
             component,
         })
     }
@@ -135,17 +140,6 @@ fn list_loaded(procedures: &BTreeMap<String, Arc<Procedure>>) -> String {
         let names: Vec<&str> = procedures.keys().map(String::as_str).collect();
         format!(" (loaded: {})", names.join(", "))
     }
-}
-
-/// `sha256:` + lowercase hex of `bytes`.
-pub fn digest(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    let mut text = String::with_capacity(7 + 64);
-    text.push_str("sha256:");
-    for byte in hash {
-        write!(text, "{byte:02x}").expect("writing to a String");
-    }
-    text
 }
 
 /// The procedure name a path stands for: `modules/fib.wasm` → `fib`.

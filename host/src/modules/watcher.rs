@@ -40,12 +40,6 @@ pub fn watch(
     registry: Arc<Registry>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    if !dir.is_dir() {
-        anyhow::bail!(
-            "the modules folder {} does not exist (create it, or pass --modules-dir)",
-            dir.display()
-        );
-    }
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -115,7 +109,7 @@ pub async fn reload(path: &Path, sandbox: &Arc<Sandbox>, registry: &Registry) {
             if serving.as_ref() == Some(&digest) {
                 return Ok(None); // touched, not changed
             }
-            let component = sandbox.prepare(&wasm)?;
+            let component = sandbox.prepare(&wasm, &digest)?;
             Ok(Some(Procedure {
                 name,
                 digest,

@@ -21,9 +21,11 @@
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
 //!   logged at debug level.
 
+mod cache;
 mod limits;
 mod output;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -36,6 +38,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use cache::CompiledCache;
 use limits::MemoryLimiter;
 pub use limits::{Limits, format_bytes};
 use output::CappedOutput;
@@ -85,12 +88,14 @@ pub struct Sandbox {
     slots: Arc<Semaphore>,
     guests: GuestRuntime,
     ticker: EpochTicker,
+    cache: Option<CompiledCache>,
 }
 
 impl Sandbox {
     /// Builds the engine (pooling allocator sized for `limits.concurrency`),
-    /// the WASI linker, the guest runtime and the epoch ticker.
-    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+    /// the WASI linker, the guest runtime and the epoch ticker. With
+    /// `cache_dir`, compiled code is kept there by module digest.
+    pub fn new(limits: Limits, cache_dir: Option<&Path>) -> anyhow::Result<Self> {
         let engine = Engine::new(&engine_config(&limits)).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -98,7 +103,15 @@ impl Sandbox {
             .context("linking WASI 0.2 into the sandbox")?;
         let guests = GuestRuntime::new(limits.concurrency)?;
         let ticker = EpochTicker::start(engine.clone())?;
+        let cache =
+            match cache_dir {
+                Some(dir) => Some(CompiledCache::open(dir, &engine).with_context(|| {
+                    format!("opening the compiled-code cache {}", dir.display())
+                })?),
+                None => None,
+            };
         Ok(Sandbox {
+            cache,
             engine,
             linker,
             slots: Arc::new(Semaphore::new(limits.concurrency)),
@@ -113,15 +126,30 @@ impl Sandbox {
         &self.limits
     }
 
-    /// Compiles `wasm` and checks that it is a component this host can run.
+    /// Compiles `wasm` (whose digest is `digest`) and checks that it is a
+    /// component this host can run; compiled code comes from and goes to the
+    /// cache when there is one.
     ///
-    /// CPU-heavy (Cranelift): call it off the async runtime, for example in
-    /// `spawn_blocking`. The error says what is wrong with the module.
-    pub fn prepare(&self, wasm: &[u8]) -> anyhow::Result<PreparedComponent> {
+    /// CPU-heavy (Cranelift) on a cache miss: call it off the async runtime,
+    /// for example in `spawn_blocking`. The error says what is wrong.
+    pub fn prepare(&self, wasm: &[u8], digest: &str) -> anyhow::Result<PreparedComponent> {
         check_is_component(wasm)?;
-        let component = Component::new(&self.engine, wasm)
-            .map_err(anyhow::Error::from)
-            .context("compiling the component")?;
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.load(&self.engine, digest));
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component = Component::new(&self.engine, wasm)
+                    .map_err(anyhow::Error::from)
+                    .context("compiling the component")?;
+                if let Some(cache) = &self.cache {
+                    cache.store(digest, &component);
+                }
+                component
+            }
+        };
         let instance_pre = self
             .linker
             .instantiate_pre(&component)

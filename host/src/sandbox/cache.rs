@@ -1,0 +1,84 @@
+//! Compiled code on disk, so a restarting host with many modules is ready
+//! in milliseconds instead of recompiling each one.
+//!
+//! An entry is wasmtime's own precompiled artifact (`Component::serialize`),
+//! named by the module's digest *and* a hash of the engine's compatibility
+//! settings (wasmtime version, target, compiler flags), so a host with a
+//! different wasmtime or configuration never finds, let alone loads, a stale
+//! entry; wasmtime also refuses an incompatible artifact itself. An entry
+//! that fails to load is deleted and the module compiled afresh.
+//!
+//! Loading an artifact runs its machine code, so the cache folder must be
+//! writable only by the host's own user (it is created 0700).
+
+use std::hash::{Hash as _, Hasher as _};
+use std::path::{Path, PathBuf};
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// A folder of precompiled components for one engine configuration.
+pub(super) struct CompiledCache {
+    dir: PathBuf,
+    engine_tag: String,
+}
+
+impl CompiledCache {
+    /// Uses (and creates, if needed) `dir`.
+    pub(super) fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+        // SipHash with fixed keys: stable across runs of the same build,
+        // which is all a cache key needs.
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(CompiledCache {
+            dir: dir.to_owned(),
+            engine_tag: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    fn entry(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.dir.join(format!("{hex}-{}.cwasm", self.engine_tag))
+    }
+
+    /// The cached component for `digest`, if there is a usable one.
+    pub(super) fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let path = self.entry(digest);
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: entries are written only by `store` below, from
+        // `Component::serialize` on an engine with the same compatibility
+        // hash, into a folder only this user can write (see module docs).
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => Some(component),
+            Err(error) => {
+                tracing::warn!(file = %path.display(), "dropping an unusable compiled-code cache entry: {error}");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Saves `component` under `digest`. Failures are logged, not fatal:
+    /// the cache only saves time.
+    pub(super) fn store(&self, digest: &str, component: &Component) {
+        let path = self.entry(digest);
+        let result = component
+            .serialize()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|bytes| {
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, &path)
+            });
+        if let Err(error) = result {
+            tracing::warn!(file = %path.display(), "could not save compiled code: {error}");
+        }
+    }
+}

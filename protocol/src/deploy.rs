@@ -1,0 +1,263 @@
+//! The remote deploy contract: how a module reaches every host of a queue,
+//! and how a host knows whom it came from.
+//!
+//! A deploy is one message on the durable RabbitMQ stream
+//! [`deploy_stream`]`(queue)`, published through the default exchange. Its
+//! body is the module's bytes; its headers name the procedure, the module's
+//! digest, and (when signed) the deployer's ed25519 public key and a
+//! signature over [`signed_bytes`]`(name, digest)`. Every host of the queue
+//! reads the whole stream from its start, so a host that starts after a
+//! deploy still finds it; it verifies every entry on replay and serves the
+//! newest accepted version of each name. A host answers each deploy that has
+//! a `reply_to` with a JSON [`DeployAnswer`], with the deploy's
+//! `correlation_id`.
+//!
+//! Keys are text: a public key is `ed25519:` + 64 hex digits, one per line
+//! in a host's `--trusted-keys` file; a secret key file holds
+//! `ed25519-secret:` + 64 hex digits and is created with mode 0600.
+
+use std::fmt;
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Deploy header: the procedure name the module is for.
+pub const HEADER_DEPLOY_NAME: &str = "x-deploy-name";
+/// Deploy header: `sha256:<hex>` of the module bytes (the body).
+pub const HEADER_DEPLOY_DIGEST: &str = "x-deploy-digest";
+/// Deploy header: the signer's public key, `ed25519:<hex>`.
+pub const HEADER_DEPLOY_KEY: &str = "x-deploy-key";
+/// Deploy header: hex of the ed25519 signature over [`signed_bytes`].
+pub const HEADER_DEPLOY_SIGNATURE: &str = "x-deploy-signature";
+
+const PUBLIC_PREFIX: &str = "ed25519:";
+const SECRET_PREFIX: &str = "ed25519-secret:";
+
+/// The stream that carries deploys for the hosts of `queue`.
+pub fn deploy_stream(queue: &str) -> String {
+    format!("{queue}.deploys")
+}
+
+/// Arguments every declaration of [`deploy_stream`] uses (host and
+/// deployer alike; RabbitMQ refuses a redeclaration that differs). Declare
+/// it durable. The history keeps the newest 1 GiB of deploys.
+pub fn deploy_stream_arguments() -> lapin::types::FieldTable {
+    use lapin::types::AMQPValue;
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    arguments.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(1 << 30));
+    arguments
+}
+
+/// What a deploy signature covers: a domain tag, the name and the digest.
+/// The digest binds the module bytes; the tag keeps the signature from
+/// meaning anything anywhere else.
+pub fn signed_bytes(name: &str, digest: &str) -> Vec<u8> {
+    format!("warren-deploy-v1\n{name}\n{digest}\n").into_bytes()
+}
+
+/// A host's answer to one deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployAnswer {
+    /// The answering host's id (`--host-id`).
+    pub host: String,
+    /// Whether the host now serves the deployed module.
+    pub accepted: bool,
+    /// Why it refused; empty when accepted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Digest of the deployed module.
+    pub digest: String,
+    /// Time from receipt to serving (or refusing), in milliseconds.
+    pub took_ms: u64,
+}
+
+/// A public key a host may trust.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey(VerifyingKey);
+
+/// A deployer's secret key.
+pub struct SecretKey(SigningKey);
+
+/// A key or signature that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError(pub String);
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+fn decode_32(text: &str, prefix: &str, what: &str) -> Result<[u8; 32], KeyError> {
+    let hex_part = text.trim().strip_prefix(prefix).ok_or_else(|| {
+        KeyError(format!(
+            "{what} must start with {prefix:?} (as `warren keygen` writes it)"
+        ))
+    })?;
+    let bytes = hex::decode(hex_part).map_err(|e| KeyError(format!("{what}: {e}")))?;
+    bytes
+        .try_into()
+        .map_err(|_| KeyError(format!("{what}: expected 32 bytes (64 hex digits)")))
+}
+
+impl PublicKey {
+    /// Parses `ed25519:<64 hex digits>`.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let bytes = decode_32(text, PUBLIC_PREFIX, "a public key")?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(PublicKey)
+            .map_err(|e| KeyError(format!("not a valid ed25519 public key: {e}")))
+    }
+
+    /// Whether `signature_hex` is this key's signature over `name` and `digest`.
+    pub fn verifies(&self, name: &str, digest: &str, signature_hex: &str) -> bool {
+        let Ok(bytes) = hex::decode(signature_hex.trim()) else {
+            return false;
+        };
+        let Ok(signature) = Signature::from_slice(&bytes) else {
+            return false;
+        };
+        self.0
+            .verify_strict(&signed_bytes(name, digest), &signature)
+            .is_ok()
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PUBLIC_PREFIX}{}", hex::encode(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl SecretKey {
+    /// A new random key from the operating system's generator.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| KeyError(format!("no randomness: {e}")))?;
+        Ok(SecretKey(SigningKey::from_bytes(&seed)))
+    }
+
+    /// Parses `ed25519-secret:<64 hex digits>`.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        decode_32(text, SECRET_PREFIX, "a secret key")
+            .map(|b| SecretKey(SigningKey::from_bytes(&b)))
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    /// Hex signature over `name` and `digest`, for [`HEADER_DEPLOY_SIGNATURE`].
+    pub fn sign(&self, name: &str, digest: &str) -> String {
+        hex::encode(self.0.sign(&signed_bytes(name, digest)).to_bytes())
+    }
+
+    /// The key as written to its file.
+    pub fn to_text(&self) -> String {
+        format!("{SECRET_PREFIX}{}", hex::encode(self.0.to_bytes()))
+    }
+
+    /// Writes the secret key to `path` (mode 0600, never over an existing
+    /// file) and the public key to `path.pub`.
+    pub fn write_pair(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
+        writeln!(file, "{}", self.to_text())?;
+        let public = public_key_path(path);
+        std::fs::write(&public, format!("{}\n", self.public_key()))
+    }
+
+    /// Reads a secret key file written by [`SecretKey::write_pair`].
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| KeyError(format!("reading the key {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| KeyError(format!("{}: {e}", path.display())))
+    }
+}
+
+/// `key` → `key.pub`.
+pub fn public_key_path(secret: &Path) -> std::path::PathBuf {
+    let mut name = secret.as_os_str().to_owned();
+    name.push(".pub");
+    name.into()
+}
+
+/// Reads a trusted-keys file: one public key per line; blank lines and
+/// lines starting with `#` are ignored. An unreadable key is an error that
+/// names its line, so a typo never silently trusts nobody.
+pub fn read_trusted_keys(path: &Path) -> Result<Vec<PublicKey>, KeyError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| KeyError(format!("reading trusted keys {}: {e}", path.display())))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        .map(|(index, line)| {
+            PublicKey::parse(line)
+                .map_err(|e| KeyError(format!("{} line {}: {e}", path.display(), index + 1)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_only_for_the_same_name_digest_and_key() {
+        let key = SecretKey::generate().unwrap();
+        let other = SecretKey::generate().unwrap();
+        let signature = key.sign("fib", "sha256:aa");
+        assert!(key.public_key().verifies("fib", "sha256:aa", &signature));
+        assert!(!key.public_key().verifies("fib", "sha256:bb", &signature));
+        assert!(!key.public_key().verifies("fob", "sha256:aa", &signature));
+        assert!(!other.public_key().verifies("fib", "sha256:aa", &signature));
+        assert!(!key.public_key().verifies("fib", "sha256:aa", "not hex"));
+    }
+
+    #[test]
+    fn keys_round_trip_through_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deployer");
+        let key = SecretKey::generate().unwrap();
+        key.write_pair(&path).unwrap();
+        assert!(key.write_pair(&path).is_err(), "never overwrites a key");
+        let read = SecretKey::read(&path).unwrap();
+        assert_eq!(read.public_key(), key.public_key());
+        let public = std::fs::read_to_string(public_key_path(&path)).unwrap();
+        assert_eq!(public.lines().count(), 1);
+        let trusted = dir.path().join("trusted");
+        std::fs::write(&trusted, format!("# ops team\n\n{public}")).unwrap();
+        assert_eq!(read_trusted_keys(&trusted).unwrap(), vec![key.public_key()]);
+        std::fs::write(&trusted, "ed25519:zz\n").unwrap();
+        assert!(
+            read_trusted_keys(&trusted)
+                .unwrap_err()
+                .0
+                .contains("line 1")
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

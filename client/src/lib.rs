@@ -43,6 +43,9 @@ use warren_protocol::{
     HEADER_RPC_STATUS, RpcError, STATUS_ERROR, header_text, redact_url, set_header_text,
 };
 
+/// How long [`RpcClient::connect`] waits for the broker.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -158,6 +161,17 @@ pub enum CallError {
         #[source]
         source: lapin::Error,
     },
+    /// The broker did not complete the connection in time.
+    #[error(
+        "cannot reach the broker at {url}: no answer within {} (wrong host, port or vhost?)",
+        humantime::format_duration(*.waited)
+    )]
+    ConnectTimeout {
+        /// The broker URL, password hidden.
+        url: String,
+        /// How long the client waited.
+        waited: Duration,
+    },
     /// The connection failed after it was made.
     #[error("{context}: {source}")]
     Broker {
@@ -197,9 +211,16 @@ impl RpcClient {
             source,
         };
         let properties = ConnectionProperties::default().with_connection_name("warren".into());
-        let connection = Connection::connect(url, properties)
-            .await
-            .map_err(connect_error)?;
+        // lapin can wait forever when the broker refuses the connection
+        // after the handshake (an unknown vhost, say); give up in time.
+        let connection =
+            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
+                .await
+                .map_err(|_| CallError::ConnectTimeout {
+                    url: redact_url(url),
+                    waited: CONNECT_TIMEOUT,
+                })?
+                .map_err(connect_error)?;
         let broker = |context| move |source| CallError::Broker { context, source };
         let channel = connection
             .create_channel()
@@ -374,7 +395,7 @@ impl RpcClient {
             .map_err(broker("publishing the deploy"))?
             .await
             .map_err(broker("waiting for the broker to store the deploy"))?;
-        let _ = channel.close(200, "deploy sent".into()).await;
+        close_quietly(channel.close(200, "deploy sent".into())).await;
         if !confirmation.is_ack() {
             return Err(CallError::DeployNotStored);
         }
@@ -400,10 +421,7 @@ impl RpcClient {
 
     /// Closes the connection (the callback queue goes with it).
     pub async fn close(self) {
-        let _ = self
-            .connection
-            .close(200, "warren client done".into())
-            .await;
+        close_quietly(self.connection.close(200, "warren client done".into())).await;
         self.router.abort();
     }
 
@@ -440,7 +458,7 @@ impl RpcClient {
                 info.consumer_count()
             ),
         };
-        let _ = probe.close(200, "probe done".into()).await;
+        close_quietly(probe.close(200, "probe done".into())).await;
         diagnosis
     }
 }
@@ -489,6 +507,12 @@ async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
         }
     }
     pending.lock().expect("pending lock").clear();
+}
+
+/// Closes best effort: lapin can wait forever for a close-ok that never
+/// comes, and closing must not hang the caller.
+async fn close_quietly<T, E>(closing: impl Future<Output = Result<T, E>>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
 }
 
 /// Turns a reply message into a [`Reply`] or the error it reports. A reply

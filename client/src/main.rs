@@ -313,6 +313,7 @@ fn report(error: &CallError) -> u8 {
         CallError::Rpc { .. } => exit::PROCEDURE_ERROR,
         CallError::Timeout { .. } => exit::NO_REPLY,
         CallError::Connect { .. }
+        | CallError::ConnectTimeout { .. }
         | CallError::Broker { .. }
         | CallError::Disconnected
         | CallError::DeployNotStored => exit::NO_BROKER,

@@ -194,7 +194,7 @@ async fn error_replies_follow_the_wire_contract() {
             assert_eq!(header_text(headers, HEADER_RPC_ERROR), None);
         }
     }
-    let _ = connection.close(200, "done".into()).await;
+    close_connection(&connection).await;
     host.stop().await;
 }
 
@@ -219,7 +219,9 @@ async fn a_request_without_reply_to_is_acked_and_dropped() {
     let client = host.client().await;
     assert_eq!(client.call(call("10")).await.unwrap().body, b"55");
     let queue = host.queue.clone();
-    host.stop().await;
+    let mut host = host;
+    let running = host.host.take().unwrap();
+    running.stop().await.unwrap();
     // Had it been left unacked, stopping the host would have returned it to the queue.
     let info = channel
         .queue_declare(
@@ -237,10 +239,8 @@ async fn a_request_without_reply_to_is_acked_and_dropped() {
         0,
         "the request without reply_to was not acked"
     );
-    let _ = channel
-        .queue_delete(queue.as_str().into(), Default::default())
-        .await;
-    let _ = connection.close(200, "done".into()).await;
+    close_connection(&connection).await;
+    host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -130,7 +130,7 @@ async fn start_python_server(args: Vec<String>, queue: &str) -> KillOnDrop {
             if info.consumer_count() > 0 {
                 break;
             }
-            let _ = channel.close(200, "".into()).await;
+            close_quietly(channel.close(200, "".into())).await;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -138,7 +138,7 @@ async fn start_python_server(args: Vec<String>, queue: &str) -> KillOnDrop {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = connection.close(200, "".into()).await;
+    close_connection(&connection).await;
     server
 }
 
@@ -151,7 +151,7 @@ async fn fresh_rpc_queue() {
     let _ = channel
         .queue_delete(SEED_QUEUE.into(), QueueDeleteOptions::default())
         .await;
-    let _ = connection.close(200, "".into()).await;
+    close_connection(&connection).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -157,17 +157,24 @@ impl Session {
         } else {
             deploys.abort();
         }
-        let _ = self
-            .deploy_channel
-            .close(200, "warren-host stopping".into())
-            .await;
-        let _ = self.channel.close(200, "warren-host stopping".into()).await;
-        let _ = self
-            .connection
-            .close(200, "warren-host stopping".into())
-            .await;
+        close_quietly(
+            self.deploy_channel
+                .close(200, "warren-host stopping".into()),
+        )
+        .await;
+        close_quietly(self.channel.close(200, "warren-host stopping".into())).await;
+        close_quietly(self.connection.close(200, "warren-host stopping".into())).await;
         result
     }
+}
+
+/// How long a close may take before it is abandoned.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes best effort: lapin can wait forever for a close-ok that never
+/// comes, and a stopping host must not hang on it.
+async fn close_quietly<T, E>(closing: impl Future<Output = Result<T, E>>) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
 }
 
 /// Keeps a session going until shutdown: when the connection fails, it

@@ -190,34 +190,34 @@ impl Deployer {
         digest: &str,
     ) -> Result<(), String> {
         let policy = &self.policy;
-        let signed = match (&request.key, &request.signature) {
-            (Some(key), Some(signature)) => Some((key, signature)),
-            _ => None,
-        };
-        let Some((key, signature)) = signed else {
+        if policy.trusted_keys.is_empty() && !policy.allow_unsigned {
+            return Err(
+                "this host accepts no remote deploys: start it with --trusted-keys FILE \
+                        (or --allow-unsigned-deploys)"
+                    .into(),
+            );
+        }
+        let (Some(key), Some(signature)) = (&request.key, &request.signature) else {
             return if policy.allow_unsigned {
                 Ok(())
-            } else if policy.trusted_keys.is_empty() {
+            } else {
                 Err(
-                    "this host accepts no remote deploys: start it with --trusted-keys FILE \
-                     (or --allow-unsigned-deploys)"
+                    "the deploy is unsigned; this host accepts only deploys signed by a trusted \
+                     key (warren deploy --key FILE)"
                         .into(),
                 )
-            } else {
-                Err("the deploy is unsigned; this host accepts only deploys signed by a trusted key \
-                     (warren deploy --key FILE)"
-                    .into())
             };
         };
         let key =
             PublicKey::parse(key).map_err(|e| format!("the deploy's key is unreadable: {e}"))?;
         if !policy.trusted_keys.contains(&key) {
-            if policy.allow_unsigned {
-                return Ok(());
-            }
-            return Err(format!(
-                "signed by {key}, which this host does not trust (add it to the --trusted-keys file)"
-            ));
+            return if policy.allow_unsigned {
+                Ok(())
+            } else {
+                Err(format!(
+                    "signed by {key}, which this host does not trust (add it to the --trusted-keys file)"
+                ))
+            };
         }
         if key.verifies(name, digest, signature) {
             Ok(())

@@ -87,6 +87,9 @@ pub struct TestHost {
     pub queue: String,
     pub modules: tempfile::TempDir,
     pub host: Option<RunningHost>,
+    config: HostConfig,
+    /// Whether stopping this host deletes its queue and deploy stream.
+    owns_queue: bool,
 }
 
 impl TestHost {
@@ -96,8 +99,28 @@ impl TestHost {
     }
 
     /// Like [`TestHost::start`], with a chance to adjust the options.
+    /// Stopping it deletes its queue and deploy stream.
     pub async fn start_with(
         test: &str,
+        modules: &[(&str, &[u8])],
+        adjust: impl FnOnce(&mut HostConfig),
+    ) -> Self {
+        Self::launch(&unique_queue(test), true, modules, adjust).await
+    }
+
+    /// A second host on an existing test host's queue, with its own folder.
+    /// Stop it before the host that owns the queue.
+    pub async fn join(
+        queue: &str,
+        modules: &[(&str, &[u8])],
+        adjust: impl FnOnce(&mut HostConfig),
+    ) -> Self {
+        Self::launch(queue, false, modules, adjust).await
+    }
+
+    async fn launch(
+        queue: &str,
+        owns_queue: bool,
         modules: &[(&str, &[u8])],
         adjust: impl FnOnce(&mut HostConfig),
     ) -> Self {
@@ -105,17 +128,49 @@ impl TestHost {
         for (name, bytes) in modules {
             std::fs::write(dir.path().join(format!("{name}.wasm")), bytes).unwrap();
         }
-        let queue = unique_queue(test);
-        let mut config = HostConfig::new(&queue, dir.path());
+        let mut config = HostConfig::new(queue, dir.path());
         config.amqp_url = amqp_url();
         config.concurrency = Some(2);
         adjust(&mut config);
-        let host = warren_host::start(config).await.expect("starting the host");
+        let host = warren_host::start(config.clone())
+            .await
+            .expect("starting the host");
         TestHost {
-            queue,
+            queue: config.queue.clone(),
             modules: dir,
             host: Some(host),
+            config,
+            owns_queue,
         }
+    }
+
+    /// Stops the host and starts it again with the same options and folder.
+    pub async fn restart(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.stop().await.expect("host stops cleanly");
+        }
+        let host = warren_host::start(self.config.clone())
+            .await
+            .expect("restarting the host");
+        self.host = Some(host);
+    }
+
+    /// Digest of the version of `name` this host serves right now.
+    pub fn serving(&self, name: &str) -> Option<String> {
+        let host = self.host.as_ref()?;
+        host.registry().get(name).map(|p| p.digest.clone())
+    }
+
+    /// Waits until this host serves `digest` as `name`; false if it never does.
+    pub async fn wait_serving(&self, name: &str, digest: &str, within: Duration) -> bool {
+        let give_up = Instant::now() + within;
+        while Instant::now() < give_up {
+            if self.serving(name).as_deref() == Some(digest) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// A client for this host's queue.
@@ -137,12 +192,41 @@ impl TestHost {
         std::fs::rename(&tmp, self.module_path(name)).unwrap();
     }
 
-    /// Stops the host gracefully.
+    /// Stops the host gracefully; the queue's owner also deletes the queue
+    /// and its deploy stream, so test runs leave nothing on the broker.
     pub async fn stop(mut self) {
         if let Some(host) = self.host.take() {
             host.stop().await.expect("host stops cleanly");
         }
+        if self.owns_queue {
+            delete_queues(&self.queue).await;
+        }
     }
+}
+
+/// Deletes `queue` and its deploy stream, if they exist.
+pub async fn delete_queues(queue: &str) {
+    let Ok(connection) = lapin::Connection::connect(&amqp_url(), Default::default()).await else {
+        return;
+    };
+    let stream = warren_client::protocol::deploy::deploy_stream(queue);
+    for name in [queue, stream.as_str()] {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel.queue_delete(name.into(), Default::default()).await;
+        }
+    }
+    close_connection(&connection).await;
+}
+
+/// Closes a test's own connection without risking a hang (lapin can wait
+/// forever for a close-ok that never comes).
+pub async fn close_connection(connection: &lapin::Connection) {
+    close_quietly(connection.close(200, "test done".into())).await;
+}
+
+/// Waits at most a few seconds for a close to finish.
+pub async fn close_quietly<T, E>(closing: impl Future<Output = Result<T, E>>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
 }
 
 /// Calls until `accept` likes the reply or `within` passes; returns the last.

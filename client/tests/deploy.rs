@@ -1,0 +1,342 @@
+//! Remote deploys across a fleet: signed modules over the deploy stream,
+//! accepted only from trusted keys, served by every host of the queue,
+//! including hosts that start (or restart) after the deploy.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use lapin::options::BasicPublishOptions;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use warren_client::protocol::deploy::{
+    DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
+    HEADER_DEPLOY_SIGNATURE, deploy_stream, public_key_path,
+};
+use warren_client::protocol::set_header_text;
+use warren_client::{Deploy, RpcClient, SecretKey};
+
+/// A fresh key pair in `dir`; returns (secret key path, the key).
+fn key_in(dir: &Path, name: &str) -> (PathBuf, SecretKey) {
+    let path = dir.join(name);
+    let key = SecretKey::generate().unwrap();
+    key.write_pair(&path).unwrap();
+    (path, key)
+}
+
+fn trusting(
+    public_key_file: PathBuf,
+    host_id: &'static str,
+) -> impl FnOnce(&mut warren_host::HostConfig) {
+    move |config| {
+        config.trusted_keys = Some(public_key_file);
+        config.host_id = Some(host_id.into());
+    }
+}
+
+async fn deploy(queue: &str, deploy: Deploy) -> Vec<DeployAnswer> {
+    let client = RpcClient::connect(&amqp_url(), queue).await.unwrap();
+    let answers = client.deploy(deploy.timeout(CALL_TIMEOUT)).await.unwrap();
+    client.close().await;
+    answers
+}
+
+fn only_answer(answers: Vec<DeployAnswer>) -> DeployAnswer {
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    answers.into_iter().next().unwrap()
+}
+
+#[test]
+fn keygen_writes_a_private_secret_and_a_one_line_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deployer");
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("keygen")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(public_key_path(&path)).unwrap();
+    assert_eq!(public.lines().count(), 1);
+    assert!(public.starts_with("ed25519:"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        public,
+        "stdout shows the public key"
+    );
+    SecretKey::read(&path).expect("the secret key reads back");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let again = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("keygen")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "an existing key is never overwritten"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hosts_on_one_queue_receive_one_signed_deploy_and_both_serve_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, _) = key_in(keys.path(), "ops");
+    let v1 = fib_wasm();
+    let v2 = with_custom_section(&v1, "deployed");
+    let a = TestHost::start_with(
+        "deploy-two",
+        &[("fib", &v1)],
+        trusting(public_key_path(&secret), "host-a"),
+    )
+    .await;
+    let b = TestHost::join(
+        &a.queue,
+        &[("fib", &v1)],
+        trusting(public_key_path(&secret), "host-b"),
+    )
+    .await;
+    let module = keys.path().join("fib-v2.wasm");
+    std::fs::write(&module, &v2).unwrap();
+
+    let queue = a.queue.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_warren"))
+            .env("AMQP_URL", amqp_url())
+            .args(["--queue", &queue, "--timeout", "20s", "deploy", "fib"])
+            .arg(&module)
+            .arg("--key")
+            .arg(&secret)
+            .args(["--expect-hosts", "2"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per host: {stdout}");
+    for host in ["host-a", "host-b"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(host))
+            .unwrap_or_else(|| panic!("no line for {host}: {stdout}"));
+        assert!(
+            line.contains("accepted") && line.contains(&digest(&v2)),
+            "{line}"
+        );
+    }
+    for host in [&a, &b] {
+        assert_eq!(host.serving("fib"), Some(digest(&v2)));
+        assert_eq!(
+            std::fs::read(host.module_path("fib")).unwrap(),
+            v2,
+            "saved into the modules folder"
+        );
+    }
+    let client = a.client().await;
+    for _ in 0..6 {
+        let reply = client.call(call("15")).await.unwrap();
+        assert_eq!(
+            (reply.body.as_slice(), reply.digest),
+            (&b"610"[..], Some(digest(&v2)))
+        );
+    }
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_deploys_change_nothing() {
+    let keys = tempfile::tempdir().unwrap();
+    let (trusted_path, trusted) = key_in(keys.path(), "trusted");
+    let (_, stranger) = key_in(keys.path(), "stranger");
+    let v1 = fib_wasm();
+    let v2 = with_custom_section(&v1, "never served");
+    let host = TestHost::start_with("deploy-refused", &[("fib", &v1)], |config| {
+        config.trusted_keys = Some(public_key_path(&trusted_path));
+        config.max_module_bytes = 150_000;
+    })
+    .await;
+
+    let unsigned = only_answer(deploy(&host.queue, Deploy::new("fib", v2.clone())).await);
+    assert!(
+        !unsigned.accepted && unsigned.reason.contains("unsigned"),
+        "{unsigned:?}"
+    );
+
+    let unknown = only_answer(
+        deploy(
+            &host.queue,
+            Deploy::new("fib", v2.clone()).signed_by(stranger),
+        )
+        .await,
+    );
+    assert!(
+        !unknown.accepted && unknown.reason.contains("does not trust"),
+        "{unknown:?}"
+    );
+
+    let not_wasm = Deploy::new("fib", b"not a component".to_vec())
+        .signed_by(SecretKey::read(&trusted_path).unwrap());
+    let not_wasm = only_answer(deploy(&host.queue, not_wasm).await);
+    assert!(
+        !not_wasm.accepted && not_wasm.reason.contains("not a WebAssembly file"),
+        "{not_wasm:?}"
+    );
+
+    let big = with_custom_section(&v1, &"x".repeat(100_000));
+    let too_big = only_answer(
+        deploy(
+            &host.queue,
+            Deploy::new("fib", big).signed_by(SecretKey::read(&trusted_path).unwrap()),
+        )
+        .await,
+    );
+    assert!(
+        !too_big.accepted && too_big.reason.contains("--max-module-bytes"),
+        "{too_big:?}"
+    );
+
+    // A forged deploy: the trusted key's name on a stranger's signature.
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let forger = SecretKey::generate().unwrap();
+    let mut headers = FieldTable::default();
+    set_header_text(&mut headers, HEADER_DEPLOY_NAME, "fib");
+    set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest(&v2));
+    set_header_text(
+        &mut headers,
+        HEADER_DEPLOY_KEY,
+        &trusted.public_key().to_string(),
+    );
+    set_header_text(
+        &mut headers,
+        HEADER_DEPLOY_SIGNATURE,
+        &forger.sign("fib", &digest(&v2)),
+    );
+    channel
+        .basic_publish(
+            "".into(),
+            deploy_stream(&host.queue).as_str().into(),
+            BasicPublishOptions::default(),
+            &v2,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+    close_connection(&connection).await;
+    // Something valid after it, to know the forged one has been processed.
+    let twin = with_custom_section(&v1, "twin");
+    let twin_answer = only_answer(
+        deploy(
+            &host.queue,
+            Deploy::new("twin", twin.clone()).signed_by(SecretKey::read(&trusted_path).unwrap()),
+        )
+        .await,
+    );
+    assert!(twin_answer.accepted, "{twin_answer:?}");
+
+    assert_eq!(
+        host.serving("fib"),
+        Some(digest(&v1)),
+        "nothing refused was served"
+    );
+    assert_eq!(
+        std::fs::read(host.module_path("fib")).unwrap(),
+        v1,
+        "nothing refused was saved"
+    );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_trusted_keys_a_host_refuses_deploys_unless_unsigned_ones_are_allowed() {
+    let v1 = fib_wasm();
+    let v2 = with_custom_section(&v1, "unsigned");
+    let closed = TestHost::start("deploy-closed", &[("fib", &v1)]).await;
+    let signed = Deploy::new("fib", v2.clone()).signed_by(SecretKey::generate().unwrap());
+    let answer = only_answer(deploy(&closed.queue, signed).await);
+    assert!(
+        !answer.accepted && answer.reason.contains("--trusted-keys"),
+        "{answer:?}"
+    );
+    assert_eq!(closed.serving("fib"), Some(digest(&v1)));
+    closed.stop().await;
+
+    let open = TestHost::start_with("deploy-open", &[("fib", &v1)], |config| {
+        config.allow_unsigned_deploys = true;
+    })
+    .await;
+    let answer = only_answer(deploy(&open.queue, Deploy::new("fib", v2.clone())).await);
+    assert!(answer.accepted, "{answer:?}");
+    assert_eq!(open.serving("fib"), Some(digest(&v2)));
+    open.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restarted_and_newly_started_hosts_serve_the_deployed_version() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, key) = key_in(keys.path(), "ops");
+    let v1 = fib_wasm();
+    let v2 = with_custom_section(&v1, "deployed before they started");
+    let mut first = TestHost::start_with(
+        "deploy-later",
+        &[("fib", &v1)],
+        trusting(public_key_path(&secret), "first"),
+    )
+    .await;
+    let answer =
+        only_answer(deploy(&first.queue, Deploy::new("fib", v2.clone()).signed_by(key)).await);
+    assert!(answer.accepted, "{answer:?}");
+    // An unsigned deploy after it must not hide it on replay.
+    let unsigned = only_answer(deploy(&first.queue, Deploy::new("fib", v1.clone())).await);
+    assert!(!unsigned.accepted);
+
+    first.restart().await;
+    assert_eq!(
+        first.serving("fib"),
+        Some(digest(&v2)),
+        "the restarted host loads the saved module"
+    );
+
+    // A new host whose folder still holds the old version catches up from the history.
+    let late = TestHost::join(
+        &first.queue,
+        &[("fib", &v1)],
+        trusting(public_key_path(&secret), "late"),
+    )
+    .await;
+    assert!(
+        late.wait_serving("fib", &digest(&v2), Duration::from_secs(15))
+            .await,
+        "the new host serves {:?}, not the deployed version",
+        late.serving("fib")
+    );
+    assert_eq!(std::fs::read(late.module_path("fib")).unwrap(), v2);
+    late.stop().await;
+    first.stop().await;
+}

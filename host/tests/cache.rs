@@ -1,0 +1,62 @@
+//! The compiled-code cache: one entry per module digest and engine, reused
+//! by the next host, and a damaged entry never stops a module loading.
+
+use std::path::Path;
+
+use warren_host::modules::digest;
+use warren_host::sandbox::{Limits, Sandbox};
+
+fn fib_wasm() -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/guest_fib.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e}. Build it first: `just build-guest` (`just test` does it)",
+            path.display()
+        )
+    })
+}
+
+fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn compiled_code_is_cached_by_digest_and_survives_a_damaged_entry() {
+    let wasm = fib_wasm();
+    let sha = digest(&wasm);
+    let cache = tempfile::tempdir().unwrap();
+
+    let first = Sandbox::new(Limits::default(), Some(cache.path())).unwrap();
+    first.prepare(&wasm, &sha).expect("compiles");
+    let stored = entries(cache.path());
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let name = stored[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with(sha.trim_start_matches("sha256:")) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+    let artifact = std::fs::read(&stored[0]).unwrap();
+
+    // A second host reuses the entry rather than writing another.
+    let second = Sandbox::new(Limits::default(), Some(cache.path())).unwrap();
+    second.prepare(&wasm, &sha).expect("loads from the cache");
+    assert_eq!(entries(cache.path()), stored);
+
+    // A damaged entry is dropped and rebuilt; the module still loads.
+    std::fs::write(&stored[0], b"garbage").unwrap();
+    let third = Sandbox::new(Limits::default(), Some(cache.path())).unwrap();
+    third
+        .prepare(&wasm, &sha)
+        .expect("recompiles past a damaged entry");
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), artifact);
+}

@@ -66,44 +66,68 @@ impl Session {
                 .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
                 .and_then(|connected| connected.map_err(anyhow::Error::from))
                 .with_context(|| format!("connecting to the broker at {shown}"))?;
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "declaring queue {queue:?} (if it exists with other settings, \
-                     delete it or choose another --queue)"
+        match Self::subscribe(connection, queue, prefetch).await {
+            Ok(session) => Ok(session),
+            Err((connection, error)) => {
+                // Half-set-up connections must not pile up across retries.
+                close_quietly(connection.close(200, "warren-host setup failed".into())).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Declares and consumes the request queue and the deploy stream on
+    /// `connection`; on failure hands the connection back for closing.
+    async fn subscribe(
+        connection: Connection,
+        queue: &str,
+        prefetch: u16,
+    ) -> Result<Self, (Connection, anyhow::Error)> {
+        let subscribed = async {
+            let channel = connection
+                .create_channel()
+                .await
+                .context("opening a channel")?;
+            channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions::default(),
+                    FieldTable::default(),
                 )
-            })?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .context("setting the prefetch count")?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                ShortString::default(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming queue {queue:?}"))?;
-        let (deploy_channel, deploys) = open_deploy_stream(&connection, queue).await?;
-        Ok(Session {
-            connection,
-            channel,
-            consumer,
-            deploy_channel,
-            deploys,
-        })
+                .await
+                .with_context(|| {
+                    format!(
+                        "declaring queue {queue:?} (if it exists with other settings, \
+                         delete it or choose another --queue)"
+                    )
+                })?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .context("setting the prefetch count")?;
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    ShortString::default(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("consuming queue {queue:?}"))?;
+            let (deploy_channel, deploys) = open_deploy_stream(&connection, queue).await?;
+            anyhow::Ok((channel, consumer, deploy_channel, deploys))
+        }
+        .await;
+        match subscribed {
+            Ok((channel, consumer, deploy_channel, deploys)) => Ok(Session {
+                connection,
+                channel,
+                consumer,
+                deploy_channel,
+                deploys,
+            }),
+            Err(error) => Err((connection, error)),
+        }
     }
 
     /// Answers requests until shutdown (`Ok`) or until the connection fails

@@ -36,7 +36,7 @@ pub use warren_protocol as protocol;
 pub use warren_protocol::deploy::{DeployAnswer, SecretKey};
 use warren_protocol::deploy::{
     HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME, HEADER_DEPLOY_SIGNATURE,
-    deploy_stream, deploy_stream_arguments,
+    declare_deploy_stream,
 };
 use warren_protocol::{
     ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
@@ -336,7 +336,6 @@ impl RpcClient {
     /// is not an error here: the caller decides what it means.
     pub async fn deploy(&self, deploy: Deploy) -> Result<Vec<DeployAnswer>, CallError> {
         let broker = |context| move |source| CallError::Broker { context, source };
-        let stream = deploy_stream(&self.queue);
         // A dedicated channel with publisher confirms: a deploy is history,
         // so it is sent only once the broker has stored it.
         let channel = self
@@ -344,15 +343,7 @@ impl RpcClient {
             .create_channel()
             .await
             .map_err(broker("opening the deploy channel"))?;
-        channel
-            .queue_declare(
-                stream.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                deploy_stream_arguments(),
-            )
+        let stream = declare_deploy_stream(&channel, &self.queue)
             .await
             .map_err(broker(
                 "declaring the deploy stream (RabbitMQ 3.9 or later has streams)",

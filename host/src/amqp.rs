@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 use warren_protocol::deploy::{
     DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
-    HEADER_DEPLOY_SIGNATURE, deploy_stream, deploy_stream_arguments,
+    HEADER_DEPLOY_SIGNATURE, declare_deploy_stream, deploy_stream,
 };
 use warren_protocol::{
     ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
@@ -245,23 +245,17 @@ async fn open_deploy_stream(
     connection: &Connection,
     queue: &str,
 ) -> anyhow::Result<(Channel, Consumer)> {
-    let stream = deploy_stream(queue);
     let channel = connection
         .create_channel()
         .await
         .context("opening the deploy channel")?;
-    channel
-        .queue_declare(
-            stream.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            deploy_stream_arguments(),
-        )
+    let stream = declare_deploy_stream(&channel, queue)
         .await
         .with_context(|| {
-            format!("declaring the deploy stream {stream:?} (RabbitMQ 3.9 or later has streams)")
+            format!(
+                "declaring the deploy stream {:?} (RabbitMQ 3.9 or later has streams)",
+                deploy_stream(queue)
+            )
         })?;
     // Streams require a prefetch limit and manual acks.
     channel
@@ -361,16 +355,7 @@ async fn answer_deployer(channel: &Channel, deploy: &BasicProperties, answer: &D
         properties = properties.with_correlation_id(id);
     }
     let body = serde_json::to_vec(answer).expect("a DeployAnswer always serialises");
-    let published = channel
-        .basic_publish(
-            ShortString::default(),
-            reply_to,
-            BasicPublishOptions::default(),
-            &body,
-            properties,
-        )
-        .await;
-    if let Err(error) = published {
+    if let Err(error) = publish_to(channel, reply_to, &body, properties).await {
         tracing::warn!(%error, "answering the deployer");
     }
 }
@@ -434,12 +419,25 @@ async fn publish_reply(
     reply: &Reply,
 ) -> anyhow::Result<()> {
     let (body, properties) = reply_message(reply, correlation_id);
+    publish_to(channel, reply_to, &body, properties).await?;
+    Ok(())
+}
+
+/// Publishes through the default exchange straight to queue `to` (a
+/// caller's `reply_to`), waiting for the broker's confirm when the channel
+/// has confirms on.
+async fn publish_to(
+    channel: &Channel,
+    to: ShortString,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<()> {
     channel
         .basic_publish(
             ShortString::default(),
-            reply_to,
+            to,
             BasicPublishOptions::default(),
-            &body,
+            body,
             properties,
         )
         .await?

@@ -39,18 +39,28 @@ pub fn deploy_stream(queue: &str) -> String {
     format!("{queue}.deploys")
 }
 
-/// Arguments every declaration of [`deploy_stream`] uses (host and
-/// deployer alike; RabbitMQ refuses a redeclaration that differs). Declare
-/// it durable. The history keeps the newest 1 GiB of deploys.
-pub fn deploy_stream_arguments() -> lapin::types::FieldTable {
-    use lapin::types::AMQPValue;
-    let mut arguments = lapin::types::FieldTable::default();
+/// Declares the deploy stream of `queue` on `channel` (the host and the
+/// deployer declare it identically: RabbitMQ refuses a redeclaration that
+/// differs) and returns its name. Durable; keeps the newest 1 GiB of
+/// deploys. Needs RabbitMQ 3.9 or later.
+pub async fn declare_deploy_stream(channel: &lapin::Channel, queue: &str) -> lapin::Result<String> {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    let stream = deploy_stream(queue);
+    let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("stream".into()),
     );
     arguments.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(1 << 30));
-    arguments
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(stream.as_str().into(), options, arguments)
+        .await?;
+    Ok(stream)
 }
 
 /// What a deploy signature covers: a domain tag, the name and the digest.

@@ -55,8 +55,10 @@ demo: build-guest build broker
 test: build-guest build-test-guests broker
     cargo test --workspace --all-targets
 
-# Benchmarks (criterion, release build): Warren vs a bare-broker echo vs the seed's Python worker.
+# Benchmarks (criterion, release build): the sandbox alone, then round trips through
+# Warren vs a bare-broker echo (the ceiling) vs the seed's Python worker.
 bench *ARGS: build-guest broker
+    cargo bench -p warren-host --bench sandbox -- {{ARGS}}
     cargo bench -p warren-client --bench round_trip -- {{ARGS}}
 
 # Formatting and lints, as CI wants them.

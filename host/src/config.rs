@@ -42,6 +42,13 @@ pub struct HostConfig {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: Option<u16>,
 
+    /// Unacked requests this host holds at once: enough that a freed slot
+    /// finds its next request already here (no round trip to the broker in
+    /// between), few enough not to hoard work other hosts could do
+    /// [default: 8 × concurrency].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: Option<u16>,
+
     /// Wall-clock budget of one request, e.g. 500ms, 10s, 2m.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -99,6 +106,12 @@ impl HostConfig {
         self.cache_dir
             .clone()
             .unwrap_or_else(|| self.modules_dir.join(".cache"))
+    }
+
+    /// The prefetch count for a host running `concurrency` requests at once.
+    pub fn prefetch(&self, concurrency: usize) -> u16 {
+        self.prefetch
+            .unwrap_or_else(|| u16::try_from(concurrency * 8).unwrap_or(u16::MAX))
     }
 
     /// The sandbox limits these options describe.

@@ -98,14 +98,13 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         tracing::info!(procedure = %name, %digest, "serving procedure");
     }
 
-    // Prefetch a little beyond the slots, so a freed slot finds its next
-    // request already here, without hoarding work other hosts could do.
-    let prefetch = u16::try_from(concurrency * 2).unwrap_or(u16::MAX);
+    let prefetch = config.prefetch(concurrency);
     let session = amqp::Session::open(&config.amqp_url, &config.queue, prefetch).await?;
     tracing::info!(
         broker = %warren_protocol::redact_url(&config.amqp_url),
         queue = %config.queue,
         concurrency,
+        prefetch,
         timeout = %humantime::format_duration(config.timeout),
         max_memory = %sandbox::format_bytes(config.max_memory),
         "warren-host ready"

@@ -1,0 +1,40 @@
+//! The sandbox alone, no broker: what one request costs Warren between
+//! "body received" and "reply ready" (a fresh instance, WASI with nothing
+//! granted, the call, the limits), for `fib(1)` where compute is nil.
+//!
+//! Run with `just bench` (needs `just build-guest`).
+
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use warren_host::modules::digest;
+use warren_host::sandbox::{Limits, Sandbox};
+
+fn sandbox(c: &mut Criterion) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/guest_fib.wasm");
+    let wasm = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `just build-guest` first", path.display()));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sandbox = Sandbox::new(Limits::default(), None).unwrap();
+    let component = sandbox.prepare(&wasm, &digest(&wasm)).unwrap();
+
+    c.bench_function("sandbox_fresh_instance_fib_1", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let reply = sandbox
+                .run(&component, b"1".to_vec(), "bench")
+                .await
+                .unwrap();
+            assert_eq!(reply, b"1");
+        })
+    });
+    let mut compile = c.benchmark_group("sandbox_compile");
+    compile.sample_size(10);
+    compile.bench_function("fib_component_uncached", |b| {
+        b.iter(|| sandbox.prepare(&wasm, "sha256:no-cache").unwrap())
+    });
+    compile.finish();
+}
+
+criterion_group!(benches, sandbox);
+criterion_main!(benches);

@@ -99,3 +99,36 @@ impl StdoutStream for CappedOutput {
         Box::new(self.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn keeps_up_to_the_cap_and_never_fails_a_write() {
+        let output = CappedOutput::new(10);
+        let mut writer = output.clone();
+        for _ in 0..100 {
+            writer.write_all(b"0123456789abcdef\n").await.expect("writes always succeed");
+        }
+        let captured = output.inner.lock().unwrap();
+        assert_eq!(captured.kept, b"0123456789");
+        assert_eq!(captured.dropped, 100 * 17 - 10);
+    }
+
+    #[tokio::test]
+    async fn the_last_line_skips_rusts_backtrace_hint() {
+        let output = CappedOutput::new(1024);
+        let mut writer = output.clone();
+        writer
+            .write_all(
+                b"thread '<unnamed>' panicked at src/lib.rs:1:1:\nboom\n\
+                  note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
+            )
+            .await
+            .unwrap();
+        assert_eq!(output.last_line().as_deref(), Some("boom"));
+        assert_eq!(CappedOutput::new(8).last_line(), None);
+    }
+}

@@ -110,7 +110,10 @@ mod tests {
         let output = CappedOutput::new(10);
         let mut writer = output.clone();
         for _ in 0..100 {
-            writer.write_all(b"0123456789abcdef\n").await.expect("writes always succeed");
+            writer
+                .write_all(b"0123456789abcdef\n")
+                .await
+                .expect("writes always succeed");
         }
         let captured = output.inner.lock().unwrap();
         assert_eq!(captured.kept, b"0123456789");

@@ -16,6 +16,7 @@
 //! | `huge-reply` | return 5 MB | `reply-too-large` |
 //! | `print-flood` | print forever | `timeout` |
 //! | `counter` | increment a global and return it | `ok`, always `1` |
+//! | `say-hello` | print a line to stdout and one to stderr | `ok`; both lines in the host log |
 //! | anything else | echo it | `ok` |
 
 #[cfg(target_arch = "wasm32")]
@@ -85,6 +86,11 @@ mod component {
                     println!("flooding the host's log, line after line after line");
                     eprintln!("and its stderr too");
                 },
+                b"say-hello" => {
+                    println!("hello from the guest's stdout");
+                    eprintln!("hello from the guest's stderr");
+                    Ok(b"said hello".to_vec())
+                }
                 b"counter" => Ok((COUNTER.fetch_add(1, Ordering::SeqCst) + 1)
                     .to_string()
                     .into_bytes()),

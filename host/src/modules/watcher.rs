@@ -109,12 +109,7 @@ pub async fn reload(path: &Path, sandbox: &Arc<Sandbox>, registry: &Registry) {
             if serving.as_ref() == Some(&digest) {
                 return Ok(None); // touched, not changed
             }
-            let component = sandbox.prepare(&wasm, &digest)?;
-            Ok(Some(Procedure {
-                name,
-                digest,
-                component,
-            }))
+            Procedure::compile(&sandbox, &name, &wasm, digest).map(Some)
         }
     });
     let procedure = match loaded.await {

@@ -14,7 +14,6 @@
 //!
 //! Run with `just bench` (needs the broker and `just build-guest`).
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,16 +27,10 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use warren_client::{Call, RpcClient};
 
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| warren_client::protocol::DEFAULT_AMQP_URL.into())
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use common::{amqp_url, fib_wasm, wait_for_consumer, workspace};
 
 fn queue(worker: &str) -> String {
     format!("warren-bench-{worker}-{}", uuid::Uuid::new_v4())
@@ -113,28 +106,6 @@ fn start_python(queue: &str) -> Option<Child> {
         .ok()
 }
 
-async fn wait_for_consumer(queue: &str) {
-    let connection = Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    for _ in 0..300 {
-        let channel = connection.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        if let Ok(info) = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-            && info.consumer_count() > 0
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("nothing consumes {queue}");
-}
-
 struct Workers {
     clients: Vec<(&'static str, Arc<RpcClient>)>,
     _host: warren_host::RunningHost,
@@ -156,9 +127,7 @@ async fn start_workers() -> Workers {
     queues.push(echo);
 
     let modules = tempfile::tempdir().unwrap();
-    let fib = workspace().join("target/wasm32-wasip2/release/guest_fib.wasm");
-    std::fs::copy(&fib, modules.path().join("fib.wasm"))
-        .unwrap_or_else(|e| panic!("{}: {e}; run `just build-guest` first", fib.display()));
+    std::fs::write(modules.path().join("fib.wasm"), fib_wasm()).unwrap();
     let warren = queue("warren");
     let mut config = warren_host::HostConfig::new(&warren, modules.path());
     config.amqp_url = amqp_url();

@@ -14,8 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::QueueDeleteOptions;
 use warren_client::{Call, RpcClient};
 
 /// Serialises the tests that need the literal `rpc_queue`.
@@ -113,32 +112,7 @@ async fn start_python_server(args: Vec<String>, queue: &str) -> KillOnDrop {
         .spawn()
         .expect("running python3 (install Python 3 with pika: pip install pika)");
     let server = KillOnDrop(Some(child));
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        let channel = connection.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        if let Ok(info) = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-        {
-            if info.consumer_count() > 0 {
-                break;
-            }
-            close_quietly(channel.close(200, "".into())).await;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{args:?} never consumed {queue}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    close_connection(&connection).await;
+    wait_for_consumer(queue).await;
     server
 }
 

@@ -204,6 +204,36 @@ impl TestHost {
     }
 }
 
+/// Waits until something consumes `queue` (a server started in another
+/// process, say); panics after 30 s.
+pub async fn wait_for_consumer(queue: &str) {
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        // A passive declare of a missing queue closes its channel: use a fresh one each time.
+        let channel = connection.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), passive, Default::default())
+            .await;
+        if declared.is_ok_and(|info| info.consumer_count() > 0) {
+            break;
+        }
+        close_quietly(channel.close(200, "".into())).await;
+        assert!(
+            Instant::now() < give_up,
+            "nothing consumed {queue} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    close_connection(&connection).await;
+}
+
 /// Deletes `queue` and its deploy stream, if they exist.
 pub async fn delete_queues(queue: &str) {
     let Ok(connection) = lapin::Connection::connect(&amqp_url(), Default::default()).await else {

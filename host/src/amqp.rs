@@ -399,7 +399,7 @@ async fn answer(channel: Channel, dispatcher: Arc<Dispatcher>, delivery: Deliver
             Ok(body) => tracing::debug!(elapsed_ms, reply_bytes = body.len(), "answered"),
             Err(error) => tracing::info!(elapsed_ms, kind = %error.kind, "answered with error: {}", error.message),
         }
-        if let Err(error) = publish_reply(&channel, reply_to, correlation_id, &reply).await {
+        if let Err(error) = publish_reply(&channel, reply_to, correlation_id, reply).await {
             tracing::error!("publishing the reply failed: {error:#}; the request stays unacked and will be redelivered");
             return;
         }
@@ -416,7 +416,7 @@ async fn publish_reply(
     channel: &Channel,
     reply_to: ShortString,
     correlation_id: Option<ShortString>,
-    reply: &Reply,
+    reply: Reply,
 ) -> anyhow::Result<()> {
     let (body, properties) = reply_message(reply, correlation_id);
     publish_to(channel, reply_to, &body, properties).await?;
@@ -446,7 +446,9 @@ async fn publish_to(
 }
 
 /// The body and properties of a reply message, as the wire contract says.
-fn reply_message(reply: &Reply, correlation_id: Option<ShortString>) -> (Vec<u8>, BasicProperties) {
+/// Takes the reply by value so a success body (up to --max-reply-bytes)
+/// goes out without a copy.
+fn reply_message(reply: Reply, correlation_id: Option<ShortString>) -> (Vec<u8>, BasicProperties) {
     let mut headers = FieldTable::default();
     if let Some(name) = &reply.procedure {
         set_header_text(&mut headers, HEADER_PROCEDURE, name);
@@ -458,19 +460,16 @@ fn reply_message(reply: &Reply, correlation_id: Option<ShortString>) -> (Vec<u8>
     if let Some(id) = correlation_id {
         properties = properties.with_correlation_id(id);
     }
-    let body = match &reply.outcome {
+    let body = match reply.outcome {
         Ok(body) => {
             set_header_text(&mut headers, HEADER_RPC_STATUS, STATUS_OK);
-            body.clone()
+            body
         }
         Err(error) => {
             set_header_text(&mut headers, HEADER_RPC_STATUS, STATUS_ERROR);
             set_header_text(&mut headers, HEADER_RPC_ERROR, error.kind.as_str());
             properties = properties.with_content_type(ERROR_CONTENT_TYPE.into());
-            ErrorBody {
-                error: error.clone(),
-            }
-            .to_json()
+            ErrorBody { error }.to_json()
         }
     };
     (body, properties.with_headers(headers))
@@ -490,7 +489,7 @@ mod tests {
                 "bad",
             )),
         };
-        let (body, properties) = reply_message(&reply, Some("c1".into()));
+        let (body, properties) = reply_message(reply, Some("c1".into()));
         let headers = properties.headers().as_ref();
         assert_eq!(
             header_text(headers, HEADER_RPC_STATUS).as_deref(),

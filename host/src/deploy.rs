@@ -230,14 +230,17 @@ impl Deployer {
     async fn install(&self, verified: &Verified, module: Vec<u8>) -> anyhow::Result<()> {
         let Verified { name, digest } = verified;
         let serving = self.registry.get(name).map(|p| p.digest.clone());
+        let mut module = module;
         if serving.as_ref() != Some(digest) {
-            let procedure = tokio::task::spawn_blocking({
+            // The bytes travel to the compile thread and back: no copy.
+            let (procedure, compiled) = tokio::task::spawn_blocking({
                 let sandbox = self.sandbox.clone();
-                let (name, digest, module) = (name.clone(), digest.clone(), module.clone());
-                move || Procedure::compile(&sandbox, &name, &module, digest)
+                let (name, digest) = (name.clone(), digest.clone());
+                move || Procedure::compile(&sandbox, &name, &module, digest).map(|p| (p, module))
             })
             .await
             .context("the compile task failed")??;
+            module = compiled;
             let old = self.registry.install(procedure);
             tracing::info!(
                 procedure = %name,

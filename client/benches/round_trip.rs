@@ -20,11 +20,10 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures_lite::StreamExt as _;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
+use warren_client::protocol::declare_request_queue;
 use warren_client::{Call, RpcClient};
 
 #[path = "../tests/common/mod.rs"]
@@ -42,14 +41,7 @@ async fn start_echo(queue: &str) -> tokio::task::JoinHandle<()> {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_request_queue(&channel, queue).await.unwrap();
     channel
         .basic_qos(128, BasicQosOptions::default())
         .await

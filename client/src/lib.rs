@@ -221,7 +221,6 @@ impl RpcClient {
                     waited: CONNECT_TIMEOUT,
                 })?
                 .map_err(connect_error)?;
-        let broker = |context| move |source| CallError::Broker { context, source };
         let channel = connection
             .create_channel()
             .await
@@ -315,10 +314,7 @@ impl RpcClient {
                 properties,
             )
             .await
-            .map_err(|source| CallError::Broker {
-                context: "publishing the request",
-                source,
-            })?;
+            .map_err(broker("publishing the request"))?;
 
         match tokio::time::timeout(call.timeout, replies.recv()).await {
             Ok(Some(delivery)) => interpret_reply(delivery),
@@ -335,7 +331,6 @@ impl RpcClient {
     /// have answered or `deploy.timeout` passes. Fewer answers than expected
     /// is not an error here: the caller decides what it means.
     pub async fn deploy(&self, deploy: Deploy) -> Result<Vec<DeployAnswer>, CallError> {
-        let broker = |context| move |source| CallError::Broker { context, source };
         // A dedicated channel with publisher confirms: a deploy is history,
         // so it is sent only once the broker has stored it.
         let channel = self
@@ -498,6 +493,11 @@ async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
         }
     }
     pending.lock().expect("pending lock").clear();
+}
+
+/// Maps a lapin error to [`CallError::Broker`], saying what the client was doing.
+fn broker(context: &'static str) -> impl FnOnce(lapin::Error) -> CallError {
+    move |source| CallError::Broker { context, source }
 }
 
 /// Closes best effort: lapin can wait forever for a close-ok that never

@@ -15,7 +15,6 @@ use futures_lite::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -27,7 +26,8 @@ use warren_protocol::deploy::{
 };
 use warren_protocol::{
     ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
-    HEADER_RPC_STATUS, STATUS_ERROR, STATUS_OK, header_text, redact_url, set_header_text,
+    HEADER_RPC_STATUS, STATUS_ERROR, STATUS_OK, declare_request_queue, header_text, redact_url,
+    set_header_text,
 };
 
 use crate::deploy::{DeployRequest, Deployer};
@@ -88,12 +88,7 @@ impl Session {
                 .create_channel()
                 .await
                 .context("opening a channel")?;
-            channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions::default(),
-                    FieldTable::default(),
-                )
+            declare_request_queue(&channel, queue)
                 .await
                 .with_context(|| {
                     format!(

@@ -184,6 +184,17 @@ impl ErrorBody {
     }
 }
 
+/// Declares request queue `queue` exactly as the tutorial's `rpc_server.py`
+/// does (classic; not durable, exclusive or auto-delete), so Warren hosts
+/// and tutorial servers can serve the same queue: RabbitMQ refuses a
+/// redeclaration with other settings.
+pub async fn declare_request_queue(channel: &lapin::Channel, queue: &str) -> lapin::Result<()> {
+    channel
+        .queue_declare(queue.into(), Default::default(), FieldTable::default())
+        .await?;
+    Ok(())
+}
+
 /// Reads a text header, whichever AMQP string type the sender used
 /// (pika sends long strings, some clients short strings or byte arrays).
 pub fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {

@@ -28,8 +28,9 @@ use futures_lite::StreamExt as _;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
+use lapin::protocol::AMQPSoftError;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 pub use warren_protocol as protocol;
@@ -40,7 +41,8 @@ use warren_protocol::deploy::{
 };
 use warren_protocol::{
     ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
-    HEADER_RPC_STATUS, RpcError, STATUS_ERROR, header_text, redact_url, set_header_text,
+    HEADER_RPC_STATUS, RpcError, STATUS_ERROR, broker_said, check_amqp_url, check_procedure_name,
+    header_text, redact_url, set_header_text,
 };
 
 /// How long [`RpcClient::connect`] waits for the broker.
@@ -86,19 +88,21 @@ pub struct Deploy {
     name: String,
     module: Vec<u8>,
     key: Option<SecretKey>,
-    expect_hosts: usize,
+    expect_hosts: Option<usize>,
+    allow_no_hosts: bool,
     timeout: Duration,
 }
 
 impl Deploy {
-    /// Deploys `module` as procedure `name`, unsigned, expecting one host
-    /// to answer within [`DEFAULT_TIMEOUT`].
+    /// Deploys `module` as procedure `name`, unsigned, expecting an answer
+    /// from every host consuming the queue within [`DEFAULT_TIMEOUT`].
     pub fn new(name: impl Into<String>, module: Vec<u8>) -> Self {
         Deploy {
             name: name.into(),
             module,
             key: None,
-            expect_hosts: 1,
+            expect_hosts: None,
+            allow_no_hosts: false,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -109,9 +113,17 @@ impl Deploy {
         self
     }
 
-    /// Waits for `hosts` answers (default 1).
+    /// Waits for `hosts` answers [default: the number of consumers of the
+    /// request queue when the deploy starts].
     pub fn expect_hosts(mut self, hosts: usize) -> Self {
-        self.expect_hosts = hosts;
+        self.expect_hosts = Some(hosts);
+        self
+    }
+
+    /// Sends the deploy even when the request queue is missing or has no
+    /// consumer: it waits in the deploy stream for hosts that start later.
+    pub fn allow_no_hosts(mut self, allow: bool) -> Self {
+        self.allow_no_hosts = allow;
         self
     }
 
@@ -119,6 +131,24 @@ impl Deploy {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+}
+
+/// What came of a deploy: every answer that arrived, and how many were
+/// expected. Fewer answers than expected is not an error here: the caller
+/// decides what it means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployReport {
+    /// Hosts' answers, in the order they arrived.
+    pub answers: Vec<DeployAnswer>,
+    /// How many answers the deploy waited for.
+    pub expected: usize,
+}
+
+impl DeployReport {
+    /// Whether every expected host answered and all accepted.
+    pub fn all_accepted(&self) -> bool {
+        self.answers.len() >= self.expected && self.answers.iter().all(|a| a.accepted)
     }
 }
 
@@ -143,7 +173,32 @@ pub enum CallError {
         error: RpcError,
         /// The procedure that answered, if the host said.
         procedure: Option<String>,
+        /// `sha256:<hex>` of the module that answered, if one ran.
+        digest: Option<String>,
     },
+    /// The request queue does not exist, so nothing can be serving it (the
+    /// broker returned the request at once).
+    #[error(
+        "queue {queue:?} does not exist, so no host is serving it (start warren-host, or check --queue)"
+    )]
+    NoQueue {
+        /// The queue asked for.
+        queue: String,
+    },
+    /// A deploy found no host consuming the queue to apply it.
+    #[error(
+        "no host is consuming queue {queue:?}, so no one would apply the deploy now \
+         (start warren-host, check --queue, or pass --allow-no-hosts to store it for hosts \
+         that start later)"
+    )]
+    NoHosts {
+        /// The queue asked for.
+        queue: String,
+    },
+    /// Something the caller passed cannot work (a malformed broker URL, an
+    /// invalid procedure name); nothing was sent.
+    #[error("{0}")]
+    Invalid(String),
     /// No reply arrived in time; `diagnosis` says what is known about why.
     #[error("no reply within {}: {diagnosis}", humantime::format_duration(*.waited))]
     Timeout {
@@ -181,9 +236,9 @@ pub enum CallError {
         #[source]
         source: lapin::Error,
     },
-    /// The broker did not confirm storing a deploy (a publisher nack).
-    #[error("the broker did not store the deploy (it answered with a nack); nothing was deployed")]
-    DeployNotStored,
+    /// The broker would not take a message (a publisher nack).
+    #[error("the broker refused {0} (it answered with a nack); try again")]
+    NotStored(&'static str),
     /// The connection to the broker closed while the call was waiting.
     #[error("the connection to the broker closed before a reply arrived")]
     Disconnected,
@@ -204,8 +259,19 @@ pub struct RpcClient {
 }
 
 impl RpcClient {
-    /// Connects to `url` and sets up the callback queue for calls to `queue`.
+    /// Connects to `url` (waiting at most [`CONNECT_TIMEOUT`]) and sets up
+    /// the callback queue for calls to `queue`.
     pub async fn connect(url: &str, queue: &str) -> Result<Self, CallError> {
+        Self::connect_within(url, queue, CONNECT_TIMEOUT).await
+    }
+
+    /// Like [`RpcClient::connect`], giving up on the broker after `timeout`.
+    pub async fn connect_within(
+        url: &str,
+        queue: &str,
+        timeout: Duration,
+    ) -> Result<Self, CallError> {
+        check_amqp_url(url).map_err(CallError::Invalid)?;
         let connect_error = |source| CallError::Connect {
             url: redact_url(url),
             source,
@@ -213,18 +279,23 @@ impl RpcClient {
         let properties = ConnectionProperties::default().with_connection_name("warren".into());
         // lapin can wait forever when the broker refuses the connection
         // after the handshake (an unknown vhost, say); give up in time.
-        let connection =
-            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties))
-                .await
-                .map_err(|_| CallError::ConnectTimeout {
-                    url: redact_url(url),
-                    waited: CONNECT_TIMEOUT,
-                })?
-                .map_err(connect_error)?;
+        let connection = tokio::time::timeout(timeout, Connection::connect(url, properties))
+            .await
+            .map_err(|_| CallError::ConnectTimeout {
+                url: redact_url(url),
+                waited: timeout,
+            })?
+            .map_err(connect_error)?;
         let channel = connection
             .create_channel()
             .await
             .map_err(broker("opening a channel"))?;
+        // Confirms, so that a request the broker cannot route (its queue
+        // does not exist) comes back at once instead of timing out.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker("enabling publisher confirms"))?;
         // Server-named, exclusive, auto-deleted: private to this client and
         // gone when it disconnects.
         let callback = channel
@@ -305,18 +376,34 @@ impl RpcClient {
             set_header_text(&mut headers, HEADER_PROCEDURE, name);
             properties = properties.with_headers(headers);
         }
-        self.channel
+        let deadline = tokio::time::Instant::now() + call.timeout;
+        let confirmation = self
+            .channel
             .basic_publish(
                 ShortString::default(),
                 self.queue.as_str().into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 &call.body,
                 properties,
             )
             .await
             .map_err(broker("publishing the request"))?;
+        match tokio::time::timeout_at(deadline, confirmation).await {
+            Ok(Ok(Confirmation::Ack(Some(_returned)))) => {
+                return Err(CallError::NoQueue {
+                    queue: self.queue.clone(),
+                });
+            }
+            Ok(Ok(Confirmation::Nack(_))) => return Err(CallError::NotStored("the request")),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(broker("publishing the request")(error)),
+            Err(_elapsed) => {} // diagnosed below, like a missing reply
+        }
 
-        match tokio::time::timeout(call.timeout, replies.recv()).await {
+        match tokio::time::timeout_at(deadline, replies.recv()).await {
             Ok(Some(delivery)) => interpret_reply(delivery),
             Ok(None) => Err(CallError::Disconnected),
             Err(_elapsed) => Err(CallError::Timeout {
@@ -327,10 +414,41 @@ impl RpcClient {
     }
 
     /// Publishes a module to every host of the queue (through the queue's
-    /// deploy stream) and collects their answers until `deploy.expect_hosts`
-    /// have answered or `deploy.timeout` passes. Fewer answers than expected
-    /// is not an error here: the caller decides what it means.
-    pub async fn deploy(&self, deploy: Deploy) -> Result<Vec<DeployAnswer>, CallError> {
+    /// deploy stream) and collects their answers until the expected number
+    /// have answered or `deploy.timeout` passes.
+    pub async fn deploy(&self, deploy: Deploy) -> Result<DeployReport, CallError> {
+        self.deploy_with(deploy, |_| {}).await
+    }
+
+    /// Like [`RpcClient::deploy`], calling `on_answer` with each answer as
+    /// it arrives (to show progress while slower hosts compile).
+    ///
+    /// Refuses, sending nothing, when the name breaks the naming rule, and
+    /// when the request queue does not exist or has no consumer (a mistyped
+    /// queue would otherwise keep the module in a stream for any host that
+    /// later starts on that name), unless [`Deploy::allow_no_hosts`].
+    pub async fn deploy_with(
+        &self,
+        deploy: Deploy,
+        mut on_answer: impl FnMut(&DeployAnswer),
+    ) -> Result<DeployReport, CallError> {
+        check_procedure_name(&deploy.name).map_err(CallError::Invalid)?;
+        let consumers = match self.consumer_count().await? {
+            Some(count) if count > 0 => count as usize,
+            _ if deploy.allow_no_hosts => 0,
+            None => {
+                return Err(CallError::NoQueue {
+                    queue: self.queue.clone(),
+                });
+            }
+            Some(_) => {
+                return Err(CallError::NoHosts {
+                    queue: self.queue.clone(),
+                });
+            }
+        };
+        let expected = deploy.expect_hosts.unwrap_or(consumers);
+
         // A dedicated channel with publisher confirms: a deploy is history,
         // so it is sent only once the broker has stored it.
         let channel = self
@@ -383,16 +501,19 @@ impl RpcClient {
             .map_err(broker("waiting for the broker to store the deploy"))?;
         close_quietly(channel.close(200, "deploy sent".into())).await;
         if !confirmation.is_ack() {
-            return Err(CallError::DeployNotStored);
+            return Err(CallError::NotStored("the deploy; nothing was deployed"));
         }
 
         let mut received = Vec::new();
         let deadline = tokio::time::Instant::now() + deploy.timeout;
-        while received.len() < deploy.expect_hosts {
+        while received.len() < expected {
             match tokio::time::timeout_at(deadline, answers.recv()).await {
                 Ok(Some(delivery)) => {
                     match serde_json::from_slice::<DeployAnswer>(&delivery.data) {
-                        Ok(answer) => received.push(answer),
+                        Ok(answer) => {
+                            on_answer(&answer);
+                            received.push(answer);
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "ignoring an unreadable deploy answer")
                         }
@@ -402,7 +523,37 @@ impl RpcClient {
                 Err(_elapsed) => break,
             }
         }
-        Ok(received)
+        Ok(DeployReport {
+            answers: received,
+            expected,
+        })
+    }
+
+    /// How many consumers the request queue has; `None` if it does not exist.
+    pub async fn consumer_count(&self) -> Result<Option<u32>, CallError> {
+        // A passive declare of a missing queue closes the channel it runs
+        // on, so ask on a throwaway channel.
+        let probe = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(broker("opening a channel to look at the queue"))?;
+        let answer = probe
+            .queue_declare(
+                self.queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        close_quietly(probe.close(200, "probe done".into())).await;
+        match answer {
+            Ok(info) => Ok(Some(info.consumer_count())),
+            Err(error) if broker_said(&error, AMQPSoftError::NOTFOUND) => Ok(None),
+            Err(error) => Err(broker("looking at the queue")(error)),
+        }
     }
 
     /// Closes the connection (the callback queue goes with it).
@@ -414,38 +565,21 @@ impl RpcClient {
     /// Explains a timeout in words: is anyone consuming the queue at all?
     async fn diagnose_silence(&self) -> String {
         let queue = &self.queue;
-        // A passive declare of a missing queue closes the channel it runs on,
-        // so ask on a throwaway channel.
-        let Ok(probe) = self.connection.create_channel().await else {
-            return "the connection to the broker is no longer usable".to_owned();
-        };
-        let answer = probe
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let diagnosis = match answer {
-            Err(_) => format!(
+        match self.consumer_count().await {
+            Err(_) => "the connection to the broker is no longer usable".to_owned(),
+            Ok(None) => format!(
                 "queue {queue:?} does not exist, so no host is serving it \
                  (start warren-host, or check --queue)"
             ),
-            Ok(info) if info.consumer_count() == 0 => format!(
+            Ok(Some(0)) => format!(
                 "no host is consuming queue {queue:?} (it has 0 consumers; start warren-host, \
                  or check --queue)"
             ),
-            Ok(info) => format!(
-                "{} consumer(s) on queue {queue:?} did not answer in time (busy, or a slow \
-                 procedure; try a longer --timeout)",
-                info.consumer_count()
+            Ok(Some(consumers)) => format!(
+                "{consumers} consumer(s) on queue {queue:?} did not answer in time (busy, or a \
+                 slow procedure; try a longer --timeout)"
             ),
-        };
-        close_quietly(probe.close(200, "probe done".into())).await;
-        diagnosis
+        }
     }
 }
 
@@ -522,7 +656,11 @@ fn interpret_reply(delivery: lapin::message::Delivery) -> Result<Reply, CallErro
                 String::from_utf8_lossy(&delivery.data).into_owned(),
             ),
         };
-        return Err(CallError::Rpc { error, procedure });
+        return Err(CallError::Rpc {
+            error,
+            procedure,
+            digest,
+        });
     }
     Ok(Reply {
         body: delivery.data,

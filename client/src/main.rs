@@ -4,15 +4,15 @@
 //! call, print the reply body on stdout and everything else on stderr, and
 //! exit with a code a script can branch on.
 
-use std::io::{Read as _, Write as _};
+use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use warren_client::protocol::deploy::public_key_path;
-use warren_client::protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, redact_url};
-use warren_client::{Call, CallError, Deploy, Reply, RpcClient, SecretKey};
+use warren_client::protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, check_procedure_name};
+use warren_client::{Call, CallError, Deploy, DeployAnswer, Reply, RpcClient, SecretKey};
 
 /// Exit codes, as documented in `--help` and README.md.
 mod exit {
@@ -34,12 +34,14 @@ mod exit {
     about,
     after_help = "Exit codes: 0 success; 1 the procedure answered with an error (kind and \
                   message on stderr), or a deploy was refused, or a key could not be written; \
-                  2 bad usage; 3 no reply within --timeout (including when no host consumes the \
-                  queue, and a deploy that fewer than --expect-hosts answered); 4 the broker \
+                  2 bad usage (including a malformed --amqp-url or procedure name); 3 no reply \
+                  (the queue does not exist, no host consumes it, or none answered within \
+                  --timeout; a deploy that fewer hosts answered than expected); 4 the broker \
                   cannot be reached."
 )]
 struct Cli {
-    /// Broker to connect to.
+    /// Broker to connect to, like amqp://user:password@host:5672/vhost.
+    // Checked when connecting, not by clap: clap would echo the password.
     #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     amqp_url: String,
 
@@ -52,7 +54,11 @@ struct Cli {
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 
-    /// Also print which procedure version answered (on stderr).
+    /// How long to wait for the broker to accept the connection.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+
+    /// Also print which procedure version answered, or failed (on stderr).
     #[arg(long, short, global = true)]
     verbose: bool,
 
@@ -63,8 +69,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print fib(N), computed by the host's `fib` procedure.
+    ///
+    /// The procedure keeps the tutorial's naive recursion, so the work
+    /// doubles about every two steps of N: fib(30) takes milliseconds,
+    /// fib(40) about half a second, and from about fib(47) it runs past a
+    /// host's default 10 s --timeout (reply: timeout).
     Fib {
-        /// Which Fibonacci number, 0 to 93.
+        /// Which Fibonacci number, 0 to 93 (see above for how long large ones take).
         n: u64,
     },
     /// Send BODY as a request and print the raw reply body.
@@ -82,10 +93,13 @@ enum Command {
         file: PathBuf,
     },
     /// Publish MODULE as procedure NAME to every host of the queue, signed,
-    /// and print each host's answer (host, accepted or refused and why,
-    /// digest, time taken). Exits 0 only if N hosts answered and all accepted.
+    /// and print each host's answer as it arrives (host, accepted or refused
+    /// and why, digest, time taken). Exits 0 only if every expected host
+    /// answered and all accepted.
     Deploy {
-        /// Procedure name the module will serve as.
+        /// Procedure name the module will serve as: 1 to 63 of a-z, 0-9,
+        /// '-' and '_', starting with a letter or digit.
+        #[arg(value_parser = procedure_name)]
         name: String,
         /// The component file (.wasm).
         module: PathBuf,
@@ -94,20 +108,35 @@ enum Command {
         /// --allow-unsigned-deploys.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
-        /// Hosts that must answer.
-        #[arg(long, value_name = "N", default_value_t = 1)]
-        expect_hosts: usize,
+        /// Hosts that must answer [default: the number of consumers of the
+        /// queue when the deploy starts].
+        #[arg(long, value_name = "N")]
+        expect_hosts: Option<usize>,
+        /// Deploy even when the queue does not exist or no host consumes it:
+        /// the module waits in the queue's deploy stream for hosts that start
+        /// later. Without it such a deploy is refused (exit 3), so a mistyped
+        /// --queue leaves nothing behind.
+        #[arg(long)]
+        allow_no_hosts: bool,
     },
+}
+
+fn procedure_name(text: &str) -> Result<String, String> {
+    check_procedure_name(text).map(|()| text.to_owned())
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Colour only for a person at a terminal, never with NO_COLOR set.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lapin=off")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -131,7 +160,14 @@ async fn run(cli: Cli) -> u8 {
             module,
             key,
             expect_hosts,
-        } => return deploy(&cli, name, module, key.as_deref(), *expect_hosts).await,
+            allow_no_hosts,
+        } => {
+            let options = DeployOptions {
+                expect_hosts: *expect_hosts,
+                allow_no_hosts: *allow_no_hosts,
+            };
+            return deploy(&cli, name, module, key.as_deref(), options).await;
+        }
         Command::Fib { n } => Call::new(n.to_string()).procedure("fib"),
         Command::Call { procedure, body } => {
             let body = match read_body(body) {
@@ -164,25 +200,27 @@ async fn run(cli: Cli) -> u8 {
             );
             exit::OK
         }
-        Err(error) => report(&error),
+        Err(error) => {
+            if let (
+                true,
+                CallError::Rpc {
+                    procedure, digest, ..
+                },
+            ) = (cli.verbose, &error)
+            {
+                print_answered_by(procedure.as_deref(), digest.as_deref());
+            }
+            report(&error)
+        }
     }
 }
 
-/// Connects within `--timeout`, or reports why not and returns the exit code.
+/// Connects within `--connect-timeout` (not `--timeout`, which is how long a
+/// reply may take), or reports why not and returns the exit code.
 async fn connect(cli: &Cli) -> Result<RpcClient, u8> {
-    let connecting = RpcClient::connect(&cli.amqp_url, &cli.queue);
-    match tokio::time::timeout(cli.timeout, connecting).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(error)) => Err(report(&error)),
-        Err(_) => {
-            eprintln!(
-                "warren: cannot reach the broker at {}: no answer within {}",
-                redact_url(&cli.amqp_url),
-                humantime::format_duration(cli.timeout)
-            );
-            Err(exit::NO_BROKER)
-        }
-    }
+    RpcClient::connect_within(&cli.amqp_url, &cli.queue, cli.connect_timeout)
+        .await
+        .map_err(|error| report(&error))
 }
 
 fn keygen(file: &Path) -> u8 {
@@ -210,12 +248,18 @@ fn keygen(file: &Path) -> u8 {
     }
 }
 
+/// `warren deploy` options beyond the name, module and key.
+struct DeployOptions {
+    expect_hosts: Option<usize>,
+    allow_no_hosts: bool,
+}
+
 async fn deploy(
     cli: &Cli,
     name: &str,
     module: &Path,
     key: Option<&Path>,
-    expect_hosts: usize,
+    options: DeployOptions,
 ) -> u8 {
     let bytes = match std::fs::read(module) {
         Ok(bytes) => bytes,
@@ -225,8 +269,11 @@ async fn deploy(
         }
     };
     let mut request = Deploy::new(name, bytes)
-        .expect_hosts(expect_hosts)
+        .allow_no_hosts(options.allow_no_hosts)
         .timeout(cli.timeout);
+    if let Some(hosts) = options.expect_hosts {
+        request = request.expect_hosts(hosts);
+    }
     match key.map(SecretKey::read) {
         Some(Ok(key)) => request = request.signed_by(key),
         Some(Err(error)) => {
@@ -239,45 +286,58 @@ async fn deploy(
         Ok(client) => client,
         Err(code) => return code,
     };
-    let outcome = client.deploy(request).await;
+    let outcome = client.deploy_with(request, print_deploy_answer).await;
     client.close().await;
-    let answers = match outcome {
-        Ok(answers) => answers,
-        Err(error) => return report(&error),
+    let report = match outcome {
+        Ok(report) => report,
+        Err(error) => return self::report(&error),
     };
-    for answer in &answers {
-        let verdict = if answer.accepted {
-            "accepted"
-        } else {
-            "refused"
-        };
-        let mut line = format!(
-            "{}\t{verdict}\t{}\t{}ms",
-            answer.host, answer.digest, answer.took_ms
-        );
-        if !answer.reason.is_empty() {
-            line = format!("{line}\t{}", answer.reason);
-        }
-        println!("{line}");
-    }
-    if answers.iter().any(|a| !a.accepted) {
+    let refused = report.answers.iter().filter(|a| !a.accepted).count();
+    if refused > 0 {
         eprintln!(
-            "warren: {} of {} answering hosts refused the deploy",
-            answers.iter().filter(|a| !a.accepted).count(),
-            answers.len()
+            "warren: {refused} of {} answering hosts refused the deploy",
+            report.answers.len()
         );
         exit::FAILED
-    } else if answers.len() < expect_hosts {
+    } else if report.answers.len() < report.expected {
         eprintln!(
-            "warren: only {} of {expect_hosts} hosts answered within {} (are they running on queue {:?}?)",
-            answers.len(),
+            "warren: only {} of {} hosts answered within {} (still compiling? a longer \
+             --timeout waits for them; consumers that are not Warren hosts never answer)",
+            report.answers.len(),
+            report.expected,
             humantime::format_duration(cli.timeout),
-            cli.queue
         );
         exit::NO_REPLY
     } else {
+        if report.expected == 0 {
+            eprintln!(
+                "warren: stored in the deploy stream of queue {:?}; no host consumes the queue \
+                 now, hosts that start on it will apply the deploy",
+                cli.queue
+            );
+        }
         exit::OK
     }
+}
+
+/// One line per host, as its answer arrives: host id, accepted or refused,
+/// digest, time taken, and the reason when refused (tab-separated).
+fn print_deploy_answer(answer: &DeployAnswer) {
+    let verdict = if answer.accepted {
+        "accepted"
+    } else {
+        "refused"
+    };
+    let mut line = format!(
+        "{}\t{verdict}\t{}\t{}ms",
+        answer.host, answer.digest, answer.took_ms
+    );
+    if !answer.reason.is_empty() {
+        line = format!("{line}\t{}", answer.reason);
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 fn read_body(arg: &str) -> std::io::Result<Vec<u8>> {
@@ -290,13 +350,17 @@ fn read_body(arg: &str) -> std::io::Result<Vec<u8>> {
     }
 }
 
+fn print_answered_by(procedure: Option<&str>, digest: Option<&str>) {
+    eprintln!(
+        "answered by {} {}",
+        procedure.unwrap_or("(unnamed procedure)"),
+        digest.unwrap_or("(no digest)")
+    );
+}
+
 fn print_reply(reply: &Reply, add_newline: bool, verbose: bool) {
     if verbose {
-        eprintln!(
-            "answered by {} {}",
-            reply.procedure.as_deref().unwrap_or("(unnamed procedure)"),
-            reply.digest.as_deref().unwrap_or("(no digest)")
-        );
+        print_answered_by(reply.procedure.as_deref(), reply.digest.as_deref());
     }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(&reply.body);
@@ -311,11 +375,14 @@ fn report(error: &CallError) -> u8 {
     eprintln!("warren: {error}");
     match error {
         CallError::Rpc { .. } => exit::PROCEDURE_ERROR,
-        CallError::Timeout { .. } => exit::NO_REPLY,
+        CallError::Invalid(_) => exit::USAGE,
+        CallError::Timeout { .. } | CallError::NoQueue { .. } | CallError::NoHosts { .. } => {
+            exit::NO_REPLY
+        }
         CallError::Connect { .. }
         | CallError::ConnectTimeout { .. }
         | CallError::Broker { .. }
         | CallError::Disconnected
-        | CallError::DeployNotStored => exit::NO_BROKER,
+        | CallError::NotStored(_) => exit::NO_BROKER,
     }
 }

@@ -103,16 +103,83 @@ fn bad_usage_exits_2() {
     }
 }
 
+/// The broker returns a request for a missing queue at once; the client
+/// says so then, instead of waiting out its 30 s timeout.
 #[test]
-fn no_host_on_the_queue_exits_3_and_says_so() {
-    // The queue does not exist at all.
+fn a_missing_queue_exits_3_at_once_and_says_so() {
     let missing = unique_queue("cli-nobody");
-    let out = warren(&["--queue", &missing, "--timeout", "1s", "fib", "3"]);
+    let started = std::time::Instant::now();
+    let out = warren(&["--queue", &missing, "fib", "3"]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out.stderr);
+    assert!(stderr.contains("does not exist"), "{stderr}");
     assert!(
-        stderr.contains("no reply within 1s") && stderr.contains("does not exist"),
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "waited {:?}, as if for the 30 s timeout",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_malformed_broker_url_is_bad_usage_not_an_unreachable_broker() {
+    for url in ["http://guest:secret@localhost:5672", "not a url"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["--amqp-url", url, "fib", "3"])
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(
+            stderr.contains("amqp://user:password@host"),
+            "{url}: {stderr}"
+        );
+        assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
+    }
+}
+
+/// `--timeout` is how long a reply may take; connecting has its own limit,
+/// so a short `--timeout` is never reported as an unreachable broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_shorter_than_connecting_is_a_missing_reply() {
+    let host = TestHost::start("cli-short", &[("fib", &fib_wasm())]).await;
+    let queue = host.queue.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        warren(&["--queue", &queue, "--timeout", "0s", "fib", "25"])
+    })
+    .await
+    .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("no reply within"), "{stderr}");
+    assert!(!stderr.contains("cannot reach the broker"), "{stderr}");
+    host.stop().await;
+}
+
+/// `-v` says which version answered for errors too: they carry the digest.
+#[tokio::test(flavor = "multi_thread")]
+async fn verbose_names_the_version_that_answered_an_error() {
+    let wasm = fib_wasm();
+    let host = TestHost::start("cli-verbose", &[("fib", &wasm)]).await;
+    let queue = host.queue.clone();
+    let out = tokio::task::spawn_blocking(move || warren(&["--queue", &queue, "-v", "fib", "94"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("answered by fib {}", digest(&wasm))),
         "{stderr}"
+    );
+    host.stop().await;
+}
+
+#[test]
+fn fib_help_says_when_the_naive_recursion_meets_the_timeout() {
+    let out = warren(&["fib", "--help"]);
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("0 to 93") && help.contains("fib(47)"),
+        "{help}"
     );
 }
 

@@ -39,9 +39,45 @@ fn trusting(
 
 async fn deploy(queue: &str, deploy: Deploy) -> Vec<DeployAnswer> {
     let client = RpcClient::connect(&amqp_url(), queue).await.unwrap();
-    let answers = client.deploy(deploy.timeout(CALL_TIMEOUT)).await.unwrap();
+    let report = client.deploy(deploy.timeout(CALL_TIMEOUT)).await.unwrap();
     client.close().await;
-    answers
+    report.answers
+}
+
+/// Runs the `warren` binary with `args` against the test broker.
+async fn warren(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_warren"))
+            .env("AMQP_URL", amqp_url())
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|a| a.to_string()).collect()
+}
+
+/// Whether `queue` exists on the broker.
+async fn queue_exists(queue: &str) -> bool {
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let exists = channel
+        .queue_declare(queue.into(), passive, Default::default())
+        .await
+        .is_ok();
+    close_connection(&connection).await;
+    exists
 }
 
 fn only_answer(answers: Vec<DeployAnswer>) -> DeployAnswer {
@@ -91,8 +127,30 @@ fn keygen_writes_a_private_secret_and_a_one_line_public_key() {
         Some(1),
         "an existing key is never overwritten"
     );
+
+    // Nor an existing FILE.pub: nothing is written at all.
+    let other = dir.path().join("other");
+    std::fs::write(public_key_path(&other), "keep me\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("keygen")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("other.pub already exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!other.exists());
+    assert_eq!(
+        std::fs::read_to_string(public_key_path(&other)).unwrap(),
+        "keep me\n"
+    );
 }
 
+/// Without --expect-hosts, a deploy waits for every host consuming the
+/// queue and prints each answer (it used to print one and exit 0).
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hosts_on_one_queue_receive_one_signed_deploy_and_both_serve_it() {
     let keys = tempfile::tempdir().unwrap();
@@ -122,7 +180,6 @@ async fn two_hosts_on_one_queue_receive_one_signed_deploy_and_both_serve_it() {
             .arg(&module)
             .arg("--key")
             .arg(&secret)
-            .args(["--expect-hosts", "2"])
             .output()
             .unwrap()
     })
@@ -338,5 +395,177 @@ async fn restarted_and_newly_started_hosts_serve_the_deployed_version() {
     );
     assert_eq!(std::fs::read(late.module_path("fib")).unwrap(), v2);
     late.stop().await;
+    first.stop().await;
+}
+
+/// A deploy is all or nothing: a module that cannot be saved into the
+/// modules folder is refused and not served (it used to be swapped in, then
+/// refused when saving failed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_that_cannot_be_saved_is_neither_served_nor_stored() {
+    let v1 = fib_wasm();
+    let host = TestHost::start_with("deploy-unsaved", &[("fib", &v1)], |config| {
+        config.allow_unsigned_deploys = true;
+    })
+    .await;
+    // A directory where the file would go: the rename into place fails.
+    std::fs::create_dir(host.module_path("blocked")).unwrap();
+    let refused = only_answer(deploy(&host.queue, Deploy::new("blocked", v1.clone())).await);
+    assert!(
+        !refused.accepted && refused.reason.contains("saving blocked.wasm"),
+        "{refused:?}"
+    );
+    assert_eq!(host.serving("blocked"), None, "refused, so not served");
+    let client = host.client().await;
+    let call = client.call(call("12").procedure("blocked")).await;
+    assert_eq!(
+        error_kind(call),
+        warren_client::protocol::ErrorKind::NoProcedure
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(host.modules.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("deploy"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    host.stop().await;
+}
+
+/// Names follow one rule, checked by the client before sending and by the
+/// host on receipt: no `fib.wasm` saved as `fib.wasm.wasm`, no `-dash`, no
+/// name too long to be a file.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_names_are_checked_by_the_client_and_the_host() {
+    let v1 = fib_wasm();
+    let host = TestHost::start_with("deploy-names", &[("fib", &v1)], |config| {
+        config.allow_unsigned_deploys = true;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("m.wasm");
+    std::fs::write(&module, &v1).unwrap();
+    let module = module.to_string_lossy().into_owned();
+    let long = "a".repeat(300);
+    for name in ["fib.wasm", "-dash", "Fib", long.as_str()] {
+        let out = warren(args(&[
+            "--queue",
+            &host.queue,
+            "deploy",
+            "--",
+            name,
+            &module,
+        ]))
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("lowercase letters"), "{name}: {stderr}");
+    }
+
+    // A deployer that skips the client's check meets the host's.
+    let client = RpcClient::connect(&amqp_url(), &host.queue).await.unwrap();
+    let refused = client.deploy(Deploy::new("fib.wasm", v1.clone())).await;
+    assert!(
+        matches!(&refused, Err(warren_client::CallError::Invalid(why)) if why.contains("lowercase")),
+        "{refused:?}"
+    );
+    client.close().await;
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    set_header_text(&mut headers, HEADER_DEPLOY_NAME, &long);
+    set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest(&v1));
+    channel
+        .basic_publish(
+            "".into(),
+            deploy_stream(&host.queue).as_str().into(),
+            BasicPublishOptions::default(),
+            &v1,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+    close_connection(&connection).await;
+    // Something valid after it, to know the bad one has been processed.
+    let twin = with_custom_section(&v1, "twin");
+    assert!(only_answer(deploy(&host.queue, Deploy::new("twin", twin)).await).accepted);
+    assert_eq!(
+        host.registry_names(),
+        vec!["fib".to_owned(), "twin".to_owned()]
+    );
+    host.stop().await;
+}
+
+/// A deploy to a queue no host consumes is refused before anything is
+/// stored (a mistyped --queue used to leave the module in a stream that any
+/// host later started on that name would replay), unless --allow-no-hosts.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploying_to_a_queue_without_hosts_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("fib.wasm");
+    std::fs::write(&module, fib_wasm()).unwrap();
+    let module = module.to_string_lossy().into_owned();
+    let typo = unique_queue("deploy-typo");
+
+    let out = warren(args(&["--queue", &typo, "deploy", "fib", &module])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        !queue_exists(&deploy_stream(&typo)).await,
+        "a refused deploy must not create the stream"
+    );
+
+    let out = warren(args(&[
+        "--queue",
+        &typo,
+        "deploy",
+        "fib",
+        &module,
+        "--allow-no-hosts",
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("hosts that start on it will apply"),
+        "{stderr}"
+    );
+    assert!(queue_exists(&deploy_stream(&typo)).await);
+    delete_queues(&typo).await;
+}
+
+/// A host takes requests only once it has applied the deploy history: a
+/// request waiting in the queue for a deployed procedure is answered by it,
+/// even when the new host's folder lacks the module (it used to get
+/// no-procedure, because the host said "ready" before replaying).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_starting_host_applies_the_deploy_history_before_taking_requests() {
+    let v1 = fib_wasm();
+    let fib2 = with_custom_section(&v1, "fib2");
+    let unsigned = |config: &mut warren_host::HostConfig| config.allow_unsigned_deploys = true;
+    let mut first = TestHost::start_with("deploy-ready", &[("fib", &v1)], unsigned).await;
+    assert!(only_answer(deploy(&first.queue, Deploy::new("fib2", fib2.clone())).await).accepted);
+    first.stop_host().await;
+
+    // A request for fib2 waits in the queue while no host runs.
+    let client = std::sync::Arc::new(first.client().await);
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(call("20").procedure("fib2")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let second = TestHost::join(&first.queue, &[("fib", &v1)], unsigned).await;
+    let reply = waiting
+        .await
+        .unwrap()
+        .expect("answered by the deployed fib2");
+    assert_eq!(
+        (reply.body.as_slice(), reply.digest),
+        (&b"6765"[..], Some(digest(&fib2)))
+    );
+    second.stop().await;
     first.stop().await;
 }

@@ -89,7 +89,9 @@ async fn each_bad_input_gets_its_error_reply_and_the_host_still_answers() {
     ];
     for (label, body, kind, needle) in cases {
         match client.call(call(body)).await {
-            Err(CallError::Rpc { error, procedure }) => {
+            Err(CallError::Rpc {
+                error, procedure, ..
+            }) => {
                 assert_eq!(error.kind, kind, "{label}: {error}");
                 assert!(error.message.contains(needle), "{label}: {error}");
                 assert_eq!(procedure.as_deref(), Some("fib"), "{label}");
@@ -249,7 +251,9 @@ async fn an_unknown_procedure_gets_no_procedure() {
     let client = host.client().await;
     let outcome = client.call(call("1").procedure("does-not-exist")).await;
     match outcome {
-        Err(CallError::Rpc { error, procedure }) => {
+        Err(CallError::Rpc {
+            error, procedure, ..
+        }) => {
             assert_eq!(error.kind, ErrorKind::NoProcedure);
             assert!(
                 error.message.contains("does-not-exist") && error.message.contains("fib"),

@@ -13,9 +13,17 @@ use crate::sandbox::Limits;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "warren-host", version, about, long_about = None)]
 pub struct HostConfig {
-    /// Broker to connect to. The password is never logged.
+    /// Broker to connect to, like amqp://user:password@host:5672/vhost.
+    /// The password is never logged.
+    // Checked by `start`, not by clap: clap would echo the password.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
     pub amqp_url: String,
+
+    /// How long to keep trying to reach the broker at startup before giving
+    /// up (exit 1), e.g. 30s [default: forever, logging each attempt]. Once
+    /// connected, a lost broker is always waited for.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Option<Duration>,
 
     /// Queue to consume requests from (declared like the tutorial's server:
     /// classic, not durable, not exclusive, not auto-delete).

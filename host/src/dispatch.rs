@@ -28,22 +28,12 @@ pub struct Reply {
 pub struct Dispatcher {
     registry: Arc<Registry>,
     sandbox: Arc<Sandbox>,
-    default_procedure: Option<String>,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `registry`; `default_procedure` answers requests
-    /// that name none (when `None`, the only loaded procedure does).
-    pub fn new(
-        registry: Arc<Registry>,
-        sandbox: Arc<Sandbox>,
-        default_procedure: Option<String>,
-    ) -> Self {
-        Dispatcher {
-            registry,
-            sandbox,
-            default_procedure,
-        }
+    /// A dispatcher over `registry` (which knows the default procedure).
+    pub fn new(registry: Arc<Registry>, sandbox: Arc<Sandbox>) -> Self {
+        Dispatcher { registry, sandbox }
     }
 
     /// Answers one request. `label` identifies it in the logs.
@@ -55,9 +45,7 @@ impl Dispatcher {
                     self.registry.describe()
                 )
             }),
-            None => self
-                .registry
-                .default_procedure(self.default_procedure.as_deref()),
+            None => self.registry.default_procedure(),
         };
         let procedure = match chosen {
             Ok(procedure) => procedure,

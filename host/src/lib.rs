@@ -4,16 +4,18 @@
 //! # Layout
 //!
 //! - [`config`]: the command-line options and their defaults.
-//! - [`amqp`]: broker plumbing only: consume the request queue, publish
-//!   replies, ack, reconnect.
-//! - [`deploy`]: remote deploys: check signature, size and digest, swap the
-//!   module in, save it to the modules folder.
+//! - [`session`]: one connection's life in order (connect, declare, catch
+//!   up with deploys, consume) and reconnecting when it fails.
+//! - [`requests`]: the request path: consume, answer, reply, ack.
+//! - [`broker`]: one connection attempt, backoff, closing without hanging.
+//! - [`deploy`]: remote deploys: check signature, size and digest, save and
+//!   swap the module in; [`deploy::stream`] reads them from the broker.
 //! - [`dispatch`]: one request from body to [`dispatch::Reply`]: choose the
 //!   procedure, check sizes, run it. No AMQP, no wasmtime.
 //! - [`sandbox`]: wasmtime only: compile components, run one request in a
 //!   fresh, capability-free instance under time and memory limits.
-//! - [`modules`]: which procedure versions are served, and the folder
-//!   watcher that swaps them.
+//! - [`modules`]: which procedure versions are served, the modules folder
+//!   and the watcher that swaps them.
 //! - [`shutdown`]: the graceful-shutdown signal every task listens to.
 //!
 //! The wire contract (header names, error kinds, error bodies) is defined
@@ -21,16 +23,19 @@
 //!
 //! # Embedding
 //!
-//! [`start`] brings a host up (modules loaded, queue consumed) and returns a
-//! [`RunningHost`]; `main.rs` is a thin layer that adds signals and logging,
-//! and the integration tests start hosts the same way.
+//! [`start`] brings a host up (modules loaded, deploy history applied, queue
+//! consumed) and returns a [`RunningHost`]; `main.rs` is a thin layer that
+//! adds signals and logging, and the integration tests start hosts the same
+//! way.
 
-pub mod amqp;
+pub mod broker;
 pub mod config;
 pub mod deploy;
 pub mod dispatch;
 pub mod modules;
+pub mod requests;
 pub mod sandbox;
+pub mod session;
 pub mod shutdown;
 
 use std::sync::Arc;
@@ -39,23 +44,27 @@ use anyhow::Context as _;
 use tokio::task::JoinHandle;
 
 pub use config::HostConfig;
+use deploy::stream::StreamPosition;
 use deploy::{DeployPolicy, Deployer};
 use dispatch::Dispatcher;
-use modules::{Registry, watcher};
+use modules::{LoadStats, ModulesFolder, Registry, watcher};
 use sandbox::Sandbox;
+use session::Target;
 use shutdown::ShutdownTrigger;
 
 /// A host that is up and answering requests.
 pub struct RunningHost {
     trigger: ShutdownTrigger,
-    registry: Arc<Registry>,
+    folder: Arc<ModulesFolder>,
     serving: JoinHandle<anyhow::Result<()>>,
     watching: JoinHandle<()>,
 }
 
 /// Starts a host: builds the sandbox, loads every module in the modules
-/// folder, starts watching it, connects to the broker and starts consuming.
-/// When this returns `Ok`, requests on the queue are being answered.
+/// folder, starts watching it, connects to the broker (waiting for it as
+/// long as `--connect-timeout` allows), applies the deploy history and
+/// starts consuming. When this returns `Ok`, requests on the queue are being
+/// answered.
 pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     // Check before anything creates the cache folder inside it.
     anyhow::ensure!(
@@ -63,6 +72,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         "the modules folder {} does not exist (create it, or pass --modules-dir)",
         config.modules_dir.display()
     );
+    warren_protocol::check_amqp_url(&config.amqp_url).map_err(anyhow::Error::msg)?;
     let policy = DeployPolicy {
         trusted_keys: match &config.trusted_keys {
             Some(path) => warren_protocol::deploy::read_trusted_keys(path)?,
@@ -76,39 +86,30 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     let sandbox = Arc::new(
         Sandbox::new(limits, Some(&config.cache_dir())).context("setting up the sandbox")?,
     );
-    let registry = Arc::new(Registry::new());
+    let registry = Arc::new(Registry::new(config.default_procedure.clone()));
+    let folder = Arc::new(ModulesFolder::new(
+        config.modules_dir.clone(),
+        sandbox.clone(),
+        registry.clone(),
+    ));
     let trigger = ShutdownTrigger::new();
 
     // Watch first, so a file changed while the others load is not missed.
-    let watch = watcher::watch(
-        &config.modules_dir,
-        sandbox.clone(),
-        registry.clone(),
-        trigger.subscribe(),
-    )?;
-    watcher::load_all(&config.modules_dir, &sandbox, &registry).await?;
+    let watch = watcher::watch(folder.clone(), trigger.subscribe())?;
+    folder.load_all().await?;
+    let watching = tokio::spawn(watch);
     let procedures = registry.list();
     if procedures.is_empty() {
         tracing::warn!(
             modules_dir = %config.modules_dir.display(),
             "no procedures loaded yet; every request gets no-procedure until a NAME.wasm appears"
         );
+    } else {
+        registry.warn_if_no_default();
     }
     for (name, digest) in &procedures {
         tracing::info!(procedure = %name, %digest, "serving procedure");
     }
-
-    let prefetch = config.prefetch(concurrency);
-    let session = amqp::Session::open(&config.amqp_url, &config.queue, prefetch).await?;
-    tracing::info!(
-        broker = %warren_protocol::redact_url(&config.amqp_url),
-        queue = %config.queue,
-        concurrency,
-        prefetch,
-        timeout = %humantime::format_duration(config.timeout),
-        max_memory = %sandbox::format_bytes(config.max_memory),
-        "warren-host ready"
-    );
 
     let deployer = Arc::new(Deployer::new(
         config
@@ -116,33 +117,50 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
             .clone()
             .unwrap_or_else(deploy::default_host_id),
         policy,
-        registry.clone(),
-        sandbox.clone(),
-        config.modules_dir.clone(),
+        folder.clone(),
     ));
     tracing::info!(
         host_id = deployer.host_id(),
         trusted_keys = deployer_keys_summary(&config),
         "remote deploys"
     );
-    let dispatcher = Arc::new(Dispatcher::new(
-        registry.clone(),
-        sandbox,
-        config.default_procedure.clone(),
-    ));
-    let serving = tokio::spawn(amqp::serve_forever(
+    let target = Target {
+        url: config.amqp_url.clone(),
+        queue: config.queue.clone(),
+        prefetch: config.prefetch(concurrency),
+    };
+    let position = StreamPosition::default();
+    let session =
+        match session::connect(&target, &deployer, &position, config.connect_timeout).await {
+            Ok(session) => session,
+            Err(error) => {
+                trigger.trigger();
+                let _ = watching.await;
+                return Err(error);
+            }
+        };
+    tracing::info!(
+        broker = %warren_protocol::redact_url(&target.url),
+        queue = %target.queue,
+        concurrency,
+        prefetch = target.prefetch,
+        timeout = %humantime::format_duration(config.timeout),
+        max_memory = %sandbox::format_bytes(config.max_memory),
+        "warren-host ready"
+    );
+
+    let dispatcher = Arc::new(Dispatcher::new(registry, sandbox));
+    let serving = tokio::spawn(session::serve_forever(
         session,
-        config.amqp_url,
-        config.queue,
-        prefetch,
+        target,
         dispatcher,
         deployer,
+        position,
         trigger.subscribe(),
     ));
-    let watching = tokio::spawn(watch);
     Ok(RunningHost {
         trigger,
-        registry,
+        folder,
         serving,
         watching,
     })
@@ -160,7 +178,12 @@ fn deployer_keys_summary(config: &HostConfig) -> String {
 impl RunningHost {
     /// The procedures this host serves.
     pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+        self.folder.registry()
+    }
+
+    /// What the modules folder has done: reads, loads, failures.
+    pub fn module_stats(&self) -> &Arc<LoadStats> {
+        self.folder.stats()
     }
 
     /// Stops taking requests, finishes those in flight, disconnects.

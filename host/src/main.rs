@@ -1,6 +1,8 @@
 //! `warren-host` command line: options, logging and signals around
 //! [`warren_host::start`].
 
+use std::io::IsTerminal as _;
+
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use warren_host::HostConfig;
@@ -12,13 +14,26 @@ async fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .init();
     let config = HostConfig::parse();
-    let result = async {
-        let host = warren_host::start(config).await?;
-        host.run_until(shutdown_signal()).await
+    if let Err(why) = warren_protocol::check_amqp_url(&config.amqp_url) {
+        eprintln!("error: --amqp-url: {why}");
+        return std::process::ExitCode::from(2);
     }
-    .await;
+    // A signal while the host is still waiting for the broker stops it too.
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let result = tokio::select! {
+        started = warren_host::start(config) => match started {
+            Ok(host) => host.run_until(signal).await,
+            Err(error) => Err(error),
+        },
+        () = &mut signal => {
+            tracing::info!("stopped before the host was ready");
+            Ok(())
+        }
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -26,6 +41,12 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Colour only for a person at a terminal: never in a file or a pipe, and
+/// never when `NO_COLOR` is set (<https://no-color.org>).
+fn colour_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Resolves on Ctrl-C or SIGTERM (what `kill`, systemd and Kubernetes send).

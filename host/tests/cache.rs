@@ -60,3 +60,37 @@ fn compiled_code_is_cached_by_digest_and_survives_a_damaged_entry() {
         .expect("recompiles past a damaged entry");
     assert_eq!(std::fs::read(&stored[0]).unwrap(), artifact);
 }
+
+/// A module whose own initial memory exceeds `--max-memory` is refused in
+/// words that say what it needs, and the cache entry another host (with a
+/// larger limit) made for it is kept, not dropped as damaged.
+#[test]
+fn a_module_too_big_for_max_memory_is_refused_plainly_and_its_cache_entry_kept() {
+    let wasm = fib_wasm();
+    let sha = digest(&wasm);
+    let cache = tempfile::tempdir().unwrap();
+    Sandbox::new(Limits::default(), Some(cache.path()))
+        .unwrap()
+        .prepare(&wasm, &sha)
+        .expect("compiles under the default limit");
+    let stored = entries(cache.path());
+    let artifact = std::fs::read(&stored[0]).unwrap();
+
+    let small = Limits {
+        max_memory: 1 << 20,
+        ..Limits::default()
+    };
+    let why = match Sandbox::new(small, Some(cache.path()))
+        .unwrap()
+        .prepare(&wasm, &sha)
+    {
+        Ok(_) => panic!("fib fits in 1MiB?"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        why.contains("needs at least") && why.contains("--max-memory is 1 MiB"),
+        "{why}"
+    );
+    assert_eq!(entries(cache.path()), stored);
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), artifact);
+}

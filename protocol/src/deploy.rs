@@ -10,7 +10,8 @@
 //! deploy still finds it; it verifies every entry on replay and serves the
 //! newest accepted version of each name. A host answers each deploy that has
 //! a `reply_to` with a JSON [`DeployAnswer`], with the deploy's
-//! `correlation_id`.
+//! `correlation_id`. Besides deploys the stream holds sync markers
+//! ([`HEADER_DEPLOY_SYNC`]), which hosts use to know they have read it all.
 //!
 //! Keys are text: a public key is `ed25519:` + 64 hex digits, one per line
 //! in a host's `--trusted-keys` file; a secret key file holds
@@ -30,6 +31,13 @@ pub const HEADER_DEPLOY_DIGEST: &str = "x-deploy-digest";
 pub const HEADER_DEPLOY_KEY: &str = "x-deploy-key";
 /// Deploy header: hex of the ed25519 signature over [`signed_bytes`].
 pub const HEADER_DEPLOY_SIGNATURE: &str = "x-deploy-signature";
+/// Header of a sync marker: a message on the deploy stream that is not a
+/// deploy. A host appends one (empty body, a fresh id in this header) when
+/// it connects and reads the stream up to it before it takes requests, so it
+/// knows it has applied the whole history. Readers skip markers.
+pub const HEADER_DEPLOY_SYNC: &str = "x-deploy-sync";
+/// Header RabbitMQ puts on every message read from a stream: its offset.
+pub const HEADER_STREAM_OFFSET: &str = "x-stream-offset";
 
 const PUBLIC_PREFIX: &str = "ed25519:";
 const SECRET_PREFIX: &str = "ed25519-secret:";
@@ -181,18 +189,43 @@ impl SecretKey {
         format!("{SECRET_PREFIX}{}", hex::encode(self.0.to_bytes()))
     }
 
-    /// Writes the secret key to `path` (mode 0600, never over an existing
-    /// file) and the public key to `path.pub`.
+    /// Writes the secret key to `path` (mode 0600) and the public key to
+    /// `path.pub`. Never overwrites either: if one exists, nothing is
+    /// written and the error names it.
     pub fn write_pair(&self, path: &Path) -> std::io::Result<()> {
         use std::io::Write as _;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path)?;
-        writeln!(file, "{}", self.to_text())?;
         let public = public_key_path(path);
-        std::fs::write(&public, format!("{}\n", self.public_key()))
+        for existing in [path, public.as_path()] {
+            if existing.exists() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} already exists; keys are never overwritten (move it away, or \
+                         choose another file)",
+                        existing.display()
+                    ),
+                ));
+            }
+        }
+        let create_new = |path: &Path, mode: u32| {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+            #[cfg(not(unix))]
+            let _ = mode;
+            options.open(path)
+        };
+        let mut secret = create_new(path, 0o600)?;
+        let written = writeln!(secret, "{}", self.to_text()).and_then(|()| {
+            let mut file = create_new(&public, 0o644)?;
+            writeln!(file, "{}", self.public_key())
+        });
+        if written.is_err() {
+            // Half a pair is no pair: leave nothing behind.
+            let _ = std::fs::remove_file(path);
+        }
+        written
     }
 
     /// Reads a secret key file written by [`SecretKey::write_pair`].
@@ -249,6 +282,14 @@ mod tests {
         let key = SecretKey::generate().unwrap();
         key.write_pair(&path).unwrap();
         assert!(key.write_pair(&path).is_err(), "never overwrites a key");
+        let lone = dir.path().join("lone");
+        std::fs::write(public_key_path(&lone), "someone else's\n").unwrap();
+        let refused = key.write_pair(&lone).unwrap_err();
+        assert!(
+            refused.to_string().contains("lone.pub already exists"),
+            "{refused}"
+        );
+        assert!(!lone.exists(), "nothing written when the .pub exists");
         let read = SecretKey::read(&path).unwrap();
         assert_eq!(read.public_key(), key.public_key());
         let public = std::fs::read_to_string(public_key_path(&path)).unwrap();

@@ -184,6 +184,40 @@ impl ErrorBody {
     }
 }
 
+/// Longest procedure name, in bytes: short enough for any file system and
+/// for a header a person reads.
+pub const MAX_PROCEDURE_NAME: usize = 63;
+
+/// The rule every procedure name follows, for messages.
+pub const PROCEDURE_NAME_RULE: &str = "1 to 63 characters: lowercase letters a-z, digits, '-' and '_', \
+     starting with a letter or digit";
+
+/// Checks that `name` can name a procedure: `[a-z0-9][a-z0-9_-]{0,62}`.
+///
+/// One rule for the modules folder (`NAME.wasm`), deploys (checked by the
+/// client before sending and by the host on receipt) and the `x-procedure`
+/// header, so a name that is accepted anywhere can be served, saved and
+/// called everywhere (no `-dash` that looks like an option, no `fib.wasm`
+/// that would be saved as `fib.wasm.wasm`, no name too long to be a file).
+pub fn check_procedure_name(name: &str) -> Result<(), String> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let rest_ok =
+        bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if first_ok && rest_ok && name.len() <= MAX_PROCEDURE_NAME {
+        Ok(())
+    } else {
+        let shown: String = name.chars().take(40).collect();
+        let ellipsis = if name.chars().count() > 40 { "…" } else { "" };
+        Err(format!(
+            "{:?} is not a valid procedure name ({PROCEDURE_NAME_RULE})",
+            format!("{shown}{ellipsis}")
+        ))
+    }
+}
+
 /// Declares request queue `queue` exactly as the tutorial's `rpc_server.py`
 /// does (classic; not durable, exclusive or auto-delete), so Warren hosts
 /// and tutorial servers can serve the same queue: RabbitMQ refuses a
@@ -193,6 +227,17 @@ pub async fn declare_request_queue(channel: &lapin::Channel, queue: &str) -> lap
         .queue_declare(queue.into(), Default::default(), FieldTable::default())
         .await?;
     Ok(())
+}
+
+/// Whether the broker answered with the channel-level AMQP error `code`:
+/// 404 `NOT_FOUND` for a passive declare of a missing queue, 406
+/// `PRECONDITION_FAILED` for a queue declared with other settings.
+pub fn broker_said(error: &lapin::Error, code: lapin::protocol::AMQPSoftError) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if *amqp.kind() == lapin::protocol::AMQPErrorKind::Soft(code)
+    )
 }
 
 /// Reads a text header, whichever AMQP string type the sender used
@@ -217,6 +262,20 @@ pub fn set_header_text(headers: &mut FieldTable, name: &str, value: &str) {
 pub fn module_digest(bytes: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Checks that `url` is an AMQP URL a connection can be made with, before
+/// anything tries: a typo is bad usage, not an unreachable broker. The
+/// message shows the URL with its password hidden.
+pub fn check_amqp_url(url: &str) -> Result<(), String> {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(_) => Ok(()),
+        Err(reason) => Err(format!(
+            "{:?} is not an AMQP URL ({reason}); write it like \
+             amqp://user:password@host:5672/vhost (amqps:// for TLS; %2f is the vhost /)",
+            redact_url(url)
+        )),
+    }
 }
 
 /// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`, so a
@@ -247,6 +306,32 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn procedure_names_follow_one_rule() {
+        for good in ["fib", "fib-v2", "fib_py", "0day", &"a".repeat(63)] {
+            assert_eq!(check_procedure_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-dash",
+            "_under",
+            "fib.wasm",
+            "Fib",
+            "a b",
+            "fib/x",
+            "é",
+            &"a".repeat(64),
+        ] {
+            let error = check_procedure_name(bad).unwrap_err();
+            assert!(error.contains("lowercase letters"), "{bad}: {error}");
+        }
+        let long = check_procedure_name(&"x".repeat(300)).unwrap_err();
+        assert!(
+            long.len() < 200,
+            "long names are shortened in the message: {long}"
+        );
+    }
 
     #[test]
     fn error_kinds_round_trip_through_text() {

@@ -155,6 +155,24 @@ impl TestHost {
         self.host = Some(host);
     }
 
+    /// Stops the host process but keeps its queue (and what waits in it),
+    /// for a later host to take over.
+    pub async fn stop_host(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.stop().await.expect("host stops cleanly");
+        }
+    }
+
+    /// Names of the procedures this host serves, in order.
+    pub fn registry_names(&self) -> Vec<String> {
+        let host = self.host.as_ref().expect("host running");
+        host.registry()
+            .list()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
     /// Digest of the version of `name` this host serves right now.
     pub fn serving(&self, name: &str) -> Option<String> {
         let host = self.host.as_ref()?;

@@ -6,12 +6,17 @@
 //! version it starts with and finishes on it however many swaps happen
 //! meanwhile, and readers never wait on a writer.
 //!
-//! [`watcher`] keeps the registry in step with the folder: a created or
+//! [`ModulesFolder`] keeps the registry in step with the folder: a created or
 //! replaced file is compiled off the request path and swapped in only once it
-//! is ready (make-before-break); a file that fails to load is logged and the
-//! last good version keeps serving; a deleted file retires its procedure.
+//! is ready (make-before-break); a file that fails to load is logged once and
+//! the last good version keeps serving; a deleted file retires its procedure.
+//! Deploys save through it too, so the folder and the registry never
+//! disagree. [`watcher`] tells it which files changed.
 
+mod folder;
 pub mod watcher;
+
+pub use folder::{LoadStats, ModulesFolder};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use warren_protocol::check_procedure_name;
 pub use warren_protocol::module_digest as digest;
 
 use crate::sandbox::{PreparedComponent, Sandbox};
@@ -26,7 +32,8 @@ use crate::sandbox::{PreparedComponent, Sandbox};
 /// The file extension that marks a procedure in the modules folder.
 pub const MODULE_EXTENSION: &str = "wasm";
 
-/// One loaded version of a procedure.
+/// One loaded version of a procedure. Cloning shares the compiled code.
+#[derive(Clone)]
 pub struct Procedure {
     /// The procedure's name: the file name without `.wasm`.
     pub name: String,
@@ -45,7 +52,9 @@ impl Procedure {
         wasm: &[u8],
         digest: String,
     ) -> anyhow::Result<Self> {
-        let component = sandbox.prepare(wasm, &digest)?;
+        let component = sandbox
+            .prepare(wasm, &digest)
+            .with_context(|| format!("module {name}"))?;
         Ok(Procedure {
             name: name.to_owned(),
             digest,
@@ -55,15 +64,25 @@ impl Procedure {
 }
 
 /// The procedures being served, by name; cheap to read from any thread.
+///
+/// It also knows the host's `--default-procedure`, and warns when a change
+/// leaves requests without `x-procedure` unanswerable, because that is the
+/// moment an operator can still do something about it.
 #[derive(Default)]
 pub struct Registry {
     procedures: ArcSwap<BTreeMap<String, Arc<Procedure>>>,
+    /// `--default-procedure`, if given.
+    default: Option<String>,
 }
 
 impl Registry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty registry; `default` answers requests that name no procedure
+    /// (when `None`, the only loaded procedure does).
+    pub fn new(default: Option<String>) -> Self {
+        Registry {
+            procedures: ArcSwap::default(),
+            default,
+        }
     }
 
     /// The current version of procedure `name`.
@@ -71,11 +90,12 @@ impl Registry {
         self.procedures.load().get(name).cloned()
     }
 
-    /// The procedure to run when a request names none: `preferred` if given,
-    /// otherwise the only one loaded. `Err` says why there is none.
-    pub fn default_procedure(&self, preferred: Option<&str>) -> Result<Arc<Procedure>, String> {
+    /// The procedure to run when a request names none: the configured
+    /// default if there is one, otherwise the only one loaded. `Err` says
+    /// why there is none.
+    pub fn default_procedure(&self) -> Result<Arc<Procedure>, String> {
         let procedures = self.procedures.load();
-        if let Some(name) = preferred {
+        if let Some(name) = &self.default {
             return procedures.get(name).cloned().ok_or_else(|| {
                 format!(
                     "the default procedure {name:?} is not loaded{}",
@@ -113,27 +133,69 @@ impl Registry {
     pub fn install(&self, procedure: Procedure) -> Option<Arc<Procedure>> {
         let procedure = Arc::new(procedure);
         let mut replaced = None;
-        self.procedures.rcu(|current| {
+        let before = self.procedures.rcu(|current| {
             let mut next = BTreeMap::clone(current);
             replaced = next.insert(procedure.name.clone(), procedure.clone());
             next
         });
+        self.warn_about_default(&before);
         replaced
     }
 
     /// Stops serving `name`; returns the version retired, if any.
     pub fn retire(&self, name: &str) -> Option<Arc<Procedure>> {
         let mut retired = None;
-        self.procedures.rcu(|current| {
+        let before = self.procedures.rcu(|current| {
             let mut next = BTreeMap::clone(current);
             retired = next.remove(name);
             next
         });
+        self.warn_about_default(&before);
         retired
+    }
+
+    /// Warns once the host has loaded what it finds at startup, if requests
+    /// without `x-procedure` cannot be answered.
+    pub fn warn_if_no_default(&self) {
+        if let Some(why) = why_no_default(self.default.as_deref(), &self.procedures.load()) {
+            tracing::warn!("{why}");
+        }
+    }
+
+    /// Warns when a change has just made requests without `x-procedure`
+    /// unanswerable (it said nothing while they were answerable).
+    fn warn_about_default(&self, before: &BTreeMap<String, Arc<Procedure>>) {
+        let default = self.default.as_deref();
+        if why_no_default(default, before).is_none()
+            && let Some(why) = why_no_default(default, &self.procedures.load())
+        {
+            tracing::warn!("{why}");
+        }
     }
 }
 
-fn list_loaded(procedures: &BTreeMap<String, Arc<Procedure>>) -> String {
+/// Why a request without `x-procedure` would get `no-procedure` with these
+/// procedures loaded and this `--default-procedure`, or `None` if it would
+/// be answered. An empty registry without a configured default is not worth
+/// a warning here: the host says so itself.
+fn why_no_default<V>(default: Option<&str>, procedures: &BTreeMap<String, V>) -> Option<String> {
+    match default {
+        Some(name) if !procedures.contains_key(name) => Some(format!(
+            "--default-procedure {name} is not loaded{}: requests without x-procedure get \
+             no-procedure until {name}.wasm is in the modules folder",
+            list_loaded(procedures)
+        )),
+        None if procedures.len() > 1 => Some(format!(
+            "{} procedures are loaded{} and no --default-procedure is set: requests without \
+             x-procedure now get no-procedure",
+            procedures.len(),
+            list_loaded(procedures)
+        )),
+        _ => None,
+    }
+}
+
+fn list_loaded<V>(procedures: &BTreeMap<String, V>) -> String {
     if procedures.is_empty() {
         " (none are loaded)".to_owned()
     } else {
@@ -143,21 +205,30 @@ fn list_loaded(procedures: &BTreeMap<String, Arc<Procedure>>) -> String {
 }
 
 /// The procedure name a path stands for: `modules/fib.wasm` → `fib`.
-/// `None` for anything that is not a `NAME.wasm` file name.
+/// `None` for anything that is not `NAME.wasm` with a valid procedure name
+/// (see [`warren_protocol::check_procedure_name`]).
 pub fn procedure_name(path: &Path) -> Option<String> {
     if path.extension()? != MODULE_EXTENSION {
         return None;
     }
     let stem = path.file_stem()?.to_str()?;
-    let valid = !stem.is_empty()
-        && !stem.starts_with('.')
-        && stem
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    valid.then(|| stem.to_owned())
+    check_procedure_name(stem).is_ok().then(|| stem.to_owned())
 }
 
-/// The `NAME.wasm` files in `dir`, sorted by name.
+/// Whether `path` looks meant as a module but its name breaks the naming
+/// rule (`Fib.wasm`, `fib.v2.wasm`): worth telling the operator, once.
+/// Hidden files (`.fib.wasm.tmp`, deploys being written) are not.
+pub fn misnamed_module(path: &Path) -> Option<String> {
+    let file_name = path.file_name()?.to_str()?;
+    if file_name.starts_with('.') || path.extension()? != MODULE_EXTENSION {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    check_procedure_name(stem).err()
+}
+
+/// The `*.wasm` files in `dir` (hidden ones aside), sorted by name: the
+/// modules, and the misnamed files [`ModulesFolder`] warns about.
 pub fn module_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).with_context(|| {
         format!(
@@ -168,7 +239,9 @@ pub fn module_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
-        .filter(|path| path.is_file() && procedure_name(path).is_some())
+        .filter(|path| {
+            path.is_file() && (procedure_name(path).is_some() || misnamed_module(path).is_some())
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -192,6 +265,30 @@ mod tests {
         assert_eq!(procedure_name(Path::new("m/.fib.wasm")), None);
         assert_eq!(procedure_name(Path::new("m/fib")), None);
         assert_eq!(procedure_name(Path::new("m/a b.wasm")), None);
+        assert_eq!(procedure_name(Path::new("m/Fib.wasm")), None);
+        assert_eq!(procedure_name(Path::new("m/fib.v2.wasm")), None);
+        assert!(misnamed_module(Path::new("m/Fib.wasm")).is_some());
+        assert!(misnamed_module(Path::new("m/.fib.wasm")).is_none());
+        assert!(misnamed_module(Path::new("m/fib.wasm")).is_none());
+        assert!(misnamed_module(Path::new("m/notes.txt")).is_none());
+    }
+
+    #[test]
+    fn requests_without_a_procedure_are_warned_about_when_they_cannot_be_answered() {
+        let loaded = |names: &[&str]| -> BTreeMap<String, ()> {
+            names.iter().map(|n| (n.to_string(), ())).collect()
+        };
+        assert_eq!(why_no_default(None, &loaded(&[])), None);
+        assert_eq!(why_no_default(None, &loaded(&["fib"])), None);
+        let two = why_no_default(None, &loaded(&["fib", "echo"])).unwrap();
+        assert!(two.contains("no --default-procedure is set"), "{two}");
+        assert!(two.contains("echo, fib"), "{two}");
+        let missing = why_no_default(Some("fob"), &loaded(&["fib"])).unwrap();
+        assert!(
+            missing.contains("--default-procedure fob is not loaded"),
+            "{missing}"
+        );
+        assert_eq!(why_no_default(Some("fib"), &loaded(&["fib", "echo"])), None);
     }
 
     #[test]

@@ -1,59 +1,46 @@
-//! Keeps the [`Registry`] in step with the modules folder while the host runs.
+//! Tells the [`ModulesFolder`] which files changed while the host runs.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use super::{Procedure, Registry, digest, module_files, procedure_name};
-use crate::sandbox::Sandbox;
+use super::ModulesFolder;
 use crate::shutdown::Shutdown;
 
 /// Quiet time after the last file event before acting on a burst of them,
 /// so that a file being written is read once, whole.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Loads every module in `dir` into `registry`. A module that fails to load
-/// is logged and skipped; only an unreadable folder is an error.
-pub async fn load_all(
-    dir: &Path,
-    sandbox: &Arc<Sandbox>,
-    registry: &Registry,
-) -> anyhow::Result<()> {
-    for path in module_files(dir)? {
-        reload(&path, sandbox, registry).await;
-    }
-    Ok(())
-}
-
-/// Watches `dir` and swaps procedures as their files change, until shutdown.
+/// Watches the folder and swaps procedures as their files change, until
+/// shutdown.
 ///
 /// Starts watching before it returns, so no change made after this call is
 /// missed; the returned future does the work.
 pub fn watch(
-    dir: &Path,
-    sandbox: Arc<Sandbox>,
-    registry: Arc<Registry>,
+    folder: Arc<ModulesFolder>,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
+            Ok(event) if may_change_content(&event.kind) => {
                 for path in event.paths {
                     let _ = events_tx.send(path);
                 }
             }
+            Ok(_) => {}
             Err(error) => tracing::warn!(%error, "watching the modules folder"),
         })
         .context("starting the modules folder watcher")?;
     watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching the modules folder {}", dir.display()))?;
+        .watch(folder.dir(), RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching the modules folder {}", folder.dir().display()))?;
 
     Ok(async move {
         // The watcher stops when dropped; keep it alive as long as this task.
@@ -77,64 +64,44 @@ pub fn watch(
                 }
             }
             for path in changed {
-                reload(&path, &sandbox, &registry).await;
+                folder.reload(&path).await;
             }
         }
     })
 }
 
-/// Brings the registry in line with one file: load or swap it if it exists
-/// and changed, retire its procedure if it is gone. Logs what it did.
-pub async fn reload(path: &Path, sandbox: &Arc<Sandbox>, registry: &Registry) {
-    let Some(name) = procedure_name(path) else {
-        return;
-    };
-    if !path.exists() {
-        if let Some(retired) = registry.retire(&name) {
-            tracing::info!(procedure = %name, digest = %retired.digest, "module file removed; procedure retired");
-        }
-        return;
+/// Whether an event can mean new content or a file gone. Opening, reading
+/// and closing a file unwritten (inotify reports those too, including the
+/// host's own reads of its modules) cannot; reacting to them made the host
+/// read its modules again and again.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
-    let started = Instant::now();
-    let serving = registry.get(&name).map(|p| p.digest.clone());
-    let loaded = tokio::task::spawn_blocking({
-        let sandbox = sandbox.clone();
-        let path = path.to_owned();
-        let serving = serving.clone();
-        let name = name.clone();
-        move || -> anyhow::Result<Option<Procedure>> {
-            let wasm =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let digest = digest(&wasm);
-            if serving.as_ref() == Some(&digest) {
-                return Ok(None); // touched, not changed
-            }
-            Procedure::compile(&sandbox, &name, &wasm, digest).map(Some)
-        }
-    });
-    let procedure = match loaded.await {
-        Ok(Ok(Some(procedure))) => procedure,
-        Ok(Ok(None)) => return,
-        Ok(Err(error)) => {
-            tracing::error!(
-                procedure = %name,
-                file = %path.display(),
-                still_serving = serving.as_deref().unwrap_or("nothing"),
-                "module failed to load: {error:#}"
-            );
-            return;
-        }
-        Err(panic) => {
-            tracing::error!(procedure = %name, "loading the module panicked: {panic}");
-            return;
-        }
-    };
-    let digest = procedure.digest.clone();
-    let took = format!("{}ms", started.elapsed().as_millis());
-    match registry.install(procedure) {
-        Some(old) => {
-            tracing::info!(procedure = %name, from = %old.digest, to = %digest, took, "procedure swapped")
-        }
-        None => tracing::info!(procedure = %name, %digest, took, "procedure loaded"),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reads_are_not_changes_but_writes_renames_and_removals_are() {
+        assert!(!may_change_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!may_change_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(may_change_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(may_change_content(&EventKind::Create(CreateKind::File)));
+        assert!(may_change_content(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(may_change_content(&EventKind::Remove(RemoveKind::File)));
     }
 }

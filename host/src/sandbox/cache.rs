@@ -6,7 +6,10 @@
 //! settings (wasmtime version, target, compiler flags), so a host with a
 //! different wasmtime or configuration never finds, let alone loads, a stale
 //! entry; wasmtime also refuses an incompatible artifact itself. An entry
-//! that fails to load is deleted and the module compiled afresh.
+//! that fails to load is left alone and the module compiled afresh; the
+//! fresh build replaces it. A damaged entry is thus repaired, and an entry
+//! this host cannot load only because of its own limits (other hosts
+//! sharing the folder may have other limits) is never thrown away.
 //!
 //! Loading an artifact runs its machine code, so the cache folder must be
 //! writable only by the host's own user (it is created 0700).
@@ -58,8 +61,7 @@ impl CompiledCache {
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(component) => Some(component),
             Err(error) => {
-                tracing::warn!(file = %path.display(), "dropping an unusable compiled-code cache entry: {error}");
-                let _ = std::fs::remove_file(&path);
+                tracing::warn!(file = %path.display(), "cannot use this compiled-code cache entry, compiling afresh: {error}");
                 None
             }
         }

@@ -81,7 +81,30 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// `67108864` → `64MiB`, for messages.
+/// `67108864` → `64 MiB`; `1114112` → `1.06 MiB (1114112 bytes)`: exact
+/// where it matters, short where it can be.
 pub fn format_bytes(bytes: u64) -> String {
-    bytesize::ByteSize::b(bytes).display().iec().to_string()
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= size {
+            return if bytes % size == 0 {
+                format!("{} {unit}", bytes / size)
+            } else {
+                format!("{:.2} {unit} ({bytes} bytes)", bytes as f64 / size as f64)
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_bytes;
+
+    #[test]
+    fn sizes_read_well_and_stay_exact() {
+        assert_eq!(format_bytes(64 << 20), "64 MiB");
+        assert_eq!(format_bytes(1114112), "1.06 MiB (1114112 bytes)");
+        assert_eq!(format_bytes(512), "512 bytes");
+        assert_eq!(format_bytes(4 << 30), "4 GiB");
+    }
 }

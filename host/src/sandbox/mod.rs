@@ -134,6 +134,10 @@ impl Sandbox {
     /// for example in `spawn_blocking`. The error says what is wrong.
     pub fn prepare(&self, wasm: &[u8], digest: &str) -> anyhow::Result<PreparedComponent> {
         check_is_component(wasm)?;
+        // Before the cache or the compiler see it: wasmtime refuses such a
+        // module too, but in its own words, and a cached entry refused for
+        // this reason would look damaged.
+        check_memory_fits(wasm, self.limits.max_memory)?;
         let cached = self
             .cache
             .as_ref()
@@ -369,6 +373,31 @@ fn check_is_component(wasm: &[u8]) -> anyhow::Result<()> {
         bail!(
             "this is a core WebAssembly module, not a component: build for \
              wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a component whose own initial memory is larger than
+/// `--max-memory`: it could not even be instantiated. Says what it needs.
+fn check_memory_fits(wasm: &[u8], max_memory: u64) -> anyhow::Result<()> {
+    let mut needed: u64 = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        // Malformed bytes are the compiler's to report, with its detail.
+        let Ok(wasmparser::Payload::MemorySection(memories)) = payload else {
+            continue;
+        };
+        for memory in memories.into_iter().flatten() {
+            let page = 1u64 << memory.page_size_log2.unwrap_or(16);
+            needed = needed.max(memory.initial.saturating_mul(page));
+        }
+    }
+    if needed > max_memory {
+        bail!(
+            "it needs at least {} of memory to start; --max-memory is {} \
+             (raise --max-memory, or build the module with a smaller initial memory)",
+            format_bytes(needed),
+            format_bytes(max_memory)
         );
     }
     Ok(())

@@ -2,20 +2,23 @@
 //!
 //! The contract (stream name, headers, what is signed, the answer) is in
 //! `warren_protocol::deploy`. This module decides whether to accept a
-//! deploy and applies it: check size, digest and signature against the
-//! host's [`DeployPolicy`], compile off the async runtime, swap it in
-//! (make-before-break, like a file change) and save it into the modules
-//! folder so a restart serves it too. A refused deploy changes nothing.
+//! deploy and applies it: check name, size, digest and signature against
+//! the host's [`DeployPolicy`], compile off the async runtime, save it into
+//! the modules folder (so a restart serves it too), and only then swap it in
+//! (make-before-break, like a file change). A deploy is all or nothing: a
+//! refused one is neither served nor stored. [`stream`] reads the deploys
+//! from the broker and answers the deployers.
 
-use std::path::{Path, PathBuf};
+pub mod stream;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use warren_protocol::check_procedure_name;
 use warren_protocol::deploy::{DeployAnswer, PublicKey};
 
-use crate::modules::{MODULE_EXTENSION, Procedure, Registry, digest, procedure_name};
-use crate::sandbox::Sandbox;
+use crate::modules::{ModulesFolder, Procedure, digest};
 
 /// Which deploys a host accepts.
 #[derive(Debug, Clone, Default)]
@@ -49,30 +52,20 @@ struct Verified {
     digest: String,
 }
 
-/// Applies deploys to this host's registry and modules folder.
+/// Applies deploys to this host's modules folder (and so to what it serves).
 pub struct Deployer {
     host_id: String,
     policy: DeployPolicy,
-    registry: Arc<Registry>,
-    sandbox: Arc<Sandbox>,
-    modules_dir: PathBuf,
+    folder: Arc<ModulesFolder>,
 }
 
 impl Deployer {
     /// A deployer for this host.
-    pub fn new(
-        host_id: String,
-        policy: DeployPolicy,
-        registry: Arc<Registry>,
-        sandbox: Arc<Sandbox>,
-        modules_dir: PathBuf,
-    ) -> Self {
+    pub fn new(host_id: String, policy: DeployPolicy, folder: Arc<ModulesFolder>) -> Self {
         Deployer {
             host_id,
             policy,
-            registry,
-            sandbox,
-            modules_dir,
+            folder,
         }
     }
 
@@ -156,13 +149,7 @@ impl Deployer {
             .name
             .clone()
             .ok_or("the deploy names no procedure (header x-deploy-name)")?;
-        if procedure_name(Path::new(&format!("{name}.{MODULE_EXTENSION}"))).as_deref()
-            != Some(name.as_str())
-        {
-            return Err(format!(
-                "{name:?} is not a valid procedure name (letters, digits, '-', '_', '.')"
-            ));
-        }
+        check_procedure_name(&name)?;
         if request.module.len() > self.policy.max_module_bytes {
             return Err(format!(
                 "the module is {} bytes; this host accepts at most {} (--max-module-bytes)",
@@ -226,45 +213,28 @@ impl Deployer {
         }
     }
 
-    /// Compiles and swaps the module in, then saves it to the modules folder.
+    /// Compiles the module, saves it into the modules folder, then serves
+    /// it. Nothing changes unless every step succeeds.
     async fn install(&self, verified: &Verified, module: Vec<u8>) -> anyhow::Result<()> {
         let Verified { name, digest } = verified;
-        let serving = self.registry.get(name).map(|p| p.digest.clone());
-        let mut module = module;
-        if serving.as_ref() != Some(digest) {
+        let serving = self.folder.registry().get(name).map(|p| p.digest.clone());
+        let (procedure, module) = if serving.as_ref() == Some(digest) {
+            // Served already (a replayed history, a repeated deploy): make
+            // sure the folder holds it too.
+            let procedure = self.folder.registry().get(name).expect("served");
+            (Procedure::clone(&procedure), module)
+        } else {
             // The bytes travel to the compile thread and back: no copy.
-            let (procedure, compiled) = tokio::task::spawn_blocking({
-                let sandbox = self.sandbox.clone();
+            tokio::task::spawn_blocking({
+                let sandbox = self.folder.sandbox().clone();
                 let (name, digest) = (name.clone(), digest.clone());
                 move || Procedure::compile(&sandbox, &name, &module, digest).map(|p| (p, module))
             })
             .await
-            .context("the compile task failed")??;
-            module = compiled;
-            let old = self.registry.install(procedure);
-            tracing::info!(
-                procedure = %name,
-                from = old.as_ref().map_or("nothing", |p| p.digest.as_str()),
-                to = %digest,
-                "procedure deployed"
-            );
-        }
-        // Saved after the swap: the folder watcher then finds the digest
-        // already serving and does not compile it again.
-        save_module(&self.modules_dir, name, &module)
-            .with_context(|| format!("saving {name}.wasm into {}", self.modules_dir.display()))
+            .context("the compile task failed")??
+        };
+        self.folder.save_and_serve(procedure, module).await
     }
-}
-
-/// Writes `NAME.wasm` atomically (a temporary file, then a rename).
-fn save_module(dir: &Path, name: &str, module: &[u8]) -> std::io::Result<()> {
-    let target = dir.join(format!("{name}.{MODULE_EXTENSION}"));
-    let tmp = dir.join(format!(
-        ".{name}.{MODULE_EXTENSION}.deploy-{}",
-        std::process::id()
-    ));
-    std::fs::write(&tmp, module)?;
-    std::fs::rename(&tmp, target)
 }
 
 /// A default host id: `hostname-pid`, unique per process on a fleet.

@@ -1,0 +1,84 @@
+//! Reaching the broker: one connection attempt under a timeout, the backoff
+//! between attempts, and closing without hanging.
+//!
+//! lapin has no reliable automatic recovery, so the host does its own: the
+//! session layer calls [`connect`] again, waiting [`Backoff::next_delay`]
+//! between attempts, whether the broker is not up yet (startup under systemd
+//! or compose, where start order is a guess) or went away.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lapin::{Connection, ConnectionProperties};
+use warren_protocol::redact_url;
+
+/// How long one connection attempt may take.
+pub const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First pause between attempts.
+const FIRST_DELAY: Duration = Duration::from_millis(250);
+/// Longest pause between attempts.
+const MAX_DELAY: Duration = Duration::from_secs(30);
+/// How long a close may take before it is abandoned.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One attempt to connect to `url`, named `warren-host` in the broker's
+/// connection list. The error names the broker (password hidden).
+pub async fn connect(url: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name("warren-host".into());
+    tokio::time::timeout(
+        CONNECT_ATTEMPT_TIMEOUT,
+        Connection::connect(url, properties),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_ATTEMPT_TIMEOUT:?}"))
+    .and_then(|connected| connected.map_err(anyhow::Error::from))
+    .with_context(|| format!("connecting to the broker at {}", redact_url(url)))
+}
+
+/// Capped exponential backoff with jitter, so a fleet that lost its broker
+/// does not knock on its door in step.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    /// Starts at a quarter second.
+    pub fn new() -> Self {
+        Backoff { next: FIRST_DELAY }
+    }
+
+    /// The pause before the next attempt: doubling up to 30 s, each drawn
+    /// between half and all of that.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.next;
+        self.next = (self.next * 2).min(MAX_DELAY);
+        ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Closes best effort: lapin can wait forever for a close-ok that never
+/// comes, and a stopping host must not hang on it.
+pub async fn close_quietly<T, E>(closing: impl Future<Output = Result<T, E>>) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<Duration> = (0..12).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] >= FIRST_DELAY / 2 && delays[0] <= FIRST_DELAY);
+        assert!(delays.iter().all(|d| *d <= MAX_DELAY));
+        assert!(delays[11] >= MAX_DELAY / 2, "{delays:?}");
+    }
+}

@@ -1,0 +1,383 @@
+//! The modules folder and the registry kept in step with it.
+//!
+//! Every change to what is served goes through [`ModulesFolder`]: a file the
+//! watcher reports, the folder read at startup, a module a deploy saves. It
+//! remembers what each file looked like when it last read it (size, times,
+//! inode), so a file is read again only when it changes: a host never
+//! re-reads, re-hashes or recompiles a module because something merely
+//! opened it, and a broken file is reported once, then again only when it
+//! changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
+
+use super::{
+    MODULE_EXTENSION, Procedure, Registry, digest, misnamed_module, module_files, procedure_name,
+};
+use crate::sandbox::Sandbox;
+
+/// Counts of what the folder has done since the host started; tests and
+/// operators use them to see that an idle host stays idle.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    reads: AtomicU64,
+    loaded: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl LoadStats {
+    /// Module files read (and hashed) from the folder.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Modules loaded or swapped in, from the folder or by deploys.
+    pub fn loaded(&self) -> u64 {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// Module files that failed to load (each failure counted once).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// What identifies one version of a file without reading it: if none of
+/// these changed, neither did the content (every write or rename changes
+/// the change time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    modified: Option<SystemTime>,
+    #[cfg(unix)]
+    inode: u64,
+    #[cfg(unix)]
+    changed: (i64, i64),
+}
+
+impl Fingerprint {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt as _;
+        Fingerprint {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            #[cfg(unix)]
+            inode: metadata.ino(),
+            #[cfg(unix)]
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
+/// What a file held when last read, and whether that loaded.
+#[derive(Debug, Clone)]
+struct Seen {
+    fingerprint: Fingerprint,
+    /// `None` for files never read (misnamed ones).
+    digest: Option<String>,
+    loaded: bool,
+}
+
+type SeenFiles = Arc<Mutex<HashMap<PathBuf, Seen>>>;
+
+/// The modules folder: loads its `NAME.wasm` files into the registry and
+/// saves deployed modules into it.
+pub struct ModulesFolder {
+    dir: PathBuf,
+    sandbox: Arc<Sandbox>,
+    registry: Arc<Registry>,
+    seen: SeenFiles,
+    stats: Arc<LoadStats>,
+}
+
+impl ModulesFolder {
+    /// The folder `dir`, loading into `registry` through `sandbox`.
+    pub fn new(dir: PathBuf, sandbox: Arc<Sandbox>, registry: Arc<Registry>) -> Self {
+        ModulesFolder {
+            dir,
+            sandbox,
+            registry,
+            seen: SeenFiles::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// The folder's path.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The registry this folder keeps up to date.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The sandbox modules are compiled in.
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    /// What the folder has done so far.
+    pub fn stats(&self) -> &Arc<LoadStats> {
+        &self.stats
+    }
+
+    /// Loads every module in the folder. A module that fails to load is
+    /// logged and skipped; only an unreadable folder is an error.
+    pub async fn load_all(&self) -> anyhow::Result<()> {
+        for path in module_files(&self.dir)? {
+            self.reload(&path).await;
+        }
+        Ok(())
+    }
+
+    /// Brings the registry in line with one file: load or swap it if it
+    /// changed since last read, retire its procedure if it is gone. Logs
+    /// what it did; says nothing when the file did not change.
+    pub async fn reload(&self, path: &Path) {
+        let Some(name) = procedure_name(path) else {
+            self.warn_if_misnamed(path);
+            return;
+        };
+        let metadata = match std::fs::metadata(path) {
+            Ok(metadata) if metadata.is_file() => metadata,
+            Ok(_) => return,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                self.forget(path);
+                if let Some(retired) = self.registry.retire(&name) {
+                    tracing::info!(procedure = %name, digest = %retired.digest, "module file removed; procedure retired");
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(file = %path.display(), "cannot look at the module file: {error}");
+                return;
+            }
+        };
+        let fingerprint = Fingerprint::of(&metadata);
+        let before = self.seen(path);
+        if before.as_ref().map(|seen| &seen.fingerprint) == Some(&fingerprint) {
+            return; // opened or read, not changed
+        }
+
+        let started = Instant::now();
+        let serving = self.registry.get(&name).map(|p| p.digest.clone());
+        let broken = before
+            .filter(|seen| !seen.loaded)
+            .and_then(|seen| seen.digest);
+        let read = tokio::task::spawn_blocking({
+            let (sandbox, stats) = (self.sandbox.clone(), self.stats.clone());
+            let (path, name, serving) = (path.to_owned(), name.clone(), serving.clone());
+            move || read_and_compile(&sandbox, &stats, &path, &name, serving, broken)
+        })
+        .await;
+        let read = match read {
+            Ok(read) => read,
+            Err(panic) => {
+                tracing::error!(procedure = %name, "loading the module panicked: {panic}");
+                return;
+            }
+        };
+        let (digest, loaded) = match &read {
+            Read::Unreadable(_) => (None, false),
+            Read::Serving(digest) => (Some(digest.clone()), true),
+            Read::StillBroken(digest) => (Some(digest.clone()), false),
+            Read::Compiled(digest, outcome) => (Some(digest.clone()), outcome.is_ok()),
+        };
+        self.remember(
+            path,
+            Seen {
+                fingerprint,
+                digest,
+                loaded,
+            },
+        );
+        match read {
+            Read::Serving(_) | Read::StillBroken(_) => {}
+            Read::Compiled(_, Ok(procedure)) => self.serve(procedure, started),
+            Read::Compiled(_, Err(error)) | Read::Unreadable(error) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    procedure = %name,
+                    file = %path.display(),
+                    still_serving = serving.as_deref().unwrap_or("nothing"),
+                    "module failed to load: {error:#}; it is tried again when the file changes"
+                );
+            }
+        }
+    }
+
+    /// Saves a deployed, already compiled module as `NAME.wasm` and then
+    /// serves it: all or nothing. If the file cannot be saved, nothing
+    /// changes and the error says why; once it is saved, the watcher finds
+    /// it already known and does not load it again.
+    pub async fn save_and_serve(
+        &self,
+        procedure: Procedure,
+        module: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let target = self
+            .dir
+            .join(format!("{}.{MODULE_EXTENSION}", procedure.name));
+        let saved = tokio::task::spawn_blocking({
+            let (dir, seen) = (self.dir.clone(), self.seen.clone());
+            let (target, name, digest) = (
+                target.clone(),
+                procedure.name.clone(),
+                procedure.digest.clone(),
+            );
+            move || save_atomically(&dir, &target, &name, &module, &seen, digest)
+        })
+        .await
+        .context("the save task failed")?;
+        saved.with_context(|| {
+            format!(
+                "saving {}.{MODULE_EXTENSION} into {}",
+                procedure.name,
+                self.dir.display()
+            )
+        })?;
+        if self.registry.get(&procedure.name).map(|p| p.digest.clone())
+            != Some(procedure.digest.clone())
+        {
+            self.serve(procedure, started);
+        }
+        Ok(())
+    }
+
+    /// Swaps `procedure` in and logs it.
+    fn serve(&self, procedure: Procedure, started: Instant) {
+        let (name, digest) = (procedure.name.clone(), procedure.digest.clone());
+        let took = format!("{}ms", started.elapsed().as_millis());
+        self.stats.loaded.fetch_add(1, Ordering::Relaxed);
+        match self.registry.install(procedure) {
+            Some(old) => {
+                tracing::info!(procedure = %name, from = %old.digest, to = %digest, took, "procedure swapped")
+            }
+            None => tracing::info!(procedure = %name, %digest, took, "procedure loaded"),
+        }
+    }
+
+    fn warn_if_misnamed(&self, path: &Path) {
+        let Some(why) = misnamed_module(path) else {
+            return;
+        };
+        let Ok(metadata) = std::fs::metadata(path) else {
+            self.forget(path);
+            return;
+        };
+        let fingerprint = Fingerprint::of(&metadata);
+        if self.seen(path).map(|seen| seen.fingerprint) != Some(fingerprint.clone()) {
+            tracing::warn!(file = %path.display(), "ignoring this file: {why}; rename it to serve it");
+            self.remember(
+                path,
+                Seen {
+                    fingerprint,
+                    digest: None,
+                    loaded: false,
+                },
+            );
+        }
+    }
+
+    fn seen(&self, path: &Path) -> Option<Seen> {
+        lock(&self.seen).get(path).cloned()
+    }
+
+    fn remember(&self, path: &Path, seen: Seen) {
+        lock(&self.seen).insert(path.to_owned(), seen);
+    }
+
+    fn forget(&self, path: &Path) {
+        lock(&self.seen).remove(path);
+    }
+}
+
+/// What reading one module file came to.
+enum Read {
+    /// The file could not be read.
+    Unreadable(anyhow::Error),
+    /// It holds the version already serving (rewritten with the same bytes).
+    Serving(String),
+    /// It holds the same bytes that failed last time: already reported.
+    StillBroken(String),
+    /// New bytes, compiled or refused.
+    Compiled(String, anyhow::Result<Procedure>),
+}
+
+/// Reads and hashes a module file and compiles it if it is new. CPU-heavy:
+/// runs in `spawn_blocking`.
+fn read_and_compile(
+    sandbox: &Sandbox,
+    stats: &LoadStats,
+    path: &Path,
+    name: &str,
+    serving: Option<String>,
+    broken: Option<String>,
+) -> Read {
+    let wasm = match std::fs::read(path) {
+        Ok(wasm) => wasm,
+        Err(error) => {
+            return Read::Unreadable(
+                anyhow::Error::from(error).context(format!("reading {}", path.display())),
+            );
+        }
+    };
+    stats.reads.fetch_add(1, Ordering::Relaxed);
+    let digest = digest(&wasm);
+    if serving.as_ref() == Some(&digest) {
+        Read::Serving(digest)
+    } else if broken.as_ref() == Some(&digest) {
+        Read::StillBroken(digest)
+    } else {
+        let compiled = Procedure::compile(sandbox, name, &wasm, digest.clone());
+        Read::Compiled(digest, compiled)
+    }
+}
+
+fn lock(seen: &SeenFiles) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Seen>> {
+    seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes `target` through a hidden temporary file and a rename, so no one
+/// ever reads half a module, and records the result as already loaded
+/// (under the lock the watcher's [`ModulesFolder::reload`] also takes, so it
+/// cannot read the file in between and load it a second time).
+fn save_atomically(
+    dir: &Path,
+    target: &Path,
+    name: &str,
+    module: &[u8],
+    seen: &SeenFiles,
+    digest: String,
+) -> std::io::Result<()> {
+    let tmp = dir.join(format!(
+        ".{name}.{MODULE_EXTENSION}.deploy-{}",
+        std::process::id()
+    ));
+    let written = std::fs::write(&tmp, module).and_then(|()| {
+        let mut seen = lock(seen);
+        std::fs::rename(&tmp, target)?;
+        let fingerprint = Fingerprint::of(&std::fs::metadata(target)?);
+        seen.insert(
+            target.to_owned(),
+            Seen {
+                fingerprint,
+                digest: Some(digest),
+                loaded: true,
+            },
+        );
+        Ok(())
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}

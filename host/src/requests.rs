@@ -1,0 +1,286 @@
+//! The request path: consume the request queue, answer each request, ack.
+//!
+//! The wire pattern is the RabbitMQ tutorial's, unchanged: the queue is
+//! declared exactly as `rpc_server.py` declares it (so both can serve it), a
+//! reply goes through the default exchange to `reply_to` with the request's
+//! `correlation_id`, and the request is acked only after its reply is
+//! published. A request whose reply could not be published stays unacked,
+//! so the broker redelivers it rather than losing it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use futures_lite::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+use warren_protocol::{
+    ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
+    HEADER_RPC_STATUS, STATUS_ERROR, STATUS_OK, declare_request_queue, header_text,
+    set_header_text,
+};
+
+use crate::broker::close_quietly;
+use crate::dispatch::{Dispatcher, Reply};
+use crate::shutdown::Shutdown;
+
+/// The request queue, declared and ready to be consumed.
+pub struct RequestQueue {
+    channel: Channel,
+    queue: String,
+}
+
+impl RequestQueue {
+    /// Declares `queue` as the tutorial does, on a channel of its own that
+    /// holds at most `prefetch` unacked requests. Declaring it before the
+    /// host consumes means callers' requests wait in it meanwhile.
+    pub async fn declare(
+        connection: &Connection,
+        queue: &str,
+        prefetch: u16,
+    ) -> anyhow::Result<Self> {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        declare_request_queue(&channel, queue)
+            .await
+            .with_context(|| {
+                format!(
+                    "declaring queue {queue:?} (if it exists with other settings, \
+                     delete it or choose another --queue)"
+                )
+            })?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .context("setting the prefetch count")?;
+        Ok(RequestQueue {
+            channel,
+            queue: queue.to_owned(),
+        })
+    }
+
+    /// Starts taking requests.
+    pub async fn consume(self) -> anyhow::Result<Requests> {
+        let consumer = self
+            .channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                ShortString::default(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming queue {:?}", self.queue))?;
+        Ok(Requests {
+            channel: self.channel,
+            consumer,
+        })
+    }
+}
+
+/// Requests arriving from the queue.
+pub struct Requests {
+    channel: Channel,
+    consumer: Consumer,
+}
+
+impl Requests {
+    /// Answers requests until shutdown (`Ok`) or until the connection fails
+    /// (`Err`). On shutdown it stops taking requests, finishes and acks the
+    /// ones it has, then closes its channel; unstarted prefetched requests
+    /// return to the queue for another host.
+    pub async fn serve(
+        mut self,
+        dispatcher: Arc<Dispatcher>,
+        mut shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        let mut in_flight = JoinSet::new();
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.recv() => break Ok(()),
+                Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(panic) = finished {
+                        tracing::error!("a request task panicked: {panic}");
+                    }
+                }
+                delivery = self.consumer.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        in_flight.spawn(answer(self.channel.clone(), dispatcher.clone(), delivery));
+                    }
+                    Some(Err(error)) => break Err(anyhow::Error::from(error).context("receiving requests")),
+                    None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+                },
+            }
+        };
+        if result.is_ok() {
+            let tag = self.consumer.tag();
+            if let Err(error) = self
+                .channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await
+            {
+                tracing::warn!(%error, "cancelling the consumer");
+            }
+            tracing::info!(in_flight = in_flight.len(), "finishing requests in flight");
+        }
+        while in_flight.join_next().await.is_some() {}
+        close_quietly(self.channel.close(200, "warren-host stopping".into())).await;
+        result
+    }
+}
+
+/// Answers one request: run it, publish the reply, then ack.
+async fn answer(channel: Channel, dispatcher: Arc<Dispatcher>, delivery: Delivery) {
+    let Delivery {
+        delivery_tag,
+        properties,
+        data,
+        acker,
+        redelivered,
+        ..
+    } = delivery;
+    let correlation_id = properties.correlation_id().clone();
+    let requested = header_text(properties.headers().as_ref(), HEADER_PROCEDURE);
+    let span = tracing::info_span!(
+        "request",
+        messaging.system = "rabbitmq",
+        messaging.message.conversation_id = correlation_id.as_ref().map(ShortString::as_str),
+        messaging.rabbitmq.delivery_tag = delivery_tag,
+        procedure = requested.as_deref(),
+        bytes = data.len(),
+        redelivered,
+    );
+    async move {
+        let Some(reply_to) = properties.reply_to().clone() else {
+            tracing::warn!("request has no reply_to, so there is no one to answer; acked and dropped");
+            if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "acking the request");
+            }
+            return;
+        };
+        let started = Instant::now();
+        let label = correlation_id
+            .as_ref()
+            .map_or_else(|| format!("delivery-{delivery_tag}"), |id| id.to_string());
+        let reply = dispatcher.handle(requested.as_deref(), data, &label).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match &reply.outcome {
+            Ok(body) => tracing::debug!(elapsed_ms, reply_bytes = body.len(), "answered"),
+            Err(error) => tracing::info!(elapsed_ms, kind = %error.kind, "answered with error: {}", error.message),
+        }
+        if let Err(error) = publish_reply(&channel, reply_to, correlation_id, reply).await {
+            tracing::error!("publishing the reply failed: {error:#}; the request stays unacked and will be redelivered");
+            return;
+        }
+        if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, "acking the request after replying");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Publishes `reply` to `reply_to` through the default exchange.
+async fn publish_reply(
+    channel: &Channel,
+    reply_to: ShortString,
+    correlation_id: Option<ShortString>,
+    reply: Reply,
+) -> lapin::Result<()> {
+    let (body, properties) = reply_message(reply, correlation_id);
+    channel
+        .basic_publish(
+            ShortString::default(),
+            reply_to,
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// The body and properties of a reply message, as the wire contract says.
+/// Takes the reply by value so a success body (up to --max-reply-bytes)
+/// goes out without a copy.
+fn reply_message(reply: Reply, correlation_id: Option<ShortString>) -> (Vec<u8>, BasicProperties) {
+    let mut headers = FieldTable::default();
+    if let Some(name) = &reply.procedure {
+        set_header_text(&mut headers, HEADER_PROCEDURE, name);
+    }
+    if let Some(digest) = &reply.digest {
+        set_header_text(&mut headers, HEADER_PROCEDURE_DIGEST, digest);
+    }
+    let mut properties = BasicProperties::default();
+    if let Some(id) = correlation_id {
+        properties = properties.with_correlation_id(id);
+    }
+    let body = match reply.outcome {
+        Ok(body) => {
+            set_header_text(&mut headers, HEADER_RPC_STATUS, STATUS_OK);
+            body
+        }
+        Err(error) => {
+            set_header_text(&mut headers, HEADER_RPC_STATUS, STATUS_ERROR);
+            set_header_text(&mut headers, HEADER_RPC_ERROR, error.kind.as_str());
+            properties = properties.with_content_type(ERROR_CONTENT_TYPE.into());
+            ErrorBody { error }.to_json()
+        }
+    };
+    (body, properties.with_headers(headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_replies_carry_kind_and_json() {
+        let reply = Reply {
+            procedure: Some("fib".into()),
+            digest: Some("sha256:00".into()),
+            outcome: Err(warren_protocol::RpcError::new(
+                warren_protocol::ErrorKind::ProcedureError,
+                "bad",
+            )),
+        };
+        let (body, properties) = reply_message(reply, Some("c1".into()));
+        let headers = properties.headers().as_ref();
+        assert_eq!(
+            header_text(headers, HEADER_RPC_STATUS).as_deref(),
+            Some(STATUS_ERROR)
+        );
+        assert_eq!(
+            header_text(headers, HEADER_RPC_ERROR).as_deref(),
+            Some("procedure-error")
+        );
+        assert_eq!(
+            header_text(headers, HEADER_PROCEDURE).as_deref(),
+            Some("fib")
+        );
+        assert_eq!(
+            properties.content_type().as_ref().map(ShortString::as_str),
+            Some(ERROR_CONTENT_TYPE)
+        );
+        assert_eq!(
+            properties
+                .correlation_id()
+                .as_ref()
+                .map(ShortString::as_str),
+            Some("c1")
+        );
+        assert_eq!(
+            body,
+            br#"{"error":{"kind":"procedure-error","message":"bad"}}"#.to_vec()
+        );
+    }
+}

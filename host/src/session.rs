@@ -1,0 +1,192 @@
+//! One connection's life, and the next one's when it fails.
+//!
+//! A [`Session`] opens in a fixed order: connect, declare the request queue,
+//! catch up with the deploy stream, and only then consume requests. So a
+//! host never answers a request before it serves every deploy it could know
+//! about, on its first connection or after a reconnect. [`connect`] retries
+//! until the broker answers (startup under systemd or compose, where start
+//! order is a guess); [`serve_forever`] reconnects when the connection drops.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::Connection;
+use warren_protocol::redact_url;
+
+use crate::broker::{self, Backoff, close_quietly};
+use crate::deploy::Deployer;
+use crate::deploy::stream::{DeployStream, StreamPosition};
+use crate::dispatch::Dispatcher;
+use crate::requests::{RequestQueue, Requests};
+use crate::shutdown::Shutdown;
+
+/// Where and how to connect; the same for every session of a host.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Broker URL (with password; never logged as is).
+    pub url: String,
+    /// The request queue.
+    pub queue: String,
+    /// Unacked requests held at once.
+    pub prefetch: u16,
+}
+
+/// A connection that is consuming requests and following the deploy stream.
+pub struct Session {
+    connection: Connection,
+    requests: Requests,
+    deploys: DeployStream,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The broker did not answer or refused the connection: worth retrying.
+    Unreachable(anyhow::Error),
+    /// Connected, but the broker refused the setup (a queue declared with
+    /// other settings, no permission): retrying will not help.
+    Refused(anyhow::Error),
+}
+
+impl OpenError {
+    fn into_inner(self) -> anyhow::Error {
+        match self {
+            OpenError::Unreachable(error) | OpenError::Refused(error) => error,
+        }
+    }
+}
+
+impl Session {
+    /// Connects and sets up, in the order the module docs give. `history`
+    /// says whether this is the host's first session (whose catch-up replays
+    /// the deploy history).
+    pub async fn open(
+        target: &Target,
+        deployer: &Deployer,
+        position: &StreamPosition,
+        history: bool,
+    ) -> Result<Self, OpenError> {
+        let connection = broker::connect(&target.url)
+            .await
+            .map_err(OpenError::Unreachable)?;
+        let set_up = async {
+            let queue = RequestQueue::declare(&connection, &target.queue, target.prefetch).await?;
+            let mut deploys =
+                DeployStream::open(&connection, &target.queue, position.clone()).await?;
+            deploys.catch_up(&connection, deployer, history).await?;
+            let requests = queue.consume().await?;
+            anyhow::Ok((requests, deploys))
+        }
+        .await;
+        match set_up {
+            Ok((requests, deploys)) => Ok(Session {
+                connection,
+                requests,
+                deploys,
+            }),
+            Err(error) => {
+                // Half-set-up connections must not pile up across retries.
+                close_quietly(connection.close(200, "warren-host setup failed".into())).await;
+                Err(OpenError::Refused(error))
+            }
+        }
+    }
+
+    /// Answers requests and applies deploys until shutdown (`Ok`) or until
+    /// the connection fails (`Err`).
+    pub async fn serve(
+        self,
+        dispatcher: Arc<Dispatcher>,
+        deployer: Arc<Deployer>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        let deploys = tokio::spawn(self.deploys.follow(deployer, shutdown.clone()));
+        let result = self.requests.serve(dispatcher, shutdown).await;
+        if result.is_ok() {
+            let _ = deploys.await;
+        } else {
+            deploys.abort();
+        }
+        close_quietly(self.connection.close(200, "warren-host stopping".into())).await;
+        result
+    }
+}
+
+/// Opens the first session, retrying with backoff while the broker cannot
+/// be reached, for at most `give_up_after` (forever when `None`). A broker
+/// that answers but refuses the setup is an error at once: no retry mends
+/// a configuration.
+pub async fn connect(
+    target: &Target,
+    deployer: &Deployer,
+    position: &StreamPosition,
+    give_up_after: Option<Duration>,
+) -> anyhow::Result<Session> {
+    let started = Instant::now();
+    let mut backoff = Backoff::new();
+    loop {
+        let error = match Session::open(target, deployer, position, true).await {
+            Ok(session) => return Ok(session),
+            Err(OpenError::Refused(error)) => return Err(error),
+            Err(OpenError::Unreachable(error)) => error,
+        };
+        let delay = backoff.next_delay();
+        if let Some(limit) = give_up_after
+            && started.elapsed() + delay > limit
+        {
+            return Err(error.context(format!(
+                "gave up waiting for the broker after {} (--connect-timeout)",
+                humantime::format_duration(round_to_ms(started.elapsed()))
+            )));
+        }
+        tracing::warn!(
+            broker = %redact_url(&target.url),
+            "waiting for the broker: {error:#}; next try in {}",
+            humantime::format_duration(round_to_ms(delay))
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Keeps sessions going until shutdown: when one fails, opens the next
+/// with backoff. Deploys missed meanwhile are applied before requests flow
+/// again.
+pub async fn serve_forever(
+    first: Session,
+    target: Target,
+    dispatcher: Arc<Dispatcher>,
+    deployer: Arc<Deployer>,
+    position: StreamPosition,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut session = first;
+    loop {
+        let served = session.serve(dispatcher.clone(), deployer.clone(), shutdown.clone());
+        let error = match served.await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        tracing::warn!("lost the broker: {error:#}; reconnecting");
+        let mut backoff = Backoff::new();
+        session = loop {
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = shutdown.recv() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match Session::open(&target, &deployer, &position, false).await {
+                Ok(session) => {
+                    tracing::info!(broker = %redact_url(&target.url), queue = %target.queue, "reconnected");
+                    break session;
+                }
+                Err(error) => {
+                    tracing::warn!("reconnect failed: {:#}; trying again", error.into_inner());
+                }
+            }
+        };
+    }
+}
+
+fn round_to_ms(duration: Duration) -> Duration {
+    Duration::from_millis(duration.as_millis() as u64)
+}

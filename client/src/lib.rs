@@ -18,7 +18,10 @@
 //! ```
 //!
 //! The wire contract (headers, error kinds) lives in `warren-protocol`,
-//! re-exported here as [`protocol`].
+//! re-exported here as [`protocol`]. [`bench`] measures a server under load
+//! (behind `warren bench`).
+
+pub mod bench;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

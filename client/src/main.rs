@@ -7,9 +7,12 @@
 use std::io::{IsTerminal as _, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use warren_client::bench::{BenchOptions, Budget};
 use warren_client::protocol::deploy::public_key_path;
 use warren_client::protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, check_procedure_name};
 use warren_client::{Call, CallError, Deploy, DeployAnswer, Reply, RpcClient, SecretKey};
@@ -86,6 +89,35 @@ enum Command {
         /// Request body; `-` reads it from stdin.
         body: String,
     },
+    /// Keep C calls in flight against whatever serves the queue (a Warren
+    /// host, the tutorial's rpc_server.py) and report requests/s, latency
+    /// percentiles, error replies by kind, missing and wrong replies, and
+    /// which module versions answered. Exits 0 only if every call got the
+    /// right, successful reply (1 for error replies, 3 for missing or wrong
+    /// ones), so a script can use it as a check.
+    Bench {
+        /// Procedure to run (the `x-procedure` header) [default: the host's default].
+        #[arg(long, short)]
+        procedure: Option<String>,
+        /// Stop after this many calls [default: 10000, unless --duration].
+        #[arg(long, short = 'n', value_name = "N", conflicts_with = "duration")]
+        requests: Option<u64>,
+        /// Stop after this long instead, e.g. 10s.
+        #[arg(long, short, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Calls in flight at once, over one callback queue.
+        #[arg(long, short, default_value_t = 64,
+              value_parser = clap::value_parser!(u32).range(1..=65_535))]
+        concurrency: u32,
+        /// A reply body other than this counts as wrong.
+        #[arg(long, value_name = "BODY")]
+        expect: Option<String>,
+        /// Print the report as one JSON object (for scripts) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Request body of every call.
+        body: String,
+    },
     /// Write a new ed25519 deploy key: the secret to FILE (mode 0600), the
     /// public key to FILE.pub (one line, for hosts' --trusted-keys files).
     Keygen {
@@ -155,6 +187,29 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> u8 {
     let call = match &cli.command {
         Command::Keygen { file } => return keygen(file),
+        Command::Bench {
+            procedure,
+            requests,
+            duration,
+            concurrency,
+            expect,
+            json,
+            body,
+        } => {
+            let options = BenchOptions {
+                body: body.as_bytes().to_vec(),
+                procedure: procedure.clone(),
+                concurrency: *concurrency as usize,
+                budget: match (requests, duration) {
+                    (_, Some(duration)) => Budget::Duration(*duration),
+                    (Some(requests), None) => Budget::Requests(*requests),
+                    (None, None) => Budget::Requests(10_000),
+                },
+                expect: expect.as_ref().map(|e| e.as_bytes().to_vec()),
+                timeout: cli.timeout,
+            };
+            return bench(&cli, options, *json).await;
+        }
         Command::Deploy {
             name,
             module,
@@ -221,6 +276,80 @@ async fn connect(cli: &Cli) -> Result<RpcClient, u8> {
     RpcClient::connect_within(&cli.amqp_url, &cli.queue, cli.connect_timeout)
         .await
         .map_err(|error| report(&error))
+}
+
+/// `warren bench`: runs the load with a progress bar on a terminal, then
+/// prints the report (text or JSON) on stdout.
+async fn bench(cli: &Cli, options: BenchOptions, json: bool) -> u8 {
+    let client = match connect(cli).await {
+        Ok(client) => Arc::new(client),
+        Err(code) => return code,
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = std::io::stdout()
+        .is_terminal()
+        .then(|| spawn_progress(&options.budget, done.clone()));
+    let outcome = warren_client::bench::run(client.clone(), options, done).await;
+    if let Some((bar, ticker)) = progress {
+        ticker.abort();
+        bar.finish_and_clear();
+    }
+    if let Ok(client) = Arc::try_unwrap(client) {
+        client.close().await;
+    }
+    let report = match outcome {
+        Ok(report) => report,
+        Err(error) => return report(&error),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("a report always serialises")
+        );
+    } else {
+        print!("{}", warren_client::bench::render(&report));
+    }
+    if !report.errors.is_empty() {
+        exit::PROCEDURE_ERROR
+    } else if report.missing > 0 || report.wrong > 0 {
+        exit::NO_REPLY
+    } else {
+        exit::OK
+    }
+}
+
+/// A progress bar (calls done, rate, time left) redrawn a few times a second.
+fn spawn_progress(
+    budget: &Budget,
+    done: Arc<AtomicU64>,
+) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let (bar, position): (_, Box<dyn Fn(u64, Duration) -> u64 + Send>) = match *budget {
+        Budget::Requests(total) => (indicatif::ProgressBar::new(total), Box::new(|done, _| done)),
+        Budget::Duration(duration) => (
+            indicatif::ProgressBar::new(duration.as_secs().max(1)),
+            Box::new(|_, elapsed: Duration| elapsed.as_secs()),
+        ),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} {msg} [{elapsed_precise}, {eta} left]",
+        )
+        .expect("a valid template"),
+    );
+    let ticker = tokio::spawn({
+        let bar = bar.clone();
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let calls = done.load(Ordering::Relaxed);
+                bar.set_position(position(calls, started.elapsed()));
+                let rate = calls as f64 / started.elapsed().as_secs_f64();
+                bar.set_message(format!("{calls} calls, {rate:.0}/s"));
+            }
+        }
+    });
+    (bar, ticker)
 }
 
 fn keygen(file: &Path) -> u8 {

@@ -1,6 +1,8 @@
 //! The sandbox alone, no broker: what one request costs Warren between
 //! "body received" and "reply ready" (a fresh instance, WASI with nothing
-//! granted, the call, the limits), for `fib(1)` where compute is nil.
+//! granted, the call, the limits), for `fib(1)` where compute is nil; and
+//! `fib(30)` in Wasm under the deadline and memory limit against the same
+//! Rust compiled natively, which is what the sandbox costs real work.
 //!
 //! Run with `just bench` (needs `just build-guest`).
 
@@ -28,6 +30,25 @@ fn sandbox(c: &mut Criterion) {
             assert_eq!(reply, b"1");
         })
     });
+    let mut work = c.benchmark_group("fib_30");
+    work.sample_size(20);
+    work.bench_function("wasm_with_deadline_and_memory_limit", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let reply = sandbox
+                .run(&component, b"30".to_vec(), "bench")
+                .await
+                .unwrap();
+            assert_eq!(reply, b"832040");
+        })
+    });
+    work.bench_function("native", |b| {
+        b.iter(|| {
+            let reply = guest_fib::reply(std::hint::black_box(b"30")).unwrap();
+            assert_eq!(reply, b"832040");
+        })
+    });
+    work.finish();
+
     let mut compile = c.benchmark_group("sandbox_compile");
     compile.sample_size(10);
     compile.bench_function("fib_component_uncached", |b| {

@@ -51,15 +51,25 @@ call *ARGS:
 demo: build-guest build broker
     scripts/demo
 
-# The whole test suite against the real broker (guests built first).
-test: build-guest build-test-guests broker
-    cargo test --workspace --all-targets
+# A Python virtualenv under target/py with pika, for the interop tests and benchmarks.
+py-env:
+    @scripts/py-env >/dev/null
 
-# Benchmarks (criterion, release build): the sandbox alone, then round trips through
-# Warren vs a bare-broker echo (the ceiling) vs the seed's Python worker.
-bench *ARGS: build-guest broker
-    cargo bench -p warren-host --bench sandbox -- {{ARGS}}
-    cargo bench -p warren-client --bench round_trip -- {{ARGS}}
+# The whole test suite against the real broker (guests and the Python env made first).
+test: build-guest build-test-guests broker py-env
+    WARREN_PYTHON="$PWD/target/py/bin/python" cargo test --workspace --all-targets
+
+# Warren side by side with the bare echo worker (the ceiling) and the seed's Python
+# server, each driven by `warren bench`; then the in-process criterion benches.
+# Writes target/bench-compare/{report.md,report.json,chart.svg}.
+bench: bench-compare
+    cargo bench -p warren-host --bench sandbox
+    cargo bench -p warren-client --bench round_trip
+
+# Only the side-by-side comparison (see `bench`); ARGS go to bench-compare, e.g. --rounds 5.
+bench-compare *ARGS: build-guest broker py-env
+    cargo build --release --workspace
+    WARREN_PYTHON="$PWD/target/py/bin/python" target/release/bench-compare {{ARGS}}
 
 # Formatting and lints, as CI wants them.
 check:

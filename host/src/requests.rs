@@ -18,7 +18,10 @@ use lapin::options::{
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
-use tokio::task::JoinSet;
+use std::panic::AssertUnwindSafe;
+
+use futures_lite::FutureExt as _;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use warren_protocol::{
     ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
@@ -102,18 +105,25 @@ impl Requests {
         dispatcher: Arc<Dispatcher>,
         mut shutdown: Shutdown,
     ) -> anyhow::Result<()> {
-        let mut in_flight = JoinSet::new();
+        // Tracks the request tasks without hearing from each as it ends (a
+        // JoinSet would wake this loop once per request).
+        let in_flight = TaskTracker::new();
         let result = loop {
             tokio::select! {
                 _ = shutdown.recv() => break Ok(()),
-                Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Err(panic) = finished {
-                        tracing::error!("a request task panicked: {panic}");
-                    }
-                }
                 delivery = self.consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
-                        in_flight.spawn(answer(self.channel.clone(), dispatcher.clone(), delivery));
+                        let answering = answer(self.channel.clone(), dispatcher.clone(), delivery);
+                        in_flight.spawn(async move {
+                            if let Err(panic) = AssertUnwindSafe(answering).catch_unwind().await {
+                                let why = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| s.to_string())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default();
+                                tracing::error!("a request task panicked: {why}; the request stays unacked and will be redelivered");
+                            }
+                        });
                     }
                     Some(Err(error)) => break Err(anyhow::Error::from(error).context("receiving requests")),
                     None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
@@ -131,7 +141,8 @@ impl Requests {
             }
             tracing::info!(in_flight = in_flight.len(), "finishing requests in flight");
         }
-        while in_flight.join_next().await.is_some() {}
+        in_flight.close();
+        in_flight.wait().await;
         close_quietly(self.channel.close(200, "warren-host stopping".into())).await;
         result
     }

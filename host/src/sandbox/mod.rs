@@ -329,15 +329,17 @@ fn no_capabilities(stdout: &CappedOutput, stderr: &CappedOutput) -> WasiCtx {
 /// allocator sized for `limits.concurrency`.
 ///
 /// The pool keeps up to [`KEEP_RESIDENT`] of each linear memory, table and
-/// async stack resident between requests and resets only what a request
-/// dirtied (wasmtime finds those pages with `PAGEMAP_SCAN`, Linux 6.7+,
-/// and falls back to `memset` elsewhere) instead of handing pages back to
-/// the kernel with `madvise`. Measured here with fib(1) at 64 in flight:
-/// `madvise` calls per request 2.9 → 0, page faults 4.9 → 0, CPU per
-/// request 85 → 67 µs, because every `madvise` of a threaded process costs
-/// TLB-shootdown interrupts on the other cores. Copy-on-write memory images
-/// stay on: without them, instantiation copies the data segments and RSS
-/// grows (measured: slower, 24 → 34 MiB peak).
+/// async stack resident between requests and resets only the pages a
+/// request touched, which wasmtime finds with the `PAGEMAP_SCAN` ioctl
+/// (Linux 6.7+; off by default in wasmtime 48, so turned on here), instead
+/// of handing pages back to the kernel with `madvise`. Elsewhere it falls
+/// back to `memset` of the low `KEEP_RESIDENT` bytes. Measured here with
+/// fib(1) at 64 in flight: `madvise` calls per request 2.9 → 0, page faults
+/// 4.9 → 0, host CPU per request 85 → about 60 µs (every `madvise` in a
+/// threaded process costs TLB-shootdown interrupts on the other cores);
+/// a fresh instance + call of fib(1) 20 → 8.5 µs. Copy-on-write memory
+/// images stay on: without them instantiation copies the data segments and
+/// peak RSS grew (measured 24 → 34 MiB) for no gain.
 fn engine_config(limits: &Limits) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
@@ -356,7 +358,8 @@ fn engine_config(limits: &Limits) -> wasmtime::Config {
         .max_memory_size(limits.max_memory as usize)
         .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(keep_resident)
-        .async_stack_keep_resident(keep_resident);
+        .async_stack_keep_resident(keep_resident)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(pool);
     config
 }

@@ -81,16 +81,17 @@ async fn start_echo(queue: &str) -> tokio::task::JoinHandle<()> {
 
 /// The seed's worker, if Python with pika is here.
 fn start_python(queue: &str) -> Option<Child> {
-    let has_pika = Command::new("python3")
+    let python = std::env::var("WARREN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_pika = Command::new(&python)
         .args(["-c", "import pika"])
         .status()
         .is_ok_and(|s| s.success());
     if !has_pika {
-        eprintln!("python_seed skipped: python3 with pika is not installed");
+        eprintln!("python_seed skipped: {python} cannot import pika (just py-env makes target/py)");
         return None;
     }
     let script = workspace().join("client/tests/py/pika_rpc.py");
-    Command::new("python3")
+    Command::new(python)
         .arg(script)
         .args(["serve", queue])
         .stdout(Stdio::null())

@@ -231,3 +231,65 @@ fn an_unreachable_broker_exits_4_and_names_the_url() {
     );
     assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
 }
+
+/// `warren bench` as a script uses it: a JSON report, and an exit code
+/// that says whether every reply was right.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_reports_json_and_fails_on_wrong_or_error_replies() {
+    let wasm = fib_wasm();
+    let host = TestHost::start("cli-bench", &[("fib", &wasm)]).await;
+    let queue = host.queue.clone();
+    let (good, wrong, errors) = tokio::task::spawn_blocking(move || {
+        let bench = |args: &[&str]| {
+            let mut all = vec!["--queue", &queue, "bench", "--json", "-n", "200", "-c", "8"];
+            all.extend_from_slice(args);
+            warren(&all)
+        };
+        (
+            bench(&["--expect", "55", "10"]),
+            bench(&["--expect", "56", "10"]),
+            bench(&["94"]),
+        )
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(good.status.code(), Some(0), "{}", text(&good.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
+    assert_eq!(report["requests"], 200);
+    assert_eq!(report["ok"], 200);
+    assert_eq!(report["concurrency"], 8);
+    assert!(report["requests_per_second"].as_f64().unwrap() > 0.0);
+    let latency = &report["latency"];
+    assert!(latency["p50_us"].as_u64().unwrap() <= latency["p99_us"].as_u64().unwrap());
+    assert!(latency["p99_us"].as_u64().unwrap() <= latency["max_us"].as_u64().unwrap());
+    assert_eq!(report["digests"][digest(&wasm)], 200);
+
+    assert_eq!(wrong.status.code(), Some(3), "wrong replies fail the check");
+    let report: serde_json::Value = serde_json::from_slice(&wrong.stdout).unwrap();
+    assert_eq!(
+        (report["wrong"].as_u64(), report["ok"].as_u64()),
+        (Some(200), Some(0))
+    );
+
+    assert_eq!(
+        errors.status.code(),
+        Some(1),
+        "error replies fail the check"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&errors.stdout).unwrap();
+    assert_eq!(report["errors"]["procedure-error"], 200);
+    host.stop().await;
+}
+
+#[test]
+fn bench_against_a_missing_queue_stops_at_once() {
+    let missing = unique_queue("cli-bench-nobody");
+    let out = warren(&["--queue", &missing, "bench", "-n", "1000", "1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -197,7 +197,15 @@ fn main() -> anyhow::Result<()> {
                 &warren,
                 &options,
                 &worker.queue,
-                &["-d", &format!("{seconds}s"), "-c", "64", "--expect", "1", "1"],
+                &[
+                    "-d",
+                    &format!("{seconds}s"),
+                    "-c",
+                    "64",
+                    "--expect",
+                    "1",
+                    "1",
+                ],
             )?;
             eprintln!(
                 "  {:12} fib(1), 64 in flight: {:>7.0}/s",
@@ -227,7 +235,10 @@ fn main() -> anyhow::Result<()> {
         .map(|worker| (worker.name, worker.peak_rss_kib()))
         .collect();
     for round in 1..=options.rounds {
-        eprintln!("bench-compare: fib(30), round {round} of {}", options.rounds);
+        eprintln!(
+            "bench-compare: fib(30), round {round} of {}",
+            options.rounds
+        );
         for worker in workers.iter().filter(|w| w.name != "echo") {
             let n = options.fib30_requests.to_string();
             let report = bench(
@@ -416,9 +427,7 @@ fn median(values: &[f64]) -> f64 {
 }
 
 fn ratios(figures: &BTreeMap<String, Figures>) -> Vec<Ratio> {
-    let get = |worker: &str, pick: fn(&Figures) -> Option<f64>| {
-        figures.get(worker).and_then(pick)
-    };
+    let get = |worker: &str, pick: fn(&Figures) -> Option<f64>| figures.get(worker).and_then(pick);
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -482,10 +491,18 @@ fn machine() -> String {
         .and_then(|info| {
             info.lines()
                 .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
         })
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    format!("{cores} cores ({cpu}), {memory_gib:.0} GiB; broker, client and worker on the same machine")
+    format!(
+        "{cores} cores ({cpu}), {memory_gib:.0} GiB; broker, client and worker on the same machine"
+    )
 }
 
 fn markdown(report: &Report) -> String {
@@ -591,7 +608,11 @@ fn chart(report: &Report) -> String {
                 Some((*name, *colour, value))
             })
             .collect();
-        let max = bars.iter().map(|b| b.2).fold(0.0, f64::max).max(f64::EPSILON);
+        let max = bars
+            .iter()
+            .map(|b| b.2)
+            .fold(0.0, f64::max)
+            .max(f64::EPSILON);
         let _ = write!(
             svg,
             r##"<text x="{x0}" y="{}" font-weight="bold">{title}</text><text x="{x0}" y="{}" fill="#555">{unit}</text>"##,

@@ -3,6 +3,12 @@
 //! through this worker is what the broker costs; Warren is measured
 //! against it.
 //!
+//! It handles requests as concurrently as `warren-host` does (a task per
+//! request: publish the reply, then ack), so the comparison isolates what
+//! Warren adds (choosing and running a procedure), not how it talks to the
+//! broker. A worker that awaited each reply before taking the next request
+//! would be a lower ceiling than the broker allows.
+//!
 //! `echo-worker --queue Q [--prefetch N]`; stops on SIGTERM or Ctrl-C.
 
 use clap::Parser;
@@ -47,22 +53,28 @@ async fn main() -> anyhow::Result<()> {
     let serve = async {
         while let Some(request) = requests.next().await {
             let request = request?;
-            if let Some(reply_to) = request.properties.reply_to().clone() {
-                let mut properties = BasicProperties::default();
-                if let Some(id) = request.properties.correlation_id().clone() {
-                    properties = properties.with_correlation_id(id);
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                if let Some(reply_to) = request.properties.reply_to().clone() {
+                    let mut properties = BasicProperties::default();
+                    if let Some(id) = request.properties.correlation_id().clone() {
+                        properties = properties.with_correlation_id(id);
+                    }
+                    let published = channel
+                        .basic_publish(
+                            "".into(),
+                            reply_to,
+                            BasicPublishOptions::default(),
+                            &request.data,
+                            properties,
+                        )
+                        .await;
+                    if published.is_err() {
+                        return; // unacked: the broker redelivers it
+                    }
                 }
-                channel
-                    .basic_publish(
-                        "".into(),
-                        reply_to,
-                        BasicPublishOptions::default(),
-                        &request.data,
-                        properties,
-                    )
-                    .await?;
-            }
-            request.acker.ack(BasicAckOptions::default()).await?;
+                let _ = request.acker.ack(BasicAckOptions::default()).await;
+            });
         }
         anyhow::Ok(())
     };

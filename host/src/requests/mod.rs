@@ -4,8 +4,11 @@
 //! declared exactly as `rpc_server.py` declares it (so both can serve it), a
 //! reply goes through the default exchange to `reply_to` with the request's
 //! `correlation_id`, and the request is acked only after its reply is
-//! published. A request whose reply could not be published stays unacked,
-//! so the broker redelivers it rather than losing it.
+//! published ([`acks`] batches those acks). A request whose reply could not
+//! be published is returned to the queue, so the broker redelivers it
+//! rather than losing it.
+
+mod acks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +17,7 @@ use anyhow::Context as _;
 use futures_lite::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -29,6 +32,7 @@ use warren_protocol::{
     set_header_text,
 };
 
+use self::acks::{Acks, Settled};
 use crate::broker::close_quietly;
 use crate::dispatch::{Dispatcher, Reply};
 use crate::shutdown::Shutdown;
@@ -108,21 +112,33 @@ impl Requests {
         // Tracks the request tasks without hearing from each as it ends (a
         // JoinSet would wake this loop once per request).
         let in_flight = TaskTracker::new();
+        let (acks, acking) = Acks::start(self.channel.clone());
         let result = loop {
             tokio::select! {
                 _ = shutdown.recv() => break Ok(()),
                 delivery = self.consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
-                        let answering = answer(self.channel.clone(), dispatcher.clone(), delivery);
+                        let (channel, dispatcher, acks) =
+                            (self.channel.clone(), dispatcher.clone(), acks.clone());
                         in_flight.spawn(async move {
-                            if let Err(panic) = AssertUnwindSafe(answering).catch_unwind().await {
-                                let why = panic
-                                    .downcast_ref::<&str>()
-                                    .map(|s| s.to_string())
-                                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                                    .unwrap_or_default();
-                                tracing::error!("a request task panicked: {why}; the request stays unacked and will be redelivered");
-                            }
+                            let tag = delivery.delivery_tag;
+                            // Boxed where it starts: the request's future is
+                            // kilobytes (wasmtime's and lapin's state
+                            // machines), and spawning copies what it is given.
+                            let answering = Box::pin(answer(channel, dispatcher, delivery));
+                            let settled = match AssertUnwindSafe(answering).catch_unwind().await {
+                                Ok(settled) => settled,
+                                Err(panic) => {
+                                    let why = panic
+                                        .downcast_ref::<&str>()
+                                        .map(|s| s.to_string())
+                                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                                        .unwrap_or_default();
+                                    tracing::error!("a request task panicked: {why}; the request goes back to the queue");
+                                    Settled::Requeue(tag)
+                                }
+                            };
+                            acks.settle(settled);
                         });
                     }
                     Some(Err(error)) => break Err(anyhow::Error::from(error).context("receiving requests")),
@@ -143,18 +159,21 @@ impl Requests {
         }
         in_flight.close();
         in_flight.wait().await;
+        drop(acks);
+        let _ = acking.await;
         close_quietly(self.channel.close(200, "warren-host stopping".into())).await;
         result
     }
 }
 
-/// Answers one request: run it, publish the reply, then ack.
-async fn answer(channel: Channel, dispatcher: Arc<Dispatcher>, delivery: Delivery) {
+/// Answers one request: run it and publish the reply; says whether to ack
+/// it (answered, or unanswerable) or return it to the queue (the reply
+/// could not be published).
+async fn answer(channel: Channel, dispatcher: Arc<Dispatcher>, delivery: Delivery) -> Settled {
     let Delivery {
         delivery_tag,
         properties,
         data,
-        acker,
         redelivered,
         ..
     } = delivery;
@@ -172,10 +191,7 @@ async fn answer(channel: Channel, dispatcher: Arc<Dispatcher>, delivery: Deliver
     async move {
         let Some(reply_to) = properties.reply_to().clone() else {
             tracing::warn!("request has no reply_to, so there is no one to answer; acked and dropped");
-            if let Err(error) = acker.ack(BasicAckOptions::default()).await {
-                tracing::warn!(%error, "acking the request");
-            }
-            return;
+            return Settled::Done(delivery_tag);
         };
         let started = Instant::now();
         let label = correlation_id
@@ -187,12 +203,12 @@ async fn answer(channel: Channel, dispatcher: Arc<Dispatcher>, delivery: Deliver
             Ok(body) => tracing::debug!(elapsed_ms, reply_bytes = body.len(), "answered"),
             Err(error) => tracing::info!(elapsed_ms, kind = %error.kind, "answered with error: {}", error.message),
         }
-        if let Err(error) = publish_reply(&channel, reply_to, correlation_id, reply).await {
-            tracing::error!("publishing the reply failed: {error:#}; the request stays unacked and will be redelivered");
-            return;
-        }
-        if let Err(error) = acker.ack(BasicAckOptions::default()).await {
-            tracing::warn!(%error, "acking the request after replying");
+        match publish_reply(&channel, reply_to, correlation_id, reply).await {
+            Ok(()) => Settled::Done(delivery_tag),
+            Err(error) => {
+                tracing::error!("publishing the reply failed: {error:#}; the request goes back to the queue");
+                Settled::Requeue(delivery_tag)
+            }
         }
     }
     .instrument(span)

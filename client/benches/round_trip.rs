@@ -41,7 +41,9 @@ async fn start_echo(queue: &str) -> tokio::task::JoinHandle<()> {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    declare_request_queue(&channel, queue).await.unwrap();
+    declare_request_queue(&channel, queue, Default::default())
+        .await
+        .unwrap();
     channel
         .basic_qos(128, BasicQosOptions::default())
         .await
@@ -123,7 +125,7 @@ async fn start_workers() -> Workers {
     std::fs::write(modules.path().join("fib.wasm"), fib_wasm()).unwrap();
     let warren = queue("warren");
     let mut config = warren_host::HostConfig::new(&warren, modules.path());
-    config.amqp_url = amqp_url();
+    config.amqp_urls = vec![amqp_url()];
     let host = warren_host::start(config).await.unwrap();
     clients.push((
         "warren",

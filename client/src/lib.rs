@@ -1,10 +1,10 @@
 //! Calling Warren procedures (or any tutorial-style RPC server) over RabbitMQ.
 //!
-//! An [`RpcClient`] owns one connection and one exclusive, server-named
-//! callback queue. Any number of calls can be in flight at once: each gets
-//! a fresh `correlation_id`, and one background task routes replies back to
-//! the call waiting for them. Replies that match no waiting call (late
-//! replies to calls that timed out, strays) are dropped.
+//! An [`RpcClient`] owns one connection and one callback queue. Any number of
+//! calls can be in flight at once: each gets a fresh `correlation_id`, and one
+//! background task routes replies back to the call waiting for them. Replies
+//! that match no waiting call (late replies to calls that timed out,
+//! duplicates of a redelivered request, strays) are dropped.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), warren_client::CallError> {
@@ -17,42 +17,47 @@
 //! # Ok(()) }
 //! ```
 //!
+//! When the connection drops, the next call connects again (to the next of
+//! several broker URLs, if given). Calls waiting at that moment fail at once
+//! with [`CallError::Disconnected`], unless the client is durable
+//! ([`ClientOptions::durable`]): then requests are persistent, replies come
+//! to a named queue that survives the reconnection, and waiting calls get
+//! their replies after it (see [`link`]).
+//!
 //! The wire contract (headers, error kinds) lives in `warren-protocol`,
 //! re-exported here as [`protocol`]. [`bench`] measures a server under load
-//! (behind `warren bench`).
+//! (behind `warren bench`); [`deploy`] publishes modules to a fleet.
 
 pub mod bench;
+pub mod deploy;
+pub mod link;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_lite::StreamExt as _;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::protocol::AMQPSoftError;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Confirmation};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::time::Instant;
 pub use warren_protocol as protocol;
 pub use warren_protocol::deploy::{DeployAnswer, SecretKey};
-use warren_protocol::deploy::{
-    HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME, HEADER_DEPLOY_SIGNATURE,
-    declare_deploy_stream,
-};
 use warren_protocol::{
     ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
-    HEADER_RPC_STATUS, RpcError, STATUS_ERROR, broker_said, check_amqp_url, check_procedure_name,
-    header_text, redact_url, set_header_text,
+    HEADER_RPC_STATUS, RpcError, STATUS_ERROR, broker_said, header_text, set_header_text,
 };
+
+pub use deploy::{Deploy, DeployReport};
+use link::{Brokers, CallbackQueue, Link, Pending, broker, close_quietly};
 
 /// How long [`RpcClient::connect`] waits for the broker.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// AMQP `delivery_mode` of a message the broker keeps on disk.
+const PERSISTENT: u8 = 2;
 
 /// One request to make: a body, optionally a procedure, and a timeout.
 #[derive(Debug, Clone)]
@@ -83,75 +88,6 @@ impl Call {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
-    }
-}
-
-/// One module to publish to every host of a queue.
-pub struct Deploy {
-    name: String,
-    module: Vec<u8>,
-    key: Option<SecretKey>,
-    expect_hosts: Option<usize>,
-    allow_no_hosts: bool,
-    timeout: Duration,
-}
-
-impl Deploy {
-    /// Deploys `module` as procedure `name`, unsigned, expecting an answer
-    /// from every host consuming the queue within [`DEFAULT_TIMEOUT`].
-    pub fn new(name: impl Into<String>, module: Vec<u8>) -> Self {
-        Deploy {
-            name: name.into(),
-            module,
-            key: None,
-            expect_hosts: None,
-            allow_no_hosts: false,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-
-    /// Signs the deploy with `key` (hosts accept only trusted signers).
-    pub fn signed_by(mut self, key: SecretKey) -> Self {
-        self.key = Some(key);
-        self
-    }
-
-    /// Waits for `hosts` answers [default: the number of consumers of the
-    /// request queue when the deploy starts].
-    pub fn expect_hosts(mut self, hosts: usize) -> Self {
-        self.expect_hosts = Some(hosts);
-        self
-    }
-
-    /// Sends the deploy even when the request queue is missing or has no
-    /// consumer: it waits in the deploy stream for hosts that start later.
-    pub fn allow_no_hosts(mut self, allow: bool) -> Self {
-        self.allow_no_hosts = allow;
-        self
-    }
-
-    /// Stops waiting for answers after `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-}
-
-/// What came of a deploy: every answer that arrived, and how many were
-/// expected. Fewer answers than expected is not an error here: the caller
-/// decides what it means.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeployReport {
-    /// Hosts' answers, in the order they arrived.
-    pub answers: Vec<DeployAnswer>,
-    /// How many answers the deploy waited for.
-    pub expected: usize,
-}
-
-impl DeployReport {
-    /// Whether every expected host answered and all accepted.
-    pub fn all_accepted(&self) -> bool {
-        self.answers.len() >= self.expected && self.answers.iter().all(|a| a.accepted)
     }
 }
 
@@ -247,100 +183,125 @@ pub enum CallError {
     Disconnected,
 }
 
-/// Calls (and deploys) waiting for replies, by `correlation_id`. A deploy
-/// gets one reply per host, so each entry is a stream, not a single value.
-type Pending = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<lapin::message::Delivery>>>>;
-
-/// A connection to the broker for making calls; cheap to share behind an `Arc`.
-pub struct RpcClient {
-    connection: Connection,
-    channel: Channel,
+/// Where and how a client connects.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    urls: String,
     queue: String,
-    callback_queue: ShortString,
+    durable: bool,
+    connect_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Calls to `queue` through the broker at `urls`: one AMQP URL, or
+    /// several separated by commas (the nodes of a cluster, tried in order).
+    pub fn new(urls: impl Into<String>, queue: impl Into<String>) -> Self {
+        ClientOptions {
+            urls: urls.into(),
+            queue: queue.into(),
+            durable: false,
+            connect_timeout: CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Durable mode, for hosts run with `--durable`: requests are persistent,
+    /// and replies come to a named, durable callback queue that outlives a
+    /// reconnection, so a reply published while the client reconnects is not
+    /// lost and calls in flight survive the broker restarting.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Gives up on a broker that does not complete the connection in
+    /// `timeout` (default [`CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+/// A connection to the broker for making calls; share it behind an `Arc`.
+pub struct RpcClient {
+    brokers: Brokers,
+    queue: String,
+    durable: bool,
+    connect_timeout: Duration,
+    callback: CallbackQueue,
     pending: Pending,
-    router: JoinHandle<()>,
+    /// The live link, replaced when it breaks.
+    link: tokio::sync::Mutex<Option<std::sync::Arc<Link>>>,
 }
 
 impl RpcClient {
-    /// Connects to `url` (waiting at most [`CONNECT_TIMEOUT`]) and sets up
-    /// the callback queue for calls to `queue`.
-    pub async fn connect(url: &str, queue: &str) -> Result<Self, CallError> {
-        Self::connect_within(url, queue, CONNECT_TIMEOUT).await
+    /// Connects to `urls` (one AMQP URL, or several separated by commas) and
+    /// sets up the callback queue for calls to `queue`.
+    pub async fn connect(urls: &str, queue: &str) -> Result<Self, CallError> {
+        Self::connect_with(ClientOptions::new(urls, queue)).await
     }
 
-    /// Like [`RpcClient::connect`], giving up on the broker after `timeout`.
-    pub async fn connect_within(
-        url: &str,
-        queue: &str,
-        timeout: Duration,
-    ) -> Result<Self, CallError> {
-        check_amqp_url(url).map_err(CallError::Invalid)?;
-        let connect_error = |source| CallError::Connect {
-            url: redact_url(url),
-            source,
+    /// Connects as `options` say.
+    pub async fn connect_with(options: ClientOptions) -> Result<Self, CallError> {
+        let brokers = Brokers::parse(&options.urls)?;
+        let callback = if options.durable {
+            CallbackQueue::Durable(format!("warren.replies.{}", uuid::Uuid::new_v4()))
+        } else {
+            CallbackQueue::Private
         };
-        let properties = ConnectionProperties::default().with_connection_name("warren".into());
-        // lapin can wait forever when the broker refuses the connection
-        // after the handshake (an unknown vhost, say); give up in time.
-        let connection = tokio::time::timeout(timeout, Connection::connect(url, properties))
-            .await
-            .map_err(|_| CallError::ConnectTimeout {
-                url: redact_url(url),
-                waited: timeout,
-            })?
-            .map_err(connect_error)?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(broker("opening a channel"))?;
-        // Confirms, so that a request the broker cannot route (its queue
-        // does not exist) comes back at once instead of timing out.
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker("enabling publisher confirms"))?;
-        // Server-named, exclusive, auto-deleted: private to this client and
-        // gone when it disconnects.
-        let callback = channel
-            .queue_declare(
-                ShortString::default(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("declaring the callback queue"))?;
-        let callback_queue = callback.name().clone();
-        let consumer = channel
-            .basic_consume(
-                callback_queue.clone(),
-                ShortString::default(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(broker("consuming the callback queue"))?;
-        let pending: Pending = Arc::default();
-        let router = tokio::spawn(route_replies(consumer, pending.clone()));
-        Ok(RpcClient {
-            connection,
-            channel,
-            queue: queue.to_owned(),
-            callback_queue,
-            pending,
-            router,
-        })
+        let client = RpcClient {
+            brokers,
+            queue: options.queue,
+            durable: options.durable,
+            connect_timeout: options.connect_timeout,
+            callback,
+            pending: Pending::default(),
+            link: tokio::sync::Mutex::new(None),
+        };
+        client.link().await?;
+        Ok(client)
     }
 
     /// The request queue calls go to.
     pub fn queue(&self) -> &str {
         &self.queue
+    }
+
+    /// The live link, connecting again if the last one broke.
+    async fn link(&self) -> Result<std::sync::Arc<Link>, CallError> {
+        let mut current = self.link.lock().await;
+        if let Some(link) = current.as_ref()
+            && !link.is_broken()
+        {
+            return Ok(link.clone());
+        }
+        if let Some(broken) = current.take() {
+            broken.close().await;
+        }
+        let link = Link::open(
+            &self.brokers,
+            self.connect_timeout,
+            &self.callback,
+            self.pending.clone(),
+        )
+        .await?;
+        let link = std::sync::Arc::new(link);
+        *current = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Connects again until `deadline`, for a durable call whose link broke.
+    async fn relink_until(&self, deadline: Instant) -> Result<std::sync::Arc<Link>, CallError> {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.link().await {
+                Ok(link) => return Ok(link),
+                Err(error) if Instant::now() + pause >= deadline => return Err(error),
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     /// Registers a new `correlation_id` whose replies arrive on the receiver
@@ -368,19 +329,62 @@ impl RpcClient {
     pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
         // Whatever happens next, the entry must not outlive this call.
         let (waiting, mut replies) = self.expect_replies();
-        let correlation_id = waiting.correlation_id.as_str();
+        let deadline = Instant::now() + call.timeout;
+        let mut link = self.link().await?;
+        // Published and routed, or an error: a durable call that lost its
+        // link before the broker confirmed the request sends it again
+        // (the host may then answer twice; the second reply is dropped).
+        loop {
+            match self
+                .publish_request(&link, &call, &waiting.correlation_id, deadline)
+                .await
+            {
+                Ok(()) => break,
+                Err(CallError::Broker { .. }) if self.durable && link.is_broken() => {
+                    link = self.relink_until(deadline).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        loop {
+            tokio::select! {
+                reply = tokio::time::timeout_at(deadline, replies.recv()) => return match reply {
+                    Ok(Some(delivery)) => interpret_reply(delivery),
+                    Ok(None) => Err(CallError::Disconnected),
+                    Err(_elapsed) => Err(CallError::Timeout {
+                        waited: call.timeout,
+                        diagnosis: self.diagnose_silence().await,
+                    }),
+                },
+                // Durable: the reply waits in the callback queue; go and get it.
+                () = link.wait_broken(), if self.durable => {
+                    link = self.relink_until(deadline).await?;
+                }
+            }
+        }
+    }
 
+    /// Publishes one request (mandatory, confirmed) on `link`.
+    async fn publish_request(
+        &self,
+        link: &Link,
+        call: &Call,
+        correlation_id: &str,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
         let mut properties = BasicProperties::default()
-            .with_reply_to(self.callback_queue.clone())
+            .with_reply_to(link.callback_queue.clone())
             .with_correlation_id(correlation_id.into())
             .with_expiration(call.timeout.as_millis().max(1).to_string().into());
+        if self.durable {
+            properties = properties.with_delivery_mode(PERSISTENT);
+        }
         if let Some(name) = &call.procedure {
             let mut headers = FieldTable::default();
             set_header_text(&mut headers, HEADER_PROCEDURE, name);
             properties = properties.with_headers(headers);
         }
-        let deadline = tokio::time::Instant::now() + call.timeout;
-        let confirmation = self
+        let confirmation = link
             .channel
             .basic_publish(
                 ShortString::default(),
@@ -395,148 +399,22 @@ impl RpcClient {
             .await
             .map_err(broker("publishing the request"))?;
         match tokio::time::timeout_at(deadline, confirmation).await {
-            Ok(Ok(Confirmation::Ack(Some(_returned)))) => {
-                return Err(CallError::NoQueue {
-                    queue: self.queue.clone(),
-                });
-            }
-            Ok(Ok(Confirmation::Nack(_))) => return Err(CallError::NotStored("the request")),
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(broker("publishing the request")(error)),
-            Err(_elapsed) => {} // diagnosed below, like a missing reply
-        }
-
-        match tokio::time::timeout_at(deadline, replies.recv()).await {
-            Ok(Some(delivery)) => interpret_reply(delivery),
-            Ok(None) => Err(CallError::Disconnected),
-            Err(_elapsed) => Err(CallError::Timeout {
-                waited: call.timeout,
-                diagnosis: self.diagnose_silence().await,
+            Ok(Ok(Confirmation::Ack(Some(_returned)))) => Err(CallError::NoQueue {
+                queue: self.queue.clone(),
             }),
+            Ok(Ok(Confirmation::Nack(_))) => Err(CallError::NotStored("the request")),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(broker("publishing the request")(error)),
+            Err(_elapsed) => Ok(()), // diagnosed like a missing reply
         }
-    }
-
-    /// Publishes a module to every host of the queue (through the queue's
-    /// deploy stream) and collects their answers until the expected number
-    /// have answered or `deploy.timeout` passes.
-    pub async fn deploy(&self, deploy: Deploy) -> Result<DeployReport, CallError> {
-        self.deploy_with(deploy, |_| {}).await
-    }
-
-    /// Like [`RpcClient::deploy`], calling `on_answer` with each answer as
-    /// it arrives (to show progress while slower hosts compile).
-    ///
-    /// Refuses, sending nothing, when the name breaks the naming rule, and
-    /// when the request queue does not exist or has no consumer (a mistyped
-    /// queue would otherwise keep the module in a stream for any host that
-    /// later starts on that name), unless [`Deploy::allow_no_hosts`].
-    pub async fn deploy_with(
-        &self,
-        deploy: Deploy,
-        mut on_answer: impl FnMut(&DeployAnswer),
-    ) -> Result<DeployReport, CallError> {
-        check_procedure_name(&deploy.name).map_err(CallError::Invalid)?;
-        let consumers = match self.consumer_count().await? {
-            Some(count) if count > 0 => count as usize,
-            _ if deploy.allow_no_hosts => 0,
-            None => {
-                return Err(CallError::NoQueue {
-                    queue: self.queue.clone(),
-                });
-            }
-            Some(_) => {
-                return Err(CallError::NoHosts {
-                    queue: self.queue.clone(),
-                });
-            }
-        };
-        let expected = deploy.expect_hosts.unwrap_or(consumers);
-
-        // A dedicated channel with publisher confirms: a deploy is history,
-        // so it is sent only once the broker has stored it.
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(broker("opening the deploy channel"))?;
-        let stream = declare_deploy_stream(&channel, &self.queue)
-            .await
-            .map_err(broker(
-                "declaring the deploy stream (RabbitMQ 3.9 or later has streams)",
-            ))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker("enabling publisher confirms"))?;
-
-        let digest = warren_protocol::module_digest(&deploy.module);
-        let mut headers = FieldTable::default();
-        set_header_text(&mut headers, HEADER_DEPLOY_NAME, &deploy.name);
-        set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest);
-        if let Some(key) = &deploy.key {
-            set_header_text(
-                &mut headers,
-                HEADER_DEPLOY_KEY,
-                &key.public_key().to_string(),
-            );
-            set_header_text(
-                &mut headers,
-                HEADER_DEPLOY_SIGNATURE,
-                &key.sign(&deploy.name, &digest),
-            );
-        }
-        let (waiting, mut answers) = self.expect_replies();
-        let properties = BasicProperties::default()
-            .with_reply_to(self.callback_queue.clone())
-            .with_correlation_id(waiting.correlation_id.as_str().into())
-            .with_headers(headers);
-        let confirmation = channel
-            .basic_publish(
-                ShortString::default(),
-                stream.as_str().into(),
-                BasicPublishOptions::default(),
-                &deploy.module,
-                properties,
-            )
-            .await
-            .map_err(broker("publishing the deploy"))?
-            .await
-            .map_err(broker("waiting for the broker to store the deploy"))?;
-        close_quietly(channel.close(200, "deploy sent".into())).await;
-        if !confirmation.is_ack() {
-            return Err(CallError::NotStored("the deploy; nothing was deployed"));
-        }
-
-        let mut received = Vec::new();
-        let deadline = tokio::time::Instant::now() + deploy.timeout;
-        while received.len() < expected {
-            match tokio::time::timeout_at(deadline, answers.recv()).await {
-                Ok(Some(delivery)) => {
-                    match serde_json::from_slice::<DeployAnswer>(&delivery.data) {
-                        Ok(answer) => {
-                            on_answer(&answer);
-                            received.push(answer);
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "ignoring an unreadable deploy answer")
-                        }
-                    }
-                }
-                Ok(None) => return Err(CallError::Disconnected),
-                Err(_elapsed) => break,
-            }
-        }
-        Ok(DeployReport {
-            answers: received,
-            expected,
-        })
     }
 
     /// How many consumers the request queue has; `None` if it does not exist.
     pub async fn consumer_count(&self) -> Result<Option<u32>, CallError> {
+        let link = self.link().await?;
         // A passive declare of a missing queue closes the channel it runs
         // on, so ask on a throwaway channel.
-        let probe = self
+        let probe = link
             .connection
             .create_channel()
             .await
@@ -559,10 +437,21 @@ impl RpcClient {
         }
     }
 
-    /// Closes the connection (the callback queue goes with it).
+    /// Closes the connection; a durable client's callback queue is deleted
+    /// (a private one goes with the connection).
     pub async fn close(self) {
-        close_quietly(self.connection.close(200, "warren client done".into())).await;
-        self.router.abort();
+        let Some(link) = self.link.lock().await.take() else {
+            return;
+        };
+        if let CallbackQueue::Durable(name) = &self.callback
+            && !link.is_broken()
+        {
+            let deleted = link
+                .channel
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default());
+            close_quietly(deleted).await;
+        }
+        link.close().await;
     }
 
     /// Explains a timeout in words: is anyone consuming the queue at all?
@@ -586,12 +475,6 @@ impl RpcClient {
     }
 }
 
-impl Drop for RpcClient {
-    fn drop(&mut self) {
-        self.router.abort();
-    }
-}
-
 /// A registered `correlation_id`; removes its entry from the pending map
 /// when the call or deploy waiting for it ends, however it ends.
 struct Waiting<'a> {
@@ -605,42 +488,6 @@ impl Drop for Waiting<'_> {
             pending.remove(&self.correlation_id);
         }
     }
-}
-
-/// Hands each reply to the call waiting for its `correlation_id`. When the
-/// consumer ends, the pending senders drop and their calls see `Disconnected`.
-async fn route_replies(mut consumer: lapin::Consumer, pending: Pending) {
-    while let Some(Ok(delivery)) = consumer.next().await {
-        let Some(id) = delivery.properties.correlation_id().as_ref() else {
-            tracing::debug!("dropping a reply without correlation_id");
-            continue;
-        };
-        let waiting = pending
-            .lock()
-            .expect("pending lock")
-            .get(id.as_str())
-            .cloned();
-        match waiting {
-            Some(sender) => {
-                let _ = sender.send(delivery);
-            }
-            None => {
-                tracing::debug!(correlation_id = %id, "dropping a reply no call is waiting for")
-            }
-        }
-    }
-    pending.lock().expect("pending lock").clear();
-}
-
-/// Maps a lapin error to [`CallError::Broker`], saying what the client was doing.
-fn broker(context: &'static str) -> impl FnOnce(lapin::Error) -> CallError {
-    move |source| CallError::Broker { context, source }
-}
-
-/// Closes best effort: lapin can wait forever for a close-ok that never
-/// comes, and closing must not hang the caller.
-async fn close_quietly<T, E>(closing: impl Future<Output = Result<T, E>>) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
 }
 
 /// Turns a reply message into a [`Reply`] or the error it reports. A reply

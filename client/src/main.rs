@@ -15,7 +15,9 @@ use clap::{Parser, Subcommand};
 use warren_client::bench::{BenchOptions, Budget};
 use warren_client::protocol::deploy::public_key_path;
 use warren_client::protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, check_procedure_name};
-use warren_client::{Call, CallError, Deploy, DeployAnswer, Reply, RpcClient, SecretKey};
+use warren_client::{
+    Call, CallError, ClientOptions, Deploy, DeployAnswer, Reply, RpcClient, SecretKey,
+};
 
 /// Exit codes, as documented in `--help` and README.md.
 mod exit {
@@ -44,9 +46,18 @@ mod exit {
 )]
 struct Cli {
     /// Broker to connect to, like amqp://user:password@host:5672/vhost.
+    /// Give it more than once (or comma-separated in AMQP_URL) for the nodes
+    /// of a cluster: the first that answers is used.
     // Checked when connecting, not by clap: clap would echo the password.
-    #[arg(long, global = true, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
-    amqp_url: String,
+    #[arg(long = "amqp-url", global = true, env = "AMQP_URL", value_name = "URL",
+          value_delimiter = ',', default_value = DEFAULT_AMQP_URL)]
+    amqp_urls: Vec<String>,
+
+    /// Durable mode, for hosts run with --durable: persistent requests, and
+    /// replies through a durable callback queue that survives the client
+    /// reconnecting (a broker restart loses no call in flight).
+    #[arg(long, global = true)]
+    durable: bool,
 
     /// Queue the hosts consume requests from.
     #[arg(long, global = true, default_value = DEFAULT_QUEUE)]
@@ -273,7 +284,10 @@ async fn run(cli: Cli) -> u8 {
 /// Connects within `--connect-timeout` (not `--timeout`, which is how long a
 /// reply may take), or reports why not and returns the exit code.
 async fn connect(cli: &Cli) -> Result<RpcClient, u8> {
-    RpcClient::connect_within(&cli.amqp_url, &cli.queue, cli.connect_timeout)
+    let options = ClientOptions::new(cli.amqp_urls.join(","), &cli.queue)
+        .durable(cli.durable)
+        .connect_timeout(cli.connect_timeout);
+    RpcClient::connect_with(options)
         .await
         .map_err(|error| report(&error))
 }

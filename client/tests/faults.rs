@@ -51,7 +51,7 @@ async fn a_host_started_before_the_broker_waits_for_it_and_serves() {
     let late_url = amqp_url().replacen(&broker_address(), &format!("127.0.0.1:{port}"), 1);
     assert_ne!(late_url, amqp_url(), "the test URL names host:port");
     let host = TestHost::start_with("late-broker", &[("fib", &fib_wasm())], |config| {
-        config.amqp_url = late_url;
+        config.amqp_urls = vec![late_url];
     })
     .await;
     let reply = host.client().await.call(call("12")).await.unwrap();

@@ -1,11 +1,16 @@
-//! Reaching the broker: one connection attempt under a timeout, the backoff
-//! between attempts, and closing without hanging.
+//! Reaching the broker: the nodes to try, one connection attempt under a
+//! timeout, the backoff between rounds of attempts, and closing without
+//! hanging.
 //!
 //! lapin has no reliable automatic recovery, so the host does its own: the
-//! session layer calls [`connect`] again, waiting [`Backoff::next_delay`]
-//! between attempts, whether the broker is not up yet (startup under systemd
-//! or compose, where start order is a guess) or went away.
+//! session layer calls [`Brokers::connect`] again, waiting
+//! [`Backoff::next_delay`] between rounds, whether the broker is not up yet
+//! (startup under systemd or compose, where start order is a guess) or went
+//! away. With several URLs (the nodes of a cluster) a round tries each once,
+//! starting after the node last used, so a host that loses its node moves
+//! to the next one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,6 +25,59 @@ const FIRST_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 /// How long a close may take before it is abandoned.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The broker URLs a host may use, in order of preference.
+#[derive(Debug)]
+pub struct Brokers {
+    urls: Vec<String>,
+    /// Index of the URL to try first next time.
+    next: AtomicUsize,
+}
+
+impl Brokers {
+    /// `urls` must not be empty.
+    pub fn new(urls: Vec<String>) -> Self {
+        assert!(!urls.is_empty(), "at least one broker URL");
+        Brokers {
+            urls,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The URLs, passwords hidden, for logs.
+    pub fn shown(&self) -> String {
+        self.urls
+            .iter()
+            .map(|url| redact_url(url))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// One round: tries each URL once, from the one after the node last
+    /// connected to, and returns the first connection made with the URL
+    /// (password hidden) it was made to. Each failed attempt is logged.
+    pub async fn connect(&self) -> anyhow::Result<(Connection, String)> {
+        let first = self.next.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for offset in 0..self.urls.len() {
+            let index = (first + offset) % self.urls.len();
+            let url = &self.urls[index];
+            match connect(url).await {
+                Ok(connection) => {
+                    self.next.store(index + 1, Ordering::Relaxed);
+                    return Ok((connection, redact_url(url)));
+                }
+                Err(error) => {
+                    if self.urls.len() > 1 {
+                        tracing::warn!(broker = %redact_url(url), "cannot connect: {error:#}");
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.expect("at least one URL was tried"))
+    }
+}
 
 /// One attempt to connect to `url`, named `warren-host` in the broker's
 /// connection list. The error names the broker (password hidden).

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE};
+use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, QueueMode};
 
 use crate::sandbox::Limits;
 
@@ -14,10 +14,26 @@ use crate::sandbox::Limits;
 #[command(name = "warren-host", version, about, long_about = None)]
 pub struct HostConfig {
     /// Broker to connect to, like amqp://user:password@host:5672/vhost.
-    /// The password is never logged.
+    /// Give it more than once (or comma-separated in AMQP_URL) for the nodes
+    /// of a cluster: the host uses the first that answers and moves to the
+    /// next when it loses one. Passwords are never logged.
     // Checked by `start`, not by clap: clap would echo the password.
-    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL)]
-    pub amqp_url: String,
+    #[arg(long = "amqp-url", env = "AMQP_URL", value_name = "URL", value_delimiter = ',',
+          default_value = DEFAULT_AMQP_URL)]
+    pub amqp_urls: Vec<String>,
+
+    /// Durable mode: the queue is a durable quorum queue (replicated over a
+    /// cluster; requests survive broker restarts and node loss), replies are
+    /// persistent, and a request is acked only once the broker has confirmed
+    /// its reply. Every host and caller of a queue must agree on this.
+    #[arg(long)]
+    pub durable: bool,
+
+    /// Durable mode: deliveries of one request (a request that crashes or
+    /// stalls its hosts is redelivered) before the broker moves it to
+    /// QUEUE.dead; its caller then gets a delivery-limit error.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub delivery_limit: u32,
 
     /// How long to keep trying to reach the broker at startup before giving
     /// up (exit 1), e.g. 30s [default: forever, logging each attempt]. Once
@@ -120,6 +136,27 @@ impl HostConfig {
     pub fn prefetch(&self, concurrency: usize) -> u16 {
         self.prefetch
             .unwrap_or_else(|| u16::try_from(concurrency * 8).unwrap_or(u16::MAX))
+    }
+
+    /// How the request queue is declared.
+    pub fn queue_mode(&self) -> QueueMode {
+        if self.durable {
+            QueueMode::Durable {
+                delivery_limit: self.delivery_limit,
+            }
+        } else {
+            QueueMode::Tutorial
+        }
+    }
+
+    /// Checks the broker URLs (clap cannot without echoing passwords).
+    pub fn check_urls(&self) -> Result<(), String> {
+        if self.amqp_urls.is_empty() {
+            return Err("give at least one --amqp-url".to_owned());
+        }
+        self.amqp_urls
+            .iter()
+            .try_for_each(|url| warren_protocol::check_amqp_url(url))
     }
 
     /// The sandbox limits these options describe.

@@ -43,6 +43,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::task::JoinHandle;
 
+use broker::Brokers;
 pub use config::HostConfig;
 use deploy::stream::StreamPosition;
 use deploy::{DeployPolicy, Deployer};
@@ -72,7 +73,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         "the modules folder {} does not exist (create it, or pass --modules-dir)",
         config.modules_dir.display()
     );
-    warren_protocol::check_amqp_url(&config.amqp_url).map_err(anyhow::Error::msg)?;
+    config.check_urls().map_err(anyhow::Error::msg)?;
     let policy = DeployPolicy {
         trusted_keys: match &config.trusted_keys {
             Some(path) => warren_protocol::deploy::read_trusted_keys(path)?,
@@ -125,8 +126,9 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         "remote deploys"
     );
     let target = Target {
-        url: config.amqp_url.clone(),
+        brokers: Brokers::new(config.amqp_urls.clone()),
         queue: config.queue.clone(),
+        mode: config.queue_mode(),
         prefetch: config.prefetch(concurrency),
     };
     let position = StreamPosition::default();
@@ -140,8 +142,9 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
             }
         };
     tracing::info!(
-        broker = %warren_protocol::redact_url(&target.url),
+        broker = %session.broker(),
         queue = %target.queue,
+        durable = config.durable,
         concurrency,
         prefetch = target.prefetch,
         timeout = %humantime::format_duration(config.timeout),

@@ -17,7 +17,7 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(colour_on_stderr())
         .init();
     let config = HostConfig::parse();
-    if let Err(why) = warren_protocol::check_amqp_url(&config.amqp_url) {
+    if let Err(why) = config.check_urls() {
         eprintln!("error: --amqp-url: {why}");
         return std::process::ExitCode::from(2);
     }

@@ -5,28 +5,34 @@
 //! host never answers a request before it serves every deploy it could know
 //! about, on its first connection or after a reconnect. [`connect`] retries
 //! until the broker answers (startup under systemd or compose, where start
-//! order is a guess); [`serve_forever`] reconnects when the connection drops.
+//! order is a guess) and, slowly, while it refuses the setup (a queue
+//! declared the other way: exiting would only crash-loop under a
+//! supervisor); [`serve_forever`] reconnects when the connection drops,
+//! moving on to the next node of a cluster.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::Connection;
-use warren_protocol::redact_url;
+use warren_protocol::QueueMode;
 
-use crate::broker::{self, Backoff, close_quietly};
+use crate::broker::{Backoff, Brokers, close_quietly};
 use crate::deploy::Deployer;
 use crate::deploy::stream::{DeployStream, StreamPosition};
 use crate::dispatch::Dispatcher;
+use crate::requests::dead::DeadLetters;
 use crate::requests::{RequestQueue, Requests};
 use crate::shutdown::Shutdown;
 
 /// Where and how to connect; the same for every session of a host.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Target {
-    /// Broker URL (with password; never logged as is).
-    pub url: String,
+    /// The broker's nodes (URLs with passwords; never logged as they are).
+    pub brokers: Brokers,
     /// The request queue.
     pub queue: String,
+    /// How the request queue is declared.
+    pub mode: QueueMode,
     /// Unacked requests held at once.
     pub prefetch: u16,
 }
@@ -34,8 +40,11 @@ pub struct Target {
 /// A connection that is consuming requests and following the deploy stream.
 pub struct Session {
     connection: Connection,
+    /// The node connected to, password hidden.
+    broker: String,
     requests: Requests,
     deploys: DeployStream,
+    dead_letters: Option<DeadLetters>,
 }
 
 /// Why a session could not be opened.
@@ -66,23 +75,35 @@ impl Session {
         position: &StreamPosition,
         history: bool,
     ) -> Result<Self, OpenError> {
-        let connection = broker::connect(&target.url)
+        let (connection, broker) = target
+            .brokers
+            .connect()
             .await
             .map_err(OpenError::Unreachable)?;
         let set_up = async {
-            let queue = RequestQueue::declare(&connection, &target.queue, target.prefetch).await?;
+            let queue =
+                RequestQueue::declare(&connection, &target.queue, target.mode, target.prefetch)
+                    .await?;
             let mut deploys =
                 DeployStream::open(&connection, &target.queue, position.clone()).await?;
             deploys.catch_up(&connection, deployer, history).await?;
+            let dead_letters = match target.mode {
+                QueueMode::Durable { delivery_limit } => {
+                    Some(DeadLetters::consume(&connection, &target.queue, delivery_limit).await?)
+                }
+                QueueMode::Tutorial => None,
+            };
             let requests = queue.consume().await?;
-            anyhow::Ok((requests, deploys))
+            anyhow::Ok((requests, deploys, dead_letters))
         }
         .await;
         match set_up {
-            Ok((requests, deploys)) => Ok(Session {
+            Ok((requests, deploys, dead_letters)) => Ok(Session {
                 connection,
+                broker,
                 requests,
                 deploys,
+                dead_letters,
             }),
             Err(error) => {
                 // Half-set-up connections must not pile up across retries.
@@ -90,6 +111,11 @@ impl Session {
                 Err(OpenError::Refused(error))
             }
         }
+    }
+
+    /// The node this session is connected to, password hidden.
+    pub fn broker(&self) -> &str {
+        &self.broker
     }
 
     /// Answers requests and applies deploys until shutdown (`Ok`) or until
@@ -101,21 +127,29 @@ impl Session {
         shutdown: Shutdown,
     ) -> anyhow::Result<()> {
         let deploys = tokio::spawn(self.deploys.follow(deployer, shutdown.clone()));
+        let dead_letters = self
+            .dead_letters
+            .map(|dead| tokio::spawn(dead.serve(shutdown.clone())));
         let result = self.requests.serve(dispatcher, shutdown).await;
-        if result.is_ok() {
-            let _ = deploys.await;
-        } else {
-            deploys.abort();
+        for task in std::iter::once(deploys).chain(dead_letters) {
+            if result.is_ok() {
+                let _ = task.await;
+            } else {
+                task.abort();
+            }
         }
         close_quietly(self.connection.close(200, "warren-host stopping".into())).await;
         result
     }
 }
 
-/// Opens the first session, retrying with backoff while the broker cannot
-/// be reached, for at most `give_up_after` (forever when `None`). A broker
-/// that answers but refuses the setup is an error at once: no retry mends
-/// a configuration.
+/// How long to wait before trying again a setup the broker refused: it
+/// takes a person to fix it.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
+/// Opens the first session, retrying while the broker cannot be reached
+/// (with backoff) or refuses the setup (every 30 s, saying why), for at most
+/// `give_up_after` (forever when `None`).
 pub async fn connect(
     target: &Target,
     deployer: &Deployer,
@@ -125,23 +159,23 @@ pub async fn connect(
     let started = Instant::now();
     let mut backoff = Backoff::new();
     loop {
-        let error = match Session::open(target, deployer, position, true).await {
-            Ok(session) => return Ok(session),
-            Err(OpenError::Refused(error)) => return Err(error),
-            Err(OpenError::Unreachable(error)) => error,
-        };
-        let delay = backoff.next_delay();
+        let (error, delay, waiting_for) =
+            match Session::open(target, deployer, position, true).await {
+                Ok(session) => return Ok(session),
+                Err(OpenError::Unreachable(error)) => (error, backoff.next_delay(), "the broker"),
+                Err(OpenError::Refused(error)) => (error, REFUSED_RETRY, "the setup to be fixed"),
+            };
         if let Some(limit) = give_up_after
             && started.elapsed() + delay > limit
         {
             return Err(error.context(format!(
-                "gave up waiting for the broker after {} (--connect-timeout)",
+                "gave up waiting for {waiting_for} after {} (--connect-timeout)",
                 humantime::format_duration(round_to_ms(started.elapsed()))
             )));
         }
         tracing::warn!(
-            broker = %redact_url(&target.url),
-            "waiting for the broker: {error:#}; next try in {}",
+            brokers = %target.brokers.shown(),
+            "waiting for {waiting_for}: {error:#}; next try in {}",
             humantime::format_duration(round_to_ms(delay))
         );
         tokio::time::sleep(delay).await;
@@ -176,7 +210,7 @@ pub async fn serve_forever(
             }
             match Session::open(&target, &deployer, &position, false).await {
                 Ok(session) => {
-                    tracing::info!(broker = %redact_url(&target.url), queue = %target.queue, "reconnected");
+                    tracing::info!(broker = %session.broker(), queue = %target.queue, "reconnected");
                     break session;
                 }
                 Err(error) => {

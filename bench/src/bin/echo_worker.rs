@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let properties = ConnectionProperties::default().with_connection_name("echo-worker".into());
     let connection = Connection::connect(&options.amqp_url, properties).await?;
     let channel = connection.create_channel().await?;
-    warren_protocol::declare_request_queue(&channel, &options.queue).await?;
+    warren_protocol::declare_request_queue(&channel, &options.queue, Default::default()).await?;
     channel
         .basic_qos(options.prefetch, BasicQosOptions::default())
         .await?;

@@ -129,7 +129,7 @@ impl TestHost {
             std::fs::write(dir.path().join(format!("{name}.wasm")), bytes).unwrap();
         }
         let mut config = HostConfig::new(queue, dir.path());
-        config.amqp_url = amqp_url();
+        config.amqp_urls = vec![amqp_url()];
         config.concurrency = Some(2);
         adjust(&mut config);
         let host = warren_host::start(config.clone())

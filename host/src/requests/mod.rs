@@ -7,8 +7,15 @@
 //! published ([`acks`] batches those acks). A request whose reply could not
 //! be published is returned to the queue, so the broker redelivers it
 //! rather than losing it.
+//!
+//! In durable mode ([`QueueMode::Durable`]) the queue is a quorum queue,
+//! replies are persistent, and "published" means confirmed by the broker:
+//! the channel runs with publisher confirms and a request is acked only
+//! after its reply's confirm. [`dead`] answers the callers of requests the
+//! broker dead-lettered.
 
 mod acks;
+pub mod dead;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +25,7 @@ use futures_lite::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -28,8 +36,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use warren_protocol::{
     ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
-    HEADER_RPC_STATUS, STATUS_ERROR, STATUS_OK, declare_request_queue, header_text,
-    set_header_text,
+    HEADER_RPC_STATUS, QueueMode, STATUS_ERROR, STATUS_OK, declare_request_queue,
+    explain_queue_mismatch, header_text, set_header_text,
 };
 
 use self::acks::{Acks, Settled};
@@ -41,36 +49,45 @@ use crate::shutdown::Shutdown;
 pub struct RequestQueue {
     channel: Channel,
     queue: String,
+    durable: bool,
 }
 
 impl RequestQueue {
-    /// Declares `queue` as the tutorial does, on a channel of its own that
-    /// holds at most `prefetch` unacked requests. Declaring it before the
-    /// host consumes means callers' requests wait in it meanwhile.
+    /// Declares `queue` in `mode`, on a channel of its own that holds at
+    /// most `prefetch` unacked requests (with publisher confirms in durable
+    /// mode). Declaring it before the host consumes means callers' requests
+    /// wait in it meanwhile.
     pub async fn declare(
         connection: &Connection,
         queue: &str,
+        mode: QueueMode,
         prefetch: u16,
     ) -> anyhow::Result<Self> {
         let channel = connection
             .create_channel()
             .await
             .context("opening a channel")?;
-        declare_request_queue(&channel, queue)
+        declare_request_queue(&channel, queue, mode)
             .await
-            .with_context(|| {
-                format!(
-                    "declaring queue {queue:?} (if it exists with other settings, \
-                     delete it or choose another --queue)"
-                )
+            .map_err(|error| match explain_queue_mismatch(&error, queue, mode) {
+                Some(why) => anyhow::anyhow!(why),
+                None => anyhow::Error::from(error).context(format!("declaring queue {queue:?}")),
             })?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .context("setting the prefetch count")?;
+        let durable = mode != QueueMode::Tutorial;
+        if durable {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .context("enabling publisher confirms")?;
+        }
         Ok(RequestQueue {
             channel,
             queue: queue.to_owned(),
+            durable,
         })
     }
 
@@ -89,6 +106,7 @@ impl RequestQueue {
         Ok(Requests {
             channel: self.channel,
             consumer,
+            durable: self.durable,
         })
     }
 }
@@ -97,6 +115,8 @@ impl RequestQueue {
 pub struct Requests {
     channel: Channel,
     consumer: Consumer,
+    /// Durable mode: persistent replies, acked after their confirm.
+    durable: bool,
 }
 
 impl Requests {
@@ -120,12 +140,14 @@ impl Requests {
                     Some(Ok(delivery)) => {
                         let (channel, dispatcher, acks) =
                             (self.channel.clone(), dispatcher.clone(), acks.clone());
+                        let durable = self.durable;
                         in_flight.spawn(async move {
                             let tag = delivery.delivery_tag;
                             // Boxed where it starts: the request's future is
                             // kilobytes (wasmtime's and lapin's state
                             // machines), and spawning copies what it is given.
-                            let answering = Box::pin(answer(channel, dispatcher, delivery));
+                            let answering =
+                                Box::pin(answer(channel, dispatcher, delivery, durable));
                             let settled = match AssertUnwindSafe(answering).catch_unwind().await {
                                 Ok(settled) => settled,
                                 Err(panic) => {
@@ -169,7 +191,12 @@ impl Requests {
 /// Answers one request: run it and publish the reply; says whether to ack
 /// it (answered, or unanswerable) or return it to the queue (the reply
 /// could not be published).
-async fn answer(channel: Channel, dispatcher: Arc<Dispatcher>, delivery: Delivery) -> Settled {
+async fn answer(
+    channel: Channel,
+    dispatcher: Arc<Dispatcher>,
+    delivery: Delivery,
+    durable: bool,
+) -> Settled {
     let Delivery {
         delivery_tag,
         properties,
@@ -203,7 +230,7 @@ async fn answer(channel: Channel, dispatcher: Arc<Dispatcher>, delivery: Deliver
             Ok(body) => tracing::debug!(elapsed_ms, reply_bytes = body.len(), "answered"),
             Err(error) => tracing::info!(elapsed_ms, kind = %error.kind, "answered with error: {}", error.message),
         }
-        match publish_reply(&channel, reply_to, correlation_id, reply).await {
+        match publish_reply(&channel, reply_to, correlation_id, reply, durable).await {
             Ok(()) => Settled::Done(delivery_tag),
             Err(error) => {
                 tracing::error!("publishing the reply failed: {error:#}; the request goes back to the queue");
@@ -215,31 +242,58 @@ async fn answer(channel: Channel, dispatcher: Arc<Dispatcher>, delivery: Deliver
     .await
 }
 
-/// Publishes `reply` to `reply_to` through the default exchange.
+/// Publishes `reply` to `reply_to` through the default exchange; when
+/// `durable`, persistent and confirmed by the broker.
 async fn publish_reply(
     channel: &Channel,
     reply_to: ShortString,
     correlation_id: Option<ShortString>,
     reply: Reply,
-) -> lapin::Result<()> {
-    let (body, properties) = reply_message(reply, correlation_id);
-    channel
+    durable: bool,
+) -> anyhow::Result<()> {
+    let (body, mut properties) = reply_message(reply, correlation_id);
+    if durable {
+        properties = properties.with_delivery_mode(PERSISTENT);
+    }
+    publish_to(channel, reply_to, &body, properties).await
+}
+
+/// AMQP `delivery_mode` of a message the broker keeps on disk.
+pub(crate) const PERSISTENT: u8 = 2;
+
+/// Publishes through the default exchange to queue `to` and waits until the
+/// frames are written, or, on a channel with publisher confirms, until the
+/// broker confirms it (a nack is an error).
+pub(crate) async fn publish_to(
+    channel: &Channel,
+    to: ShortString,
+    body: &[u8],
+    properties: BasicProperties,
+) -> anyhow::Result<()> {
+    let confirmation = channel
         .basic_publish(
             ShortString::default(),
-            reply_to,
+            to,
             BasicPublishOptions::default(),
-            &body,
+            body,
             properties,
         )
         .await?
         .await?;
+    anyhow::ensure!(
+        !confirmation.is_nack(),
+        "the broker did not take the reply (a publisher nack)"
+    );
     Ok(())
 }
 
 /// The body and properties of a reply message, as the wire contract says.
 /// Takes the reply by value so a success body (up to --max-reply-bytes)
 /// goes out without a copy.
-fn reply_message(reply: Reply, correlation_id: Option<ShortString>) -> (Vec<u8>, BasicProperties) {
+pub(crate) fn reply_message(
+    reply: Reply,
+    correlation_id: Option<ShortString>,
+) -> (Vec<u8>, BasicProperties) {
     let mut headers = FieldTable::default();
     if let Some(name) = &reply.procedure {
         set_header_text(&mut headers, HEADER_PROCEDURE, name);

@@ -1,0 +1,205 @@
+//! Publishing a module to every host of a queue, through the queue's
+//! deploy stream (the contract is in `warren_protocol::deploy`).
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
+use warren_protocol::check_procedure_name;
+use warren_protocol::deploy::{
+    DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
+    HEADER_DEPLOY_SIGNATURE, SecretKey, declare_deploy_stream,
+};
+use warren_protocol::set_header_text;
+
+use crate::link::{broker, close_quietly};
+use crate::{CallError, DEFAULT_TIMEOUT, RpcClient};
+
+/// One module to publish to every host of a queue.
+pub struct Deploy {
+    name: String,
+    module: Vec<u8>,
+    key: Option<SecretKey>,
+    expect_hosts: Option<usize>,
+    allow_no_hosts: bool,
+    timeout: Duration,
+}
+
+impl Deploy {
+    /// Deploys `module` as procedure `name`, unsigned, expecting an answer
+    /// from every host consuming the queue within [`DEFAULT_TIMEOUT`].
+    pub fn new(name: impl Into<String>, module: Vec<u8>) -> Self {
+        Deploy {
+            name: name.into(),
+            module,
+            key: None,
+            expect_hosts: None,
+            allow_no_hosts: false,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Signs the deploy with `key` (hosts accept only trusted signers).
+    pub fn signed_by(mut self, key: SecretKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Waits for `hosts` answers [default: the number of consumers of the
+    /// request queue when the deploy starts].
+    pub fn expect_hosts(mut self, hosts: usize) -> Self {
+        self.expect_hosts = Some(hosts);
+        self
+    }
+
+    /// Sends the deploy even when the request queue is missing or has no
+    /// consumer: it waits in the deploy stream for hosts that start later.
+    pub fn allow_no_hosts(mut self, allow: bool) -> Self {
+        self.allow_no_hosts = allow;
+        self
+    }
+
+    /// Stops waiting for answers after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// What came of a deploy: every answer that arrived, and how many were
+/// expected. Fewer answers than expected is not an error here: the caller
+/// decides what it means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployReport {
+    /// Hosts' answers, in the order they arrived.
+    pub answers: Vec<DeployAnswer>,
+    /// How many answers the deploy waited for.
+    pub expected: usize,
+}
+
+impl DeployReport {
+    /// Whether every expected host answered and all accepted.
+    pub fn all_accepted(&self) -> bool {
+        self.answers.len() >= self.expected && self.answers.iter().all(|a| a.accepted)
+    }
+}
+
+impl RpcClient {
+    /// Publishes a module to every host of the queue (through the queue's
+    /// deploy stream) and collects their answers until the expected number
+    /// have answered or `deploy.timeout` passes.
+    pub async fn deploy(&self, deploy: Deploy) -> Result<DeployReport, CallError> {
+        self.deploy_with(deploy, |_| {}).await
+    }
+
+    /// Like [`RpcClient::deploy`], calling `on_answer` with each answer as
+    /// it arrives (to show progress while slower hosts compile).
+    ///
+    /// Refuses, sending nothing, when the name breaks the naming rule, and
+    /// when the request queue does not exist or has no consumer (a mistyped
+    /// queue would otherwise keep the module in a stream for any host that
+    /// later starts on that name), unless [`Deploy::allow_no_hosts`].
+    pub async fn deploy_with(
+        &self,
+        deploy: Deploy,
+        mut on_answer: impl FnMut(&DeployAnswer),
+    ) -> Result<DeployReport, CallError> {
+        check_procedure_name(&deploy.name).map_err(CallError::Invalid)?;
+        let consumers = match self.consumer_count().await? {
+            Some(count) if count > 0 => count as usize,
+            _ if deploy.allow_no_hosts => 0,
+            None => {
+                return Err(CallError::NoQueue {
+                    queue: self.queue.clone(),
+                });
+            }
+            Some(_) => {
+                return Err(CallError::NoHosts {
+                    queue: self.queue.clone(),
+                });
+            }
+        };
+        let expected = deploy.expect_hosts.unwrap_or(consumers);
+
+        // A dedicated channel with publisher confirms: a deploy is history,
+        // so it is sent only once the broker has stored it.
+        let link = self.link().await?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(broker("opening the deploy channel"))?;
+        let stream = declare_deploy_stream(&channel, &self.queue)
+            .await
+            .map_err(broker(
+                "declaring the deploy stream (RabbitMQ 3.9 or later has streams)",
+            ))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker("enabling publisher confirms"))?;
+
+        let digest = warren_protocol::module_digest(&deploy.module);
+        let mut headers = FieldTable::default();
+        set_header_text(&mut headers, HEADER_DEPLOY_NAME, &deploy.name);
+        set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest);
+        if let Some(key) = &deploy.key {
+            set_header_text(
+                &mut headers,
+                HEADER_DEPLOY_KEY,
+                &key.public_key().to_string(),
+            );
+            set_header_text(
+                &mut headers,
+                HEADER_DEPLOY_SIGNATURE,
+                &key.sign(&deploy.name, &digest),
+            );
+        }
+        let (waiting, mut answers) = self.expect_replies();
+        let properties = BasicProperties::default()
+            .with_reply_to(link.callback_queue.clone())
+            .with_correlation_id(waiting.correlation_id.as_str().into())
+            .with_headers(headers);
+        let confirmation = channel
+            .basic_publish(
+                ShortString::default(),
+                stream.as_str().into(),
+                BasicPublishOptions::default(),
+                &deploy.module,
+                properties,
+            )
+            .await
+            .map_err(broker("publishing the deploy"))?
+            .await
+            .map_err(broker("waiting for the broker to store the deploy"))?;
+        close_quietly(channel.close(200, "deploy sent".into())).await;
+        if !confirmation.is_ack() {
+            return Err(CallError::NotStored("the deploy; nothing was deployed"));
+        }
+
+        let mut received = Vec::new();
+        let deadline = tokio::time::Instant::now() + deploy.timeout;
+        while received.len() < expected {
+            match tokio::time::timeout_at(deadline, answers.recv()).await {
+                Ok(Some(delivery)) => {
+                    match serde_json::from_slice::<DeployAnswer>(&delivery.data) {
+                        Ok(answer) => {
+                            on_answer(&answer);
+                            received.push(answer);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "ignoring an unreadable deploy answer")
+                        }
+                    }
+                }
+                Ok(None) => return Err(CallError::Disconnected),
+                Err(_elapsed) => break,
+            }
+        }
+        Ok(DeployReport {
+            answers: received,
+            expected,
+        })
+    }
+}

@@ -51,6 +51,10 @@ call *ARGS:
 demo: build-guest build broker
     scripts/demo
 
+# A three-node RabbitMQ cluster beside the broker on 5672: just cluster up|down|status|urls|stop-node N|start-node N|restart
+cluster *ARGS:
+    scripts/cluster {{ARGS}}
+
 # A Python virtualenv under target/py with pika, for the interop tests and benchmarks.
 py-env:
     @scripts/py-env >/dev/null

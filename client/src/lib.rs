@@ -340,7 +340,9 @@ impl RpcClient {
                 .await
             {
                 Ok(()) => break,
-                Err(CallError::Broker { .. }) if self.durable && link.is_broken() => {
+                Err(CallError::Broker { .. } | CallError::Disconnected)
+                    if self.durable && link.is_broken() =>
+                {
                     link = self.relink_until(deadline).await?;
                 }
                 Err(error) => return Err(error),
@@ -398,7 +400,13 @@ impl RpcClient {
             )
             .await
             .map_err(broker("publishing the request"))?;
-        match tokio::time::timeout_at(deadline, confirmation).await {
+        let confirmed = tokio::select! {
+            confirmed = tokio::time::timeout_at(deadline, confirmation) => confirmed,
+            // Unconfirmed when the link broke: the caller decides whether
+            // to send it again.
+            () = link.wait_broken() => return Err(CallError::Disconnected),
+        };
+        match confirmed {
             Ok(Ok(Confirmation::Ack(Some(_returned)))) => Err(CallError::NoQueue {
                 queue: self.queue.clone(),
             }),

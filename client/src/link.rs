@@ -207,7 +207,8 @@ impl Link {
         };
         tracing::debug!(broker = %node, "connected");
         let (broken_tx, broken) = watch::channel(false);
-        let router = tokio::spawn(route_replies(consumer, pending, durable, broken_tx));
+        let events = connection.events_listener();
+        let router = tokio::spawn(route_replies(consumer, events, pending, durable, broken_tx));
         Ok(Link {
             connection,
             channel,
@@ -217,9 +218,10 @@ impl Link {
         })
     }
 
-    /// Whether the connection under this link has failed.
+    /// Whether the connection under this link has failed (as the router
+    /// saw it, or as lapin knows it, which can be sooner).
     pub(crate) fn is_broken(&self) -> bool {
-        *self.broken.borrow()
+        *self.broken.borrow() || !self.connection.status().connected()
     }
 
     /// Resolves once the link breaks.
@@ -242,15 +244,33 @@ impl Drop for Link {
 }
 
 /// Hands each reply to the call waiting for its `correlation_id`. When the
-/// consumer ends, the link is marked broken and, unless the callback queue
-/// is durable, the pending senders drop so their calls fail at once.
+/// consumer ends or the connection reports an error (whichever lapin says
+/// first: a reset socket does not always end the consumer), the link is
+/// marked broken and, unless the callback queue is durable, the pending
+/// senders drop so their calls fail at once.
 async fn route_replies(
     mut consumer: lapin::Consumer,
+    events: impl futures_lite::Stream<Item = lapin::Event> + Send + 'static,
     pending: Pending,
     durable: bool,
     broken: watch::Sender<bool>,
 ) {
-    while let Some(Ok(delivery)) = consumer.next().await {
+    let mut events = std::pin::pin!(events);
+    loop {
+        let delivery = tokio::select! {
+            delivery = consumer.next() => match delivery {
+                Some(Ok(delivery)) => delivery,
+                _ => break,
+            },
+            event = events.next() => match event {
+                Some(lapin::Event::Error(error)) => {
+                    tracing::debug!("connection failed: {error}");
+                    break;
+                }
+                Some(_) => continue,
+                None => break,
+            },
+        };
         let acker = durable.then(|| delivery.acker.clone());
         match delivery.properties.correlation_id().clone() {
             None => tracing::debug!("dropping a reply without correlation_id"),
@@ -271,7 +291,11 @@ async fn route_replies(
             }
         }
         if let Some(acker) = acker {
-            let _ = acker.ack(BasicAckOptions::default()).await;
+            // Not awaited here: on a connection that just died an ack can
+            // wait long, and routing must go on (or notice the failure).
+            tokio::spawn(async move {
+                close_quietly(acker.ack(BasicAckOptions::default())).await;
+            });
         }
     }
     broken.send_replace(true);

@@ -2,10 +2,13 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::net::{TcpListener, TcpStream};
+use warren_client::{Call, RpcClient};
 
 /// The broker's address, from the test URL (host:port).
 fn broker_address() -> String {
@@ -58,4 +61,132 @@ async fn a_host_started_before_the_broker_waits_for_it_and_serves() {
     assert_eq!(reply.body, b"144");
     host.stop().await;
     proxy.abort();
+}
+
+/// Lets `callers` keep calling through `queue` while `fault` runs, then
+/// stops them and checks every call was answered right (each caller panics
+/// on the first failed or wrong reply). Returns the calls made.
+async fn under_load<F: Future<Output = ()>>(queue: &str, callers: usize, fault: F) -> usize {
+    let client: SharedClient = Arc::new(RpcClient::connect(&amqp_url(), queue).await.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let calling = keep_calling(client, callers, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fault.await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut made = 0;
+    for caller in calling {
+        made += caller.await.expect("every call answered, and right");
+    }
+    made
+}
+
+/// `kill -9` of one of two hosts under load: the broker returns its unacked
+/// requests to the queue and the other host answers them; no call fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_one_of_two_hosts_under_load_loses_no_request() {
+    let wasm = fib_wasm();
+    let survivor = TestHost::start("kill-9", &[("fib", &wasm)]).await;
+    let victim = HostProcess::start(&survivor.queue, &[("fib", &wasm)], &[], None);
+    victim
+        .wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    let made = under_load(&survivor.queue, 8, async {
+        victim.signal("KILL");
+    })
+    .await;
+    assert!(made > 50, "too little load to mean anything: {made} calls");
+    drop(victim);
+    survivor.stop().await;
+}
+
+/// SIGTERM under load: the host stops taking requests, finishes and acks
+/// those it started, returns the ones it had not started, and exits 0; the
+/// other host answers the rest. No call fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_drains_and_loses_nothing() {
+    let wasm = fib_wasm();
+    let other = TestHost::start("sigterm", &[("fib", &wasm)]).await;
+    let mut stopping = HostProcess::start(&other.queue, &[("fib", &wasm)], &[], None);
+    stopping
+        .wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    let made = under_load(&other.queue, 8, async {
+        stopping.signal("TERM");
+    })
+    .await;
+    assert!(made > 50, "too little load to mean anything: {made} calls");
+    assert_eq!(
+        stopping.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        stopping.log()
+    );
+    assert!(stopping.log().contains("finishing requests in flight"));
+    other.stop().await;
+}
+
+/// A second signal does not wait for requests in flight: the host exits at
+/// once and the unfinished request goes back to the queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_exits_at_once_and_returns_unfinished_requests() {
+    let queue = unique_queue("second-signal");
+    let mut host = HostProcess::start(
+        &queue,
+        &[("hostile", &hostile_wasm())],
+        &["--timeout", "60s"],
+        None,
+    );
+    host.wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    let client = Arc::new(RpcClient::connect(&amqp_url(), &queue).await.unwrap());
+    let spinning = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .call(Call::new("spin").timeout(Duration::from_secs(90)))
+                .await
+        }
+    });
+    // Let the host take it and start spinning.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    host.signal("TERM");
+    host.wait_for_log("finishing requests in flight", Duration::from_secs(10))
+        .await;
+    let signalled = Instant::now();
+    host.signal("TERM");
+    let code = host.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(1), "{}", host.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "the second signal was not obeyed at once"
+    );
+    // The spinning request is back in the queue, waiting for a host.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let queued = channel
+            .queue_declare(queue.as_str().into(), passive, Default::default())
+            .await
+            .unwrap()
+            .message_count();
+        close_connection(&connection).await;
+        if queued == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the request did not return to the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    spinning.abort();
+    delete_queues(&queue).await;
 }

@@ -41,8 +41,9 @@ pub struct HostConfig {
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub connect_timeout: Option<Duration>,
 
-    /// Queue to consume requests from (declared like the tutorial's server:
-    /// classic, not durable, not exclusive, not auto-delete).
+    /// Queue to consume requests from, declared like the tutorial's server
+    /// (classic, not durable, not exclusive, not auto-delete), or as a quorum
+    /// queue with --durable.
     #[arg(long, default_value = DEFAULT_QUEUE)]
     pub queue: String,
 

@@ -26,7 +26,10 @@ async fn main() -> std::process::ExitCode {
     tokio::pin!(signal);
     let result = tokio::select! {
         started = warren_host::start(config) => match started {
-            Ok(host) => host.run_until(signal).await,
+            Ok(host) => {
+                (&mut signal).await;
+                stop_gracefully_unless_signalled_again(host).await
+            }
             Err(error) => Err(error),
         },
         () = &mut signal => {
@@ -39,6 +42,25 @@ async fn main() -> std::process::ExitCode {
         Err(error) => {
             tracing::error!("{error:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Finishes the requests in flight, unless a second signal says not to wait:
+/// then it exits at once, and the broker returns the unacked requests to the
+/// queue for another host.
+async fn stop_gracefully_unless_signalled_again(
+    host: warren_host::RunningHost,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        "shutting down: finishing requests in flight (signal again to stop at once; \
+         unfinished requests then go back to the queue)"
+    );
+    tokio::select! {
+        stopped = host.stop() => stopped,
+        () = shutdown_signal() => {
+            tracing::warn!("stopping at once: unfinished requests go back to the queue");
+            std::process::exit(1);
         }
     }
 }

@@ -169,8 +169,11 @@ pub async fn connect(
             && started.elapsed() + delay > limit
         {
             return Err(error.context(format!(
-                "gave up waiting for {waiting_for} after {} (--connect-timeout)",
-                humantime::format_duration(round_to_ms(started.elapsed()))
+                "gave up waiting for {waiting_for} after {}: the next try, in {}, would be past \
+                 --connect-timeout {}",
+                humantime::format_duration(round_to_ms(started.elapsed())),
+                humantime::format_duration(round_to_ms(delay)),
+                humantime::format_duration(limit)
             )));
         }
         tracing::warn!(

@@ -328,7 +328,7 @@ pub fn explain_queue_mismatch(
             "drop --durable",
         ),
     };
-    let what = if detail.contains("x-queue-type") {
+    let what = if detail.contains("x-queue-type") || detail.contains("'durable'") {
         format!("queue {queue:?} exists as {other}, but this host wants {wanted}")
     } else if detail.contains("x-delivery-limit") || detail.contains("x-dead-letter") {
         format!("queue {queue:?} exists with another --delivery-limit or dead-letter setting")

@@ -312,3 +312,151 @@ pub fn call(body: impl Into<Vec<u8>>) -> Call {
 
 /// Shares a client between tasks.
 pub type SharedClient = Arc<RpcClient>;
+
+/// The `warren-host` binary cargo built beside these tests
+/// (`cargo test --workspace` builds every binary of the workspace).
+pub fn host_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/PROFILE/deps");
+    let path = profile_dir.join(format!("warren-host{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (`just test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A `warren-host` process with its own modules folder, its log (stderr) in
+/// a file as under systemd; killed when dropped.
+pub struct HostProcess {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl HostProcess {
+    /// Starts `warren-host` on `queue` serving `modules`, with `args` added,
+    /// against `urls` (comma-separated; the test broker when `None`).
+    pub fn start(
+        queue: &str,
+        modules: &[(&str, &[u8])],
+        args: &[&str],
+        urls: Option<&str>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("modules");
+        std::fs::create_dir(&folder).unwrap();
+        for (name, bytes) in modules {
+            std::fs::write(folder.join(format!("{name}.wasm")), bytes).unwrap();
+        }
+        let log = std::fs::File::create(dir.path().join("host.log")).unwrap();
+        let child = std::process::Command::new(host_binary())
+            .args(["--queue", queue, "--concurrency", "2", "--modules-dir"])
+            .arg(&folder)
+            .args(args)
+            .env("AMQP_URL", urls.map_or_else(amqp_url, str::to_owned))
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting warren-host");
+        HostProcess { child, dir }
+    }
+
+    /// Everything the host has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("host.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log if not.
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        let give_up = Instant::now() + within;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "warren-host did not log {needle:?} within {within:?}; its log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit; its exit code (`None` if a signal
+    /// ended it). Panics after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let give_up = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < give_up,
+                "warren-host did not exit within {within:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Keeps `callers` tasks calling fib(n) for n cycling through 1..=20 until
+/// `stop` is set; each returns how many calls it made, or panics on the
+/// first failed or wrong one (naming it).
+pub fn keep_calling(
+    client: SharedClient,
+    callers: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<usize>> {
+    (0..callers)
+        .map(|caller| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut made = 0;
+                let mut n = caller as u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n = n % 20 + 1;
+                    let reply = client
+                        .call(Call::new(n.to_string()).timeout(Duration::from_secs(30)))
+                        .await
+                        .unwrap_or_else(|e| panic!("caller {caller}: fib({n}) failed: {e}"));
+                    assert_eq!(
+                        String::from_utf8(reply.body).unwrap(),
+                        fib(n).to_string(),
+                        "caller {caller}: fib({n})"
+                    );
+                    made += 1;
+                }
+                made
+            })
+        })
+        .collect()
+}
+
+/// The seed's fibonacci, to check replies.
+pub fn fib(n: u64) -> u64 {
+    if n < 2 { n } else { fib(n - 1) + fib(n - 2) }
+}

@@ -1,0 +1,248 @@
+//! Warren on a real three-node RabbitMQ cluster (`scripts/cluster`), with
+//! nodes lost and restarted under load.
+//!
+//! Starting a cluster takes about 20 s, so everything runs in one test on one
+//! cluster, in order: a node lost under two durable hosts and a durable
+//! caller; a broker restart under a default-mode host and client; durable
+//! requests kept through a whole-cluster restart. The cluster has its own
+//! node names, ports and data folder, never the broker on 5672 or a cluster
+//! started by hand, and is always stopped at the end, whatever happens.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use warren_client::{Call, CallError, ClientOptions, RpcClient};
+
+/// The test's own cluster; stopped and removed when dropped.
+struct Cluster {
+    urls: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts the cluster, or `None` where RabbitMQ is not installed.
+    fn up() -> Option<Cluster> {
+        let installed = std::process::Command::new("sh")
+            .args(["-c", "command -v rabbitmq-server"])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !installed {
+            return None;
+        }
+        let out = Self::script(&["up"])
+            .output()
+            .expect("running scripts/cluster up");
+        let cluster = Cluster {
+            urls: String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
+        };
+        assert!(
+            out.status.success() && cluster.urls.len() == 3,
+            "scripts/cluster up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(cluster)
+    }
+
+    fn script(args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(workspace().join("scripts/cluster"));
+        command
+            .args(args)
+            .env("WARREN_CLUSTER_NAME", "warrentest")
+            .env("WARREN_CLUSTER_BASE_PORT", "5710")
+            .env("WARREN_CLUSTER_DIST_BASE", "25710")
+            .env("WARREN_CLUSTER_DIR", "/tmp/warren-cluster-test");
+        command
+    }
+
+    /// Runs `scripts/cluster ARGS` without blocking the test's runtime.
+    async fn run(&self, args: &[&str]) {
+        let mut command = tokio::process::Command::from(Self::script(args));
+        let out = command.output().await.expect("running scripts/cluster");
+        assert!(
+            out.status.success(),
+            "scripts/cluster {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The nodes' URLs, comma-separated, starting with node `first` (1-based).
+    fn urls_from(&self, first: usize) -> String {
+        let mut urls = self.urls.clone();
+        urls.rotate_left(first - 1);
+        urls.join(",")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Self::script(&["down"]).output();
+    }
+}
+
+async fn durable_client(urls: &str, queue: &str) -> Arc<RpcClient> {
+    Arc::new(
+        RpcClient::connect_with(ClientOptions::new(urls, queue).durable(true))
+            .await
+            .expect("durable client connects"),
+    )
+}
+
+/// Starts a host process and waits until it takes requests.
+async fn ready_host(queue: &str, args: &[&str], urls: &str) -> HostProcess {
+    let host = HostProcess::start(queue, &[("fib", &fib_wasm())], args, Some(urls));
+    host.wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    host
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warren_rides_out_node_loss_and_broker_restarts_on_a_cluster() {
+    let Some(cluster) = Cluster::up() else {
+        println!("SKIPPED: rabbitmq-server is not installed, so no cluster can be started");
+        return;
+    };
+    a_node_lost_under_load_loses_no_request(&cluster).await;
+    a_broker_restart_fails_pending_calls_at_once_and_both_sides_reconnect(&cluster).await;
+    durable_requests_survive_a_whole_cluster_restart(&cluster).await;
+}
+
+/// Two durable hosts on one quorum queue, first connected to different
+/// nodes, and a durable caller keeping 8 calls in flight; node 1 (the
+/// first host's and the caller's) stops and later starts again. Every call
+/// is answered, and right; the first host carries on through another node.
+async fn a_node_lost_under_load_loses_no_request(cluster: &Cluster) {
+    let queue = unique_queue("cluster-node-loss");
+    let on_node1 = ready_host(&queue, &["--durable"], &cluster.urls_from(1)).await;
+    let on_node2 = ready_host(&queue, &["--durable"], &cluster.urls_from(2)).await;
+    let client = durable_client(&cluster.urls_from(1), &queue).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calling = keep_calling(client.clone(), 8, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.run(&["stop-node", "1"]).await;
+    on_node1
+        .wait_for_log("reconnected", Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.run(&["start-node", "1"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut made = 0;
+    for caller in calling {
+        made += caller.await.expect("every call answered, and right");
+    }
+    assert!(made > 50, "too little load to mean anything: {made} calls");
+    let log = on_node1.log();
+    assert!(log.contains("lost the broker"), "{log}");
+    drop((on_node1, on_node2));
+}
+
+/// A default-mode host and client on one node, which restarts: the call in
+/// flight fails at once (its exclusive callback queue is gone with the
+/// connection; waiting out its timeout would help nobody), the host
+/// reconnects by itself, and the client's next call connects again.
+async fn a_broker_restart_fails_pending_calls_at_once_and_both_sides_reconnect(cluster: &Cluster) {
+    let node3 = &cluster.urls[2];
+    let queue = unique_queue("cluster-restart");
+    let host = ready_host(&queue, &["--timeout", "60s"], node3).await;
+    let client = Arc::new(RpcClient::connect(node3, &queue).await.unwrap());
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .call(Call::new("45").timeout(Duration::from_secs(60)))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = Instant::now();
+    cluster.run(&["stop-node", "3"]).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .expect("the pending call failed at once, not after its 60 s timeout")
+        .unwrap();
+    assert!(
+        matches!(outcome, Err(CallError::Disconnected)),
+        "{outcome:?}"
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+
+    cluster.run(&["start-node", "3"]).await;
+    host.wait_for_log("reconnected", Duration::from_secs(60))
+        .await;
+    let reply = call_until(&client, call("12"), Duration::from_secs(30), Result::is_ok).await;
+    assert_eq!(reply.expect("the next call connects again").body, b"144");
+    drop(host);
+}
+
+/// Persistent requests published while no host runs outlive a restart of
+/// every node, and are answered by a host started afterwards; the durable
+/// caller waits through the restart on its durable callback queue.
+async fn durable_requests_survive_a_whole_cluster_restart(cluster: &Cluster) {
+    let urls = cluster.urls_from(1);
+    let queue = unique_queue("cluster-full-restart");
+    // A host declares the queue, then goes away.
+    let mut first = ready_host(&queue, &["--durable"], &urls).await;
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(30)).await, Some(0));
+
+    let client = durable_client(&urls, &queue).await;
+    let calls: Vec<_> = (1..=5u64)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let reply = client
+                    .call(Call::new(n.to_string()).timeout(Duration::from_secs(120)))
+                    .await;
+                (n, reply)
+            })
+        })
+        .collect();
+    wait_for_messages(&cluster.urls[0], &queue, 5).await;
+    cluster.run(&["restart"]).await;
+
+    let _second = ready_host(&queue, &["--durable"], &urls).await;
+    for call in calls {
+        let (n, reply) = call.await.unwrap();
+        let reply = reply.unwrap_or_else(|e| panic!("fib({n}) after the restart: {e}"));
+        assert_eq!(String::from_utf8(reply.body).unwrap(), fib(n).to_string());
+    }
+}
+
+/// Waits until `queue` on `url` holds `count` messages.
+async fn wait_for_messages(url: &str, queue: &str, count: u32) {
+    let connection = lapin::Connection::connect(url, Default::default())
+        .await
+        .unwrap();
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let channel = connection.create_channel().await.unwrap();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..Default::default()
+        };
+        let queued = channel
+            .queue_declare(queue.into(), passive, Default::default())
+            .await
+            .map(|info| info.message_count())
+            .unwrap_or(0);
+        close_quietly(channel.close(200, "".into())).await;
+        if queued >= count {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{queue} holds {queued} of {count} requests after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    close_connection(&connection).await;
+}

@@ -1,0 +1,150 @@
+//! Durable mode on the test broker: quorum queues, confirmed replies, the
+//! delivery limit and the dead-letter queue, and what a host says when a
+//! queue was declared the other way.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_lite::StreamExt as _;
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use warren_client::protocol::{ErrorKind, dead_letter_queue};
+use warren_client::{CallError, ClientOptions, RpcClient};
+
+fn durable(config: &mut warren_host::HostConfig) {
+    config.durable = true;
+}
+
+async fn durable_client(queue: &str) -> RpcClient {
+    RpcClient::connect_with(ClientOptions::new(amqp_url(), queue).durable(true))
+        .await
+        .expect("durable client connects")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_durable_host_answers_a_durable_client() {
+    let wasm = fib_wasm();
+    let host = TestHost::start_with("durable", &[("fib", &wasm)], durable).await;
+    let client = durable_client(&host.queue).await;
+    for n in [0u64, 1, 10, 20] {
+        let reply = client.call(call(n.to_string())).await.unwrap();
+        assert_eq!(String::from_utf8(reply.body).unwrap(), fib(n).to_string());
+        assert_eq!(reply.digest, Some(digest(&wasm)));
+    }
+    client.close().await;
+    let queue = host.queue.clone();
+    host.stop().await;
+    delete_queues(&dead_letter_queue(&queue)).await;
+}
+
+/// A request that every host fails to answer (here: a consumer that keeps
+/// returning it to the queue, as crashing hosts would) is moved to
+/// QUEUE.dead after --delivery-limit deliveries, and its caller is told
+/// with a delivery-limit error instead of waiting forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_keeps_failing_is_dead_lettered_and_its_caller_told() {
+    let wasm = fib_wasm();
+    let mut first = TestHost::start_with("dead-letter", &[("fib", &wasm)], |config| {
+        config.durable = true;
+        config.delivery_limit = 2;
+    })
+    .await;
+    let queue = first.queue.clone();
+    first.stop_host().await;
+
+    let client = std::sync::Arc::new(durable_client(&queue).await);
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .call(call("12").timeout(Duration::from_secs(60)))
+                .await
+        }
+    });
+
+    // A "host" that takes the request and dies on it, again and again.
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut returned = 0;
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_secs(3), deliveries.next()).await
+    {
+        returned += 1;
+        delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    close_connection(&connection).await;
+    assert!(
+        returned >= 2,
+        "the broker delivered the request {returned} times"
+    );
+
+    // A durable host reads QUEUE.dead and tells the caller.
+    let second = TestHost::join(&queue, &[("fib", &wasm)], |config| {
+        config.durable = true;
+        config.delivery_limit = 2;
+    })
+    .await;
+    match waiting.await.unwrap() {
+        Err(CallError::Rpc {
+            error, procedure, ..
+        }) => {
+            assert_eq!(error.kind, ErrorKind::DeliveryLimit, "{error}");
+            assert!(error.message.contains("delivered 2 times"), "{error}");
+            assert_eq!(procedure, None);
+        }
+        other => panic!("expected a delivery-limit error, got {other:?}"),
+    }
+    second.stop().await;
+    first.stop().await;
+    delete_queues(&dead_letter_queue(&queue)).await;
+}
+
+/// A durable host on a queue that exists as a classic queue says so in
+/// plain words and how to fix it, and keeps waiting for the fix instead of
+/// exiting (which would only crash-loop under a supervisor).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_on_a_queue_declared_the_other_way_says_how_to_fix_it() {
+    let classic = TestHost::start("mismatch", &[("fib", &fib_wasm())]).await;
+    let mut config = warren_host::HostConfig::new(&classic.queue, classic.modules.path());
+    config.amqp_urls = vec![amqp_url()];
+    config.durable = true;
+    config.connect_timeout = Some(Duration::from_secs(1));
+    let why = match warren_host::start(config).await {
+        Ok(_) => panic!("a durable host started on a classic queue"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        why.contains("exists as a classic queue")
+            && why.contains("drop --durable")
+            && why.contains("rabbitmqctl delete_queue"),
+        "{why}"
+    );
+    assert!(
+        why.contains("gave up waiting for the setup to be fixed"),
+        "{why}"
+    );
+    classic.stop().await;
+}

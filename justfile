@@ -51,7 +51,7 @@ call *ARGS:
 demo: build-guest build broker
     scripts/demo
 
-# A three-node RabbitMQ cluster beside the broker on 5672: just cluster up|down|status|urls|stop-node N|start-node N|restart
+# A three-node RabbitMQ cluster beside the broker on 5672: just cluster up|down|status|urls|tls-urls|stop-node N|start-node N|restart
 cluster *ARGS:
     scripts/cluster {{ARGS}}
 

@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 pub use warren_protocol as protocol;
 pub use warren_protocol::deploy::{DeployAnswer, SecretKey};
+use warren_protocol::tls::Connector;
 use warren_protocol::{
     ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
     HEADER_RPC_STATUS, RpcError, STATUS_ERROR, broker_said, header_text, set_header_text,
@@ -147,7 +148,7 @@ pub enum CallError {
         diagnosis: String,
     },
     /// The broker could not be reached or refused the connection.
-    #[error("cannot reach the broker at {url}: {source}")]
+    #[error("cannot reach the broker at {url}: {source}{}", tls_hint(.url, .source))]
     Connect {
         /// The broker URL, password hidden.
         url: String,
@@ -183,6 +184,13 @@ pub enum CallError {
     Disconnected,
 }
 
+/// `; what to do` when a connection failed on an untrusted TLS certificate.
+fn tls_hint(url: &str, source: &lapin::Error) -> String {
+    warren_protocol::tls::certificate_hint(url, &source.to_string())
+        .map(|hint| format!("; {hint}"))
+        .unwrap_or_default()
+}
+
 /// Where and how a client connects.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -190,6 +198,7 @@ pub struct ClientOptions {
     queue: String,
     durable: bool,
     connect_timeout: Duration,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl ClientOptions {
@@ -201,7 +210,15 @@ impl ClientOptions {
             queue: queue.into(),
             durable: false,
             connect_timeout: CONNECT_TIMEOUT,
+            ca_file: None,
         }
+    }
+
+    /// Trusts the CA certificates in this PEM file for `amqps://` brokers,
+    /// besides the system's (a broker whose certificate a private CA issued).
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
     }
 
     /// Durable mode, for hosts run with `--durable`: requests are persistent,
@@ -242,7 +259,11 @@ impl RpcClient {
 
     /// Connects as `options` say.
     pub async fn connect_with(options: ClientOptions) -> Result<Self, CallError> {
-        let brokers = Brokers::parse(&options.urls)?;
+        let connector = match &options.ca_file {
+            Some(path) => Connector::with_ca_file(path).map_err(CallError::Invalid)?,
+            None => Connector::new(),
+        };
+        let brokers = Brokers::parse(&options.urls, connector)?;
         let callback = if options.durable {
             CallbackQueue::Durable(format!("warren.replies.{}", uuid::Uuid::new_v4()))
         } else {

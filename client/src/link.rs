@@ -27,6 +27,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use warren_protocol::redact_url;
+use warren_protocol::tls::Connector;
 
 use crate::CallError;
 
@@ -53,12 +54,14 @@ pub(crate) enum CallbackQueue {
 #[derive(Debug)]
 pub(crate) struct Brokers {
     urls: Vec<String>,
+    /// TLS roots for `amqps://` URLs.
+    connector: Connector,
     next: AtomicUsize,
 }
 
 impl Brokers {
     /// `urls`: one URL, or several separated by commas (a cluster's nodes).
-    pub(crate) fn parse(urls: &str) -> Result<Self, CallError> {
+    pub(crate) fn parse(urls: &str, connector: Connector) -> Result<Self, CallError> {
         let urls: Vec<String> = urls
             .split(',')
             .map(str::trim)
@@ -73,6 +76,7 @@ impl Brokers {
         }
         Ok(Brokers {
             urls,
+            connector,
             next: AtomicUsize::new(0),
         })
     }
@@ -88,7 +92,7 @@ impl Brokers {
             let properties = ConnectionProperties::default().with_connection_name("warren".into());
             // lapin can wait forever when the broker refuses the connection
             // after the handshake (an unknown vhost, say); give up in time.
-            let connected = tokio::time::timeout(timeout, Connection::connect(url, properties))
+            let connected = tokio::time::timeout(timeout, self.connector.connect(url, properties))
                 .await
                 .map_err(|_| CallError::ConnectTimeout {
                     url: redact_url(url),

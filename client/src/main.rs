@@ -53,6 +53,11 @@ struct Cli {
           value_delimiter = ',', default_value = DEFAULT_AMQP_URL)]
     amqp_urls: Vec<String>,
 
+    /// PEM file of CA certificates to trust for amqps:// brokers, besides the
+    /// system's (a broker whose certificate a private CA issued).
+    #[arg(long, global = true, env = "AMQP_CA_FILE", value_name = "FILE")]
+    amqp_ca_file: Option<std::path::PathBuf>,
+
     /// Durable mode, for hosts run with --durable: persistent requests, and
     /// replies through a durable callback queue that survives the client
     /// reconnecting (a broker restart loses no call in flight).
@@ -284,9 +289,12 @@ async fn run(cli: Cli) -> u8 {
 /// Connects within `--connect-timeout` (not `--timeout`, which is how long a
 /// reply may take), or reports why not and returns the exit code.
 async fn connect(cli: &Cli) -> Result<RpcClient, u8> {
-    let options = ClientOptions::new(cli.amqp_urls.join(","), &cli.queue)
+    let mut options = ClientOptions::new(cli.amqp_urls.join(","), &cli.queue)
         .durable(cli.durable)
         .connect_timeout(cli.connect_timeout);
+    if let Some(path) = &cli.amqp_ca_file {
+        options = options.ca_file(path);
+    }
     RpcClient::connect_with(options)
         .await
         .map_err(|error| report(&error))

@@ -2,8 +2,8 @@
 //! nodes lost and restarted under load.
 //!
 //! Starting a cluster takes about 20 s, so everything runs in one test on one
-//! cluster, in order: a node lost under two durable hosts and a durable
-//! caller; a broker restart under a default-mode host and client; durable
+//! cluster, in order: `amqps://` with the cluster's test CA; a node lost
+//! under two durable hosts and a durable caller; a broker restart under a default-mode host and client; durable
 //! requests kept through a whole-cluster restart. The cluster has its own
 //! node names, ports and data folder, never the broker on 5672 or a cluster
 //! started by hand, and is always stopped at the end, whatever happens.
@@ -20,7 +20,12 @@ use warren_client::{Call, CallError, ClientOptions, RpcClient};
 /// The test's own cluster; stopped and removed when dropped.
 struct Cluster {
     urls: Vec<String>,
+    /// The same nodes over TLS.
+    tls_urls: Vec<String>,
 }
+
+/// Where the test cluster keeps its data (and its test CA).
+const CLUSTER_DIR: &str = "/tmp/warren-cluster-test";
 
 impl Cluster {
     /// Starts the cluster, or `None` where RabbitMQ is not installed.
@@ -35,12 +40,19 @@ impl Cluster {
         let out = Self::script(&["up"])
             .output()
             .expect("running scripts/cluster up");
-        let cluster = Cluster {
-            urls: String::from_utf8_lossy(&out.stdout)
+        let tls = Self::script(&["tls-urls"])
+            .output()
+            .expect("running scripts/cluster tls-urls");
+        let list = |out: &[u8]| -> Vec<String> {
+            String::from_utf8_lossy(out)
                 .trim()
                 .split(',')
                 .map(str::to_owned)
-                .collect(),
+                .collect()
+        };
+        let cluster = Cluster {
+            urls: list(&out.stdout),
+            tls_urls: list(&tls.stdout),
         };
         assert!(
             out.status.success() && cluster.urls.len() == 3,
@@ -57,7 +69,7 @@ impl Cluster {
             .env("WARREN_CLUSTER_NAME", "warrentest")
             .env("WARREN_CLUSTER_BASE_PORT", "5710")
             .env("WARREN_CLUSTER_DIST_BASE", "25710")
-            .env("WARREN_CLUSTER_DIR", "/tmp/warren-cluster-test");
+            .env("WARREN_CLUSTER_DIR", CLUSTER_DIR);
         command
     }
 
@@ -108,9 +120,39 @@ async fn warren_rides_out_node_loss_and_broker_restarts_on_a_cluster() {
         println!("SKIPPED: rabbitmq-server is not installed, so no cluster can be started");
         return;
     };
+    amqps_works_with_a_private_ca(&cluster).await;
     a_node_lost_under_load_loses_no_request(&cluster).await;
     a_broker_restart_fails_pending_calls_at_once_and_both_sides_reconnect(&cluster).await;
     durable_requests_survive_a_whole_cluster_restart(&cluster).await;
+}
+
+/// Host and client reach a broker over TLS whose certificate the test CA
+/// issued, given that CA with --amqp-ca-file; without it, the client says
+/// the certificate is not trusted and what to do.
+async fn amqps_works_with_a_private_ca(cluster: &Cluster) {
+    let ca = format!("{CLUSTER_DIR}/tls/ca.pem");
+    let url = &cluster.tls_urls[1];
+    assert!(url.starts_with("amqps://"), "{url}");
+    let queue = unique_queue("cluster-tls");
+    let host = ready_host(&queue, &["--amqp-ca-file", &ca], url).await;
+    assert!(host.log().contains("broker=amqps://"), "{}", host.log());
+
+    let client = RpcClient::connect_with(ClientOptions::new(url, &queue).ca_file(&ca))
+        .await
+        .expect("connects over TLS with the test CA");
+    let reply = client.call(call("12")).await.unwrap();
+    assert_eq!(reply.body, b"144");
+    client.close().await;
+
+    let untrusted = match RpcClient::connect(url, &queue).await {
+        Ok(_) => panic!("connected without trusting the test CA"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        untrusted.contains("not trusted") && untrusted.contains("--amqp-ca-file"),
+        "{untrusted}"
+    );
+    drop(host);
 }
 
 /// Two durable hosts on one quorum queue, first connected to different

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use lapin::{Connection, ConnectionProperties};
 use warren_protocol::redact_url;
+use warren_protocol::tls::{Connector, certificate_hint};
 
 /// How long one connection attempt may take.
 pub const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,16 +31,19 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Brokers {
     urls: Vec<String>,
+    /// TLS roots for `amqps://` URLs.
+    connector: Connector,
     /// Index of the URL to try first next time.
     next: AtomicUsize,
 }
 
 impl Brokers {
     /// `urls` must not be empty.
-    pub fn new(urls: Vec<String>) -> Self {
+    pub fn new(urls: Vec<String>, connector: Connector) -> Self {
         assert!(!urls.is_empty(), "at least one broker URL");
         Brokers {
             urls,
+            connector,
             next: AtomicUsize::new(0),
         }
     }
@@ -62,7 +66,7 @@ impl Brokers {
         for offset in 0..self.urls.len() {
             let index = (first + offset) % self.urls.len();
             let url = &self.urls[index];
-            match connect(url).await {
+            match connect(url, &self.connector).await {
                 Ok(connection) => {
                     self.next.store(index + 1, Ordering::Relaxed);
                     return Ok((connection, redact_url(url)));
@@ -80,17 +84,20 @@ impl Brokers {
 }
 
 /// One attempt to connect to `url`, named `warren-host` in the broker's
-/// connection list. The error names the broker (password hidden).
-pub async fn connect(url: &str) -> anyhow::Result<Connection> {
+/// connection list. The error names the broker (password hidden), and says
+/// what to do when its TLS certificate was not trusted.
+pub async fn connect(url: &str, connector: &Connector) -> anyhow::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name("warren-host".into());
-    tokio::time::timeout(
-        CONNECT_ATTEMPT_TIMEOUT,
-        Connection::connect(url, properties),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_ATTEMPT_TIMEOUT:?}"))
-    .and_then(|connected| connected.map_err(anyhow::Error::from))
-    .with_context(|| format!("connecting to the broker at {}", redact_url(url)))
+    tokio::time::timeout(CONNECT_ATTEMPT_TIMEOUT, connector.connect(url, properties))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_ATTEMPT_TIMEOUT:?}"))
+        .and_then(|connected| {
+            connected.map_err(|error| match certificate_hint(url, &error.to_string()) {
+                Some(hint) => anyhow::anyhow!("{error}; {hint}"),
+                None => anyhow::Error::from(error),
+            })
+        })
+        .with_context(|| format!("connecting to the broker at {}", redact_url(url)))
 }
 
 /// Capped exponential backoff with jitter, so a fleet that lost its broker

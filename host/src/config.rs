@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use warren_protocol::tls::Connector;
 use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, QueueMode};
 
 use crate::sandbox::Limits;
@@ -21,6 +22,11 @@ pub struct HostConfig {
     #[arg(long = "amqp-url", env = "AMQP_URL", value_name = "URL", value_delimiter = ',',
           default_value = DEFAULT_AMQP_URL)]
     pub amqp_urls: Vec<String>,
+
+    /// PEM file of CA certificates to trust for amqps:// brokers, besides the
+    /// system's (a broker whose certificate a private CA issued).
+    #[arg(long, env = "AMQP_CA_FILE", value_name = "FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
 
     /// Durable mode: the queue is a durable quorum queue (replicated over a
     /// cluster; requests survive broker restarts and node loss), replies are
@@ -158,6 +164,14 @@ impl HostConfig {
         self.amqp_urls
             .iter()
             .try_for_each(|url| warren_protocol::check_amqp_url(url))
+    }
+
+    /// How to connect: TLS roots from --amqp-ca-file, if given.
+    pub fn connector(&self) -> Result<Connector, String> {
+        match &self.amqp_ca_file {
+            Some(path) => Connector::with_ca_file(path),
+            None => Ok(Connector::new()),
+        }
     }
 
     /// The sandbox limits these options describe.

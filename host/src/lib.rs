@@ -74,6 +74,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         config.modules_dir.display()
     );
     config.check_urls().map_err(anyhow::Error::msg)?;
+    let connector = config.connector().map_err(anyhow::Error::msg)?;
     let policy = DeployPolicy {
         trusted_keys: match &config.trusted_keys {
             Some(path) => warren_protocol::deploy::read_trusted_keys(path)?,
@@ -126,7 +127,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         "remote deploys"
     );
     let target = Target {
-        brokers: Brokers::new(config.amqp_urls.clone()),
+        brokers: Brokers::new(config.amqp_urls.clone(), connector),
         queue: config.queue.clone(),
         mode: config.queue_mode(),
         prefetch: config.prefetch(concurrency),

@@ -21,6 +21,10 @@ async fn main() -> std::process::ExitCode {
         eprintln!("error: --amqp-url: {why}");
         return std::process::ExitCode::from(2);
     }
+    if let Err(why) = config.connector() {
+        eprintln!("error: {why}");
+        return std::process::ExitCode::from(2);
+    }
     // A signal while the host is still waiting for the broker stops it too.
     let signal = shutdown_signal();
     tokio::pin!(signal);

@@ -9,7 +9,7 @@ use lapin::types::{FieldTable, ShortString};
 use warren_protocol::check_procedure_name;
 use warren_protocol::deploy::{
     DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
-    HEADER_DEPLOY_SIGNATURE, SecretKey, declare_deploy_stream,
+    HEADER_DEPLOY_SEQUENCE, HEADER_DEPLOY_SIGNATURE, SecretKey, declare_deploy_stream,
 };
 use warren_protocol::set_header_text;
 
@@ -144,6 +144,8 @@ impl RpcClient {
         let mut headers = FieldTable::default();
         set_header_text(&mut headers, HEADER_DEPLOY_NAME, &deploy.name);
         set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest);
+        let sequence = warren_protocol::deploy::new_sequence();
+        set_header_text(&mut headers, HEADER_DEPLOY_SEQUENCE, &sequence.to_string());
         if let Some(key) = &deploy.key {
             set_header_text(
                 &mut headers,
@@ -153,7 +155,7 @@ impl RpcClient {
             set_header_text(
                 &mut headers,
                 HEADER_DEPLOY_SIGNATURE,
-                &key.sign(&deploy.name, &digest),
+                &key.sign(&deploy.name, &digest, sequence),
             );
         }
         let (waiting, mut answers) = self.expect_replies();

@@ -14,7 +14,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use warren_client::protocol::deploy::{
     DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
-    HEADER_DEPLOY_SIGNATURE, deploy_stream, public_key_path,
+    HEADER_DEPLOY_SEQUENCE, HEADER_DEPLOY_SIGNATURE, deploy_stream, new_sequence, public_key_path,
 };
 use warren_client::protocol::set_header_text;
 use warren_client::{Deploy, RpcClient, SecretKey};
@@ -78,6 +78,48 @@ async fn queue_exists(queue: &str) -> bool {
         .is_ok();
     close_connection(&connection).await;
     exists
+}
+
+/// The headers of a deploy of `module` as `name` with `sequence`, carrying
+/// `signer`'s key and `signature`: what `warren deploy` sends, or a forgery.
+fn deploy_headers(
+    name: &str,
+    module: &[u8],
+    sequence: u64,
+    signer: &SecretKey,
+    signature: &str,
+) -> FieldTable {
+    let mut headers = FieldTable::default();
+    set_header_text(&mut headers, HEADER_DEPLOY_NAME, name);
+    set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest(module));
+    set_header_text(&mut headers, HEADER_DEPLOY_SEQUENCE, &sequence.to_string());
+    set_header_text(
+        &mut headers,
+        HEADER_DEPLOY_KEY,
+        &signer.public_key().to_string(),
+    );
+    set_header_text(&mut headers, HEADER_DEPLOY_SIGNATURE, signature);
+    headers
+}
+
+/// Publishes a deploy message onto `queue`'s deploy stream by hand, as
+/// anyone who may publish to the broker could, without waiting for answers.
+async fn publish_raw_deploy(queue: &str, headers: FieldTable, module: &[u8]) {
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            deploy_stream(queue).as_str().into(),
+            BasicPublishOptions::default(),
+            module,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+    close_connection(&connection).await;
 }
 
 fn only_answer(answers: Vec<DeployAnswer>) -> DeployAnswer {
@@ -277,35 +319,11 @@ async fn refused_deploys_change_nothing() {
     );
 
     // A forged deploy: the trusted key's name on a stranger's signature.
-    let connection = Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
     let forger = SecretKey::generate().unwrap();
-    let mut headers = FieldTable::default();
-    set_header_text(&mut headers, HEADER_DEPLOY_NAME, "fib");
-    set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest(&v2));
-    set_header_text(
-        &mut headers,
-        HEADER_DEPLOY_KEY,
-        &trusted.public_key().to_string(),
-    );
-    set_header_text(
-        &mut headers,
-        HEADER_DEPLOY_SIGNATURE,
-        &forger.sign("fib", &digest(&v2)),
-    );
-    channel
-        .basic_publish(
-            "".into(),
-            deploy_stream(&host.queue).as_str().into(),
-            BasicPublishOptions::default(),
-            &v2,
-            BasicProperties::default().with_headers(headers),
-        )
-        .await
-        .unwrap();
-    close_connection(&connection).await;
+    let sequence = new_sequence();
+    let forged = forger.sign("fib", &digest(&v2), sequence);
+    let headers = deploy_headers("fib", &v2, sequence, &trusted, &forged);
+    publish_raw_deploy(&host.queue, headers, &v2).await;
     // Something valid after it, to know the forged one has been processed.
     let twin = with_custom_section(&v1, "twin");
     let twin_answer = only_answer(
@@ -396,6 +414,75 @@ async fn restarted_and_newly_started_hosts_serve_the_deployed_version() {
     assert_eq!(std::fs::read(late.module_path("fib")).unwrap(), v2);
     late.stop().await;
     first.stop().await;
+}
+
+/// Replaying an old signed deploy (its exact message, say copied off the
+/// stream) onto the stream does not roll the procedure back: the sequence is
+/// signed, and a host refuses a deploy not newer than the newest it
+/// accepted for that name, live and when it replays the history.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_old_deploy_cannot_roll_a_procedure_back() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, key) = key_in(keys.path(), "ops");
+    let v0 = fib_wasm();
+    let v1 = with_custom_section(&v0, "v1");
+    let v2 = with_custom_section(&v0, "v2");
+    let mut host = TestHost::start_with(
+        "deploy-replay",
+        &[("fib", &v0)],
+        trusting(public_key_path(&secret), "replayed"),
+    )
+    .await;
+
+    // v1, as `warren deploy` would send it; its message is kept.
+    let old_sequence = new_sequence() - 1_000;
+    let old_signature = key.sign("fib", &digest(&v1), old_sequence);
+    let old_deploy = deploy_headers("fib", &v1, old_sequence, &key, &old_signature);
+    publish_raw_deploy(&host.queue, old_deploy.clone(), &v1).await;
+    assert!(
+        host.wait_serving("fib", &digest(&v1), Duration::from_secs(15))
+            .await
+    );
+    // Then v2, and then the old message once more.
+    let newer = only_answer(
+        deploy(
+            &host.queue,
+            Deploy::new("fib", v2.clone()).signed_by(SecretKey::read(&secret).unwrap()),
+        )
+        .await,
+    );
+    assert!(newer.accepted, "{newer:?}");
+    publish_raw_deploy(&host.queue, old_deploy, &v1).await;
+    // A deploy after it, to know the replay has been processed.
+    let marker = with_custom_section(&v0, "marker");
+    let after = only_answer(
+        deploy(
+            &host.queue,
+            Deploy::new("marker", marker).signed_by(SecretKey::read(&secret).unwrap()),
+        )
+        .await,
+    );
+    assert!(after.accepted, "{after:?}");
+    assert_eq!(host.serving("fib"), Some(digest(&v2)), "rolled back live");
+
+    // Going back on purpose is a new deploy of the old bytes: accepted.
+    host.restart().await;
+    assert_eq!(
+        host.serving("fib"),
+        Some(digest(&v2)),
+        "rolled back on replay"
+    );
+    assert_eq!(std::fs::read(host.module_path("fib")).unwrap(), v2);
+    let back = only_answer(
+        deploy(
+            &host.queue,
+            Deploy::new("fib", v1.clone()).signed_by(SecretKey::read(&secret).unwrap()),
+        )
+        .await,
+    );
+    assert!(back.accepted, "{back:?}");
+    assert_eq!(host.serving("fib"), Some(digest(&v1)));
+    host.stop().await;
 }
 
 /// A deploy is all or nothing: a module that cannot be saved into the

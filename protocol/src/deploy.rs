@@ -4,11 +4,15 @@
 //! A deploy is one message on the durable RabbitMQ stream
 //! [`deploy_stream`]`(queue)`, published through the default exchange. Its
 //! body is the module's bytes; its headers name the procedure, the module's
-//! digest, and (when signed) the deployer's ed25519 public key and a
-//! signature over [`signed_bytes`]`(name, digest)`. Every host of the queue
-//! reads the whole stream from its start, so a host that starts after a
-//! deploy still finds it; it verifies every entry on replay and serves the
-//! newest accepted version of each name. A host answers each deploy that has
+//! digest, a sequence (the deployer's clock in milliseconds since the Unix
+//! epoch, [`new_sequence`]), and (when signed) the deployer's ed25519 public
+//! key and a signature over [`signed_bytes`]`(name, digest, sequence)`.
+//! Every host of the queue reads the whole stream from its start, so a host
+//! that starts after a deploy still finds it; it verifies every entry on
+//! replay and serves the newest accepted version of each name. Per name, a
+//! host refuses a deploy whose sequence is not above the newest it accepted:
+//! the sequence is signed, so replaying an old signed deploy onto the stream
+//! cannot roll a procedure back. A host answers each deploy that has
 //! a `reply_to` with a JSON [`DeployAnswer`], with the deploy's
 //! `correlation_id`. Besides deploys the stream holds sync markers
 //! ([`HEADER_DEPLOY_SYNC`]), which hosts use to know they have read it all.
@@ -31,6 +35,8 @@ pub const HEADER_DEPLOY_DIGEST: &str = "x-deploy-digest";
 pub const HEADER_DEPLOY_KEY: &str = "x-deploy-key";
 /// Deploy header: hex of the ed25519 signature over [`signed_bytes`].
 pub const HEADER_DEPLOY_SIGNATURE: &str = "x-deploy-signature";
+/// Deploy header: the deploy's sequence, decimal ([`new_sequence`]).
+pub const HEADER_DEPLOY_SEQUENCE: &str = "x-deploy-sequence";
 /// Header of a sync marker: a message on the deploy stream that is not a
 /// deploy. A host appends one (empty body, a fresh id in this header) when
 /// it connects and reads the stream up to it before it takes requests, so it
@@ -71,11 +77,22 @@ pub async fn declare_deploy_stream(channel: &lapin::Channel, queue: &str) -> lap
     Ok(stream)
 }
 
-/// What a deploy signature covers: a domain tag, the name and the digest.
-/// The digest binds the module bytes; the tag keeps the signature from
-/// meaning anything anywhere else.
-pub fn signed_bytes(name: &str, digest: &str) -> Vec<u8> {
-    format!("warren-deploy-v1\n{name}\n{digest}\n").into_bytes()
+/// What a deploy signature covers: a domain tag, the name, the digest and
+/// the sequence. The digest binds the module bytes; the sequence orders
+/// deploys of one name, so an old one cannot be passed off as new; the tag
+/// keeps the signature from meaning anything anywhere else (v1 signatures,
+/// without a sequence, are not accepted any more).
+pub fn signed_bytes(name: &str, digest: &str, sequence: u64) -> Vec<u8> {
+    format!("warren-deploy-v2\n{name}\n{digest}\n{sequence}\n").into_bytes()
+}
+
+/// A sequence for a new deploy: the clock in milliseconds since the Unix
+/// epoch. Deployers whose clocks disagree by more than the time between two
+/// deploys of one name can see the later one refused as older.
+pub fn new_sequence() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// A host's answer to one deploy.
@@ -134,8 +151,9 @@ impl PublicKey {
             .map_err(|e| KeyError(format!("not a valid ed25519 public key: {e}")))
     }
 
-    /// Whether `signature_hex` is this key's signature over `name` and `digest`.
-    pub fn verifies(&self, name: &str, digest: &str, signature_hex: &str) -> bool {
+    /// Whether `signature_hex` is this key's signature over `name`, `digest`
+    /// and `sequence`.
+    pub fn verifies(&self, name: &str, digest: &str, sequence: u64, signature_hex: &str) -> bool {
         let Ok(bytes) = hex::decode(signature_hex.trim()) else {
             return false;
         };
@@ -143,7 +161,7 @@ impl PublicKey {
             return false;
         };
         self.0
-            .verify_strict(&signed_bytes(name, digest), &signature)
+            .verify_strict(&signed_bytes(name, digest, sequence), &signature)
             .is_ok()
     }
 }
@@ -179,9 +197,14 @@ impl SecretKey {
         PublicKey(self.0.verifying_key())
     }
 
-    /// Hex signature over `name` and `digest`, for [`HEADER_DEPLOY_SIGNATURE`].
-    pub fn sign(&self, name: &str, digest: &str) -> String {
-        hex::encode(self.0.sign(&signed_bytes(name, digest)).to_bytes())
+    /// Hex signature over `name`, `digest` and `sequence`, for
+    /// [`HEADER_DEPLOY_SIGNATURE`].
+    pub fn sign(&self, name: &str, digest: &str, sequence: u64) -> String {
+        hex::encode(
+            self.0
+                .sign(&signed_bytes(name, digest, sequence))
+                .to_bytes(),
+        )
     }
 
     /// The key as written to its file.
@@ -267,12 +290,17 @@ mod tests {
     fn signatures_verify_only_for_the_same_name_digest_and_key() {
         let key = SecretKey::generate().unwrap();
         let other = SecretKey::generate().unwrap();
-        let signature = key.sign("fib", "sha256:aa");
-        assert!(key.public_key().verifies("fib", "sha256:aa", &signature));
-        assert!(!key.public_key().verifies("fib", "sha256:bb", &signature));
-        assert!(!key.public_key().verifies("fob", "sha256:aa", &signature));
-        assert!(!other.public_key().verifies("fib", "sha256:aa", &signature));
-        assert!(!key.public_key().verifies("fib", "sha256:aa", "not hex"));
+        let signature = key.sign("fib", "sha256:aa", 7);
+        assert!(key.public_key().verifies("fib", "sha256:aa", 7, &signature));
+        assert!(!key.public_key().verifies("fib", "sha256:bb", 7, &signature));
+        assert!(!key.public_key().verifies("fob", "sha256:aa", 7, &signature));
+        assert!(!key.public_key().verifies("fib", "sha256:aa", 8, &signature));
+        assert!(
+            !other
+                .public_key()
+                .verifies("fib", "sha256:aa", 7, &signature)
+        );
+        assert!(!key.public_key().verifies("fib", "sha256:aa", 7, "not hex"));
     }
 
     #[test]

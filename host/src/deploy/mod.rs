@@ -6,12 +6,16 @@
 //! the host's [`DeployPolicy`], compile off the async runtime, save it into
 //! the modules folder (so a restart serves it too), and only then swap it in
 //! (make-before-break, like a file change). A deploy is all or nothing: a
-//! refused one is neither served nor stored. [`stream`] reads the deploys
+//! refused one is neither served nor stored. Per name, a deploy must carry
+//! a higher sequence than the newest one this host accepted (the sequence
+//! is signed), so an old signed deploy replayed onto the stream cannot roll
+//! a procedure back. [`stream`] reads the deploys
 //! from the broker and answers the deployers.
 
 pub mod stream;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -42,6 +46,8 @@ pub struct DeployRequest {
     pub key: Option<String>,
     /// Hex signature (`x-deploy-signature`).
     pub signature: Option<String>,
+    /// Sequence, decimal (`x-deploy-sequence`).
+    pub sequence: Option<String>,
     /// The module's bytes.
     pub module: Vec<u8>,
 }
@@ -50,6 +56,8 @@ pub struct DeployRequest {
 struct Verified {
     name: String,
     digest: String,
+    /// Absent only on unsigned deploys from older deployers.
+    sequence: Option<u64>,
 }
 
 /// Applies deploys to this host's modules folder (and so to what it serves).
@@ -57,6 +65,8 @@ pub struct Deployer {
     host_id: String,
     policy: DeployPolicy,
     folder: Arc<ModulesFolder>,
+    /// Per name, the sequence of the newest deploy that passed the checks.
+    newest: Mutex<HashMap<String, u64>>,
 }
 
 impl Deployer {
@@ -66,6 +76,7 @@ impl Deployer {
             host_id,
             policy,
             folder,
+            newest: Mutex::default(),
         }
     }
 
@@ -97,7 +108,9 @@ impl Deployer {
             .iter()
             .map(|request| {
                 let digest = digest(&request.module);
-                let verified = self.verify(request, &digest);
+                let verified = self
+                    .verify(request, &digest)
+                    .and_then(|verified| self.check_order(verified));
                 (digest, verified)
             })
             .collect();
@@ -163,11 +176,41 @@ impl Deployer {
                 "the module's digest is {actual_digest}, not {claimed:?} as its header says"
             ));
         }
-        self.check_signature(request, &name, actual_digest)?;
+        let sequence = match &request.sequence {
+            None => None,
+            Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
+                format!("the deploy's sequence (x-deploy-sequence) {text:?} is not a whole number")
+            })?),
+        };
+        self.check_signature(request, &name, actual_digest, sequence)?;
         Ok(Verified {
             name,
             digest: actual_digest.to_owned(),
+            sequence,
         })
+    }
+
+    /// Refuses a deploy that is not newer than the newest accepted for its
+    /// name (a replay), and otherwise remembers it as the newest. Deploys
+    /// are checked in stream order, so this holds on replay too.
+    fn check_order(&self, verified: Verified) -> Result<Verified, String> {
+        let Some(sequence) = verified.sequence else {
+            return Ok(verified);
+        };
+        let mut newest = self.newest.lock().expect("newest lock");
+        match newest.get(&verified.name) {
+            Some(&accepted) if sequence <= accepted => Err(format!(
+                "older than a deploy of {} this host already accepted (sequence {sequence} is not \
+                 above {accepted}): a replayed deploy cannot roll a procedure back. To go back to \
+                 an old version, deploy it again; if this is a new deploy, the deployer's clock \
+                 is behind",
+                verified.name
+            )),
+            _ => {
+                newest.insert(verified.name.clone(), sequence);
+                Ok(verified)
+            }
+        }
     }
 
     fn check_signature(
@@ -175,6 +218,7 @@ impl Deployer {
         request: &DeployRequest,
         name: &str,
         digest: &str,
+        sequence: Option<u64>,
     ) -> Result<(), String> {
         let policy = &self.policy;
         if policy.trusted_keys.is_empty() && !policy.allow_unsigned {
@@ -206,17 +250,26 @@ impl Deployer {
                 ))
             };
         }
-        if key.verifies(name, digest, signature) {
+        let Some(sequence) = sequence else {
+            return Err(
+                "the deploy is signed without a sequence (x-deploy-sequence), as earlier \
+                 versions of warren signed; deploy it again with this warren"
+                    .into(),
+            );
+        };
+        if key.verifies(name, digest, sequence, signature) {
             Ok(())
         } else {
-            Err(format!("bad signature: {key} did not sign {name} {digest}"))
+            Err(format!(
+                "bad signature: {key} did not sign {name} {digest} with sequence {sequence}"
+            ))
         }
     }
 
     /// Compiles the module, saves it into the modules folder, then serves
     /// it. Nothing changes unless every step succeeds.
     async fn install(&self, verified: &Verified, module: Vec<u8>) -> anyhow::Result<()> {
-        let Verified { name, digest } = verified;
+        let Verified { name, digest, .. } = verified;
         let serving = self.folder.registry().get(name).map(|p| p.digest.clone());
         let (procedure, module) = if serving.as_ref() == Some(digest) {
             // Served already (a replayed history, a repeated deploy): make

@@ -26,8 +26,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use warren_protocol::deploy::{
     DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
-    HEADER_DEPLOY_SIGNATURE, HEADER_DEPLOY_SYNC, HEADER_STREAM_OFFSET, declare_deploy_stream,
-    deploy_stream,
+    HEADER_DEPLOY_SEQUENCE, HEADER_DEPLOY_SIGNATURE, HEADER_DEPLOY_SYNC, HEADER_STREAM_OFFSET,
+    declare_deploy_stream, deploy_stream,
 };
 use warren_protocol::{header_text, set_header_text};
 
@@ -203,6 +203,7 @@ impl DeployStream {
                 digest: header_text(headers, HEADER_DEPLOY_DIGEST),
                 key: header_text(headers, HEADER_DEPLOY_KEY),
                 signature: header_text(headers, HEADER_DEPLOY_SIGNATURE),
+                sequence: header_text(headers, HEADER_DEPLOY_SEQUENCE),
                 module: data,
             });
             envelopes.push((properties, acker));

@@ -189,11 +189,22 @@ async fn a_node_lost_under_load_loses_no_request(cluster: &Cluster) {
 /// A default-mode host and client on one node, which restarts: the call in
 /// flight fails at once (its exclusive callback queue is gone with the
 /// connection; waiting out its timeout would help nobody), the host
-/// reconnects by itself, and the client's next call connects again.
+/// reconnects by itself, and the client's next call connects again. The
+/// host's /healthz says 503 while it is away and 200 once it is back.
 async fn a_broker_restart_fails_pending_calls_at_once_and_both_sides_reconnect(cluster: &Cluster) {
     let node3 = &cluster.urls[2];
     let queue = unique_queue("cluster-restart");
-    let host = ready_host(&queue, &["--timeout", "60s"], node3).await;
+    let health: std::net::SocketAddr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let host = ready_host(
+        &queue,
+        &["--timeout", "60s", "--metrics-addr", &health.to_string()],
+        node3,
+    )
+    .await;
+    assert_eq!(http_get(health, "/healthz").await.0, 200);
     let client = Arc::new(RpcClient::connect(node3, &queue).await.unwrap());
     let slow = tokio::spawn({
         let client = client.clone();
@@ -215,10 +226,22 @@ async fn a_broker_restart_fails_pending_calls_at_once_and_both_sides_reconnect(c
         "{outcome:?}"
     );
     assert!(stopped.elapsed() < Duration::from_secs(10));
+    // The host notices as soon as its connection reports the loss.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let (status, line) = http_get(health, "/healthz").await;
+        if status == 503 {
+            break line;
+        }
+        assert!(Instant::now() < give_up, "/healthz still says: {line}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(line.contains("not connected"), "{line}");
 
     cluster.run(&["start-node", "3"]).await;
     host.wait_for_log("reconnected", Duration::from_secs(60))
         .await;
+    assert_eq!(http_get(health, "/healthz").await.0, 200);
     let reply = call_until(&client, call("12"), Duration::from_secs(30), Result::is_ok).await;
     assert_eq!(reply.expect("the next call connects again").body, b"144");
     drop(host);

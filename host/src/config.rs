@@ -116,6 +116,17 @@ pub struct HostConfig {
     #[arg(long)]
     pub host_id: Option<String>,
 
+    /// Log lines as readable text, or as JSON objects, one a line, for log
+    /// shippers. RUST_LOG picks what is logged either way.
+    #[arg(long, value_enum, env = "WARREN_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics and health checks on
+    /// /healthz (connected and consuming) and /readyz (and a procedure
+    /// loaded), e.g. 127.0.0.1:9090 [default: off].
+    #[arg(long, env = "WARREN_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Guest stdout and stderr kept per request (logged at debug level);
     /// the rest is dropped.
     #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
@@ -186,6 +197,15 @@ impl HostConfig {
             concurrency: self.concurrency.map_or(defaults.concurrency, usize::from),
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object a line: timestamp, level, target, fields, spans.
+    Json,
 }
 
 /// Parses `64MiB`, `4 MB`, `1048576` into bytes.

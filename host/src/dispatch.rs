@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use warren_protocol::{ErrorKind, RpcError};
 
+use crate::metrics::Metrics;
 use crate::modules::Registry;
 use crate::sandbox::Sandbox;
 
@@ -28,16 +29,35 @@ pub struct Reply {
 pub struct Dispatcher {
     registry: Arc<Registry>,
     sandbox: Arc<Sandbox>,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `registry` (which knows the default procedure).
-    pub fn new(registry: Arc<Registry>, sandbox: Arc<Sandbox>) -> Self {
-        Dispatcher { registry, sandbox }
+    /// A dispatcher over `registry` (which knows the default procedure),
+    /// counting every request's outcome and duration in `metrics`.
+    pub fn new(registry: Arc<Registry>, sandbox: Arc<Sandbox>, metrics: Arc<Metrics>) -> Self {
+        Dispatcher {
+            registry,
+            sandbox,
+            metrics,
+        }
+    }
+
+    /// The metrics requests are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Answers one request. `label` identifies it in the logs.
     pub async fn handle(&self, requested: Option<&str>, body: Vec<u8>, label: &str) -> Reply {
+        let timer = self.metrics.request_started();
+        let reply = self.choose_and_run(requested, body, label).await;
+        let kind = reply.outcome.as_ref().err().map(|error| error.kind);
+        timer.finish(reply.procedure.as_deref(), kind);
+        reply
+    }
+
+    async fn choose_and_run(&self, requested: Option<&str>, body: Vec<u8>, label: &str) -> Reply {
         let chosen = match requested {
             Some(name) => self.registry.get(name).ok_or_else(|| {
                 format!(

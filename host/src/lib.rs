@@ -17,6 +17,8 @@
 //! - [`modules`]: which procedure versions are served, the modules folder
 //!   and the watcher that swaps them.
 //! - [`shutdown`]: the graceful-shutdown signal every task listens to.
+//! - [`metrics`]: what the host counts about itself; [`admin`] serves it
+//!   and the health checks over HTTP (`--metrics-addr`).
 //!
 //! The wire contract (header names, error kinds, error bodies) is defined
 //! once, in the `warren-protocol` crate, and shared with the client.
@@ -28,10 +30,12 @@
 //! adds signals and logging, and the integration tests start hosts the same
 //! way.
 
+pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod deploy;
 pub mod dispatch;
+pub mod metrics;
 pub mod modules;
 pub mod requests;
 pub mod sandbox;
@@ -48,6 +52,7 @@ pub use config::HostConfig;
 use deploy::stream::StreamPosition;
 use deploy::{DeployPolicy, Deployer};
 use dispatch::Dispatcher;
+use metrics::Metrics;
 use modules::{LoadStats, ModulesFolder, Registry, watcher};
 use sandbox::Sandbox;
 use session::Target;
@@ -59,6 +64,8 @@ pub struct RunningHost {
     folder: Arc<ModulesFolder>,
     serving: JoinHandle<anyhow::Result<()>>,
     watching: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    admin: Option<admin::Admin>,
 }
 
 /// Starts a host: builds the sandbox, loads every module in the modules
@@ -89,12 +96,28 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         Sandbox::new(limits, Some(&config.cache_dir())).context("setting up the sandbox")?,
     );
     let registry = Arc::new(Registry::new(config.default_procedure.clone()));
+    let metrics = Arc::new(Metrics::new(concurrency, config.timeout));
     let folder = Arc::new(ModulesFolder::new(
         config.modules_dir.clone(),
         sandbox.clone(),
         registry.clone(),
+        metrics.clone(),
     ));
     let trigger = ShutdownTrigger::new();
+    // Up before the broker is reached, so /healthz says what it waits for.
+    let admin = match config.metrics_addr {
+        Some(addr) => Some(
+            admin::serve(
+                addr,
+                metrics.clone(),
+                registry.clone(),
+                config.queue.clone(),
+                trigger.subscribe(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     // Watch first, so a file changed while the others load is not missed.
     let watch = watcher::watch(folder.clone(), trigger.subscribe())?;
@@ -153,7 +176,8 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         "warren-host ready"
     );
 
-    let dispatcher = Arc::new(Dispatcher::new(registry, sandbox));
+    metrics.connected(session.broker());
+    let dispatcher = Arc::new(Dispatcher::new(registry, sandbox, metrics.clone()));
     let serving = tokio::spawn(session::serve_forever(
         session,
         target,
@@ -167,6 +191,8 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         folder,
         serving,
         watching,
+        metrics,
+        admin,
     })
 }
 
@@ -183,6 +209,16 @@ impl RunningHost {
     /// The procedures this host serves.
     pub fn registry(&self) -> &Arc<Registry> {
         self.folder.registry()
+    }
+
+    /// What the host has counted (requests, swaps, deploys, the broker link).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Where `--metrics-addr` listens, if given (the port chosen for port 0).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|admin| admin.addr)
     }
 
     /// What the modules folder has done: reads, loads, failures.
@@ -207,6 +243,9 @@ impl RunningHost {
     async fn wait(self) -> anyhow::Result<()> {
         let served = self.serving.await.context("the AMQP task panicked")?;
         let _ = self.watching.await;
+        if let Some(admin) = self.admin {
+            let _ = admin.task.await;
+        }
         served
     }
 }

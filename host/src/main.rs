@@ -6,17 +6,12 @@ use std::io::IsTerminal as _;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 use warren_host::HostConfig;
+use warren_host::config::LogFormat;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(colour_on_stderr())
-        .init();
     let config = HostConfig::parse();
+    init_logging(config.log_format);
     if let Err(why) = config.check_urls() {
         eprintln!("error: --amqp-url: {why}");
         return std::process::ExitCode::from(2);
@@ -66,6 +61,22 @@ async fn stop_gracefully_unless_signalled_again(
             tracing::warn!("stopping at once: unfinished requests go back to the queue");
             std::process::exit(1);
         }
+    }
+}
+
+/// Logs to stderr, as text or JSON lines; `RUST_LOG` filters (default info).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(colour_on_stderr()).init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 

@@ -187,7 +187,8 @@ pub async fn connect(
 
 /// Keeps sessions going until shutdown: when one fails, opens the next
 /// with backoff. Deploys missed meanwhile are applied before requests flow
-/// again.
+/// again. The broker link's state goes into the dispatcher's metrics (the
+/// caller has marked `first` connected).
 pub async fn serve_forever(
     first: Session,
     target: Target,
@@ -196,10 +197,13 @@ pub async fn serve_forever(
     position: StreamPosition,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let metrics = dispatcher.metrics().clone();
     let mut session = first;
     loop {
         let served = session.serve(dispatcher.clone(), deployer.clone(), shutdown.clone());
-        let error = match served.await {
+        let served = served.await;
+        metrics.disconnected();
+        let error = match served {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
@@ -213,6 +217,8 @@ pub async fn serve_forever(
             }
             match Session::open(&target, &deployer, &position, false).await {
                 Ok(session) => {
+                    metrics.reconnected();
+                    metrics.connected(session.broker());
                     tracing::info!(broker = %session.broker(), queue = %target.queue, "reconnected");
                     break session;
                 }

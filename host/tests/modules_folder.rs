@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use warren_host::metrics::Metrics;
 
 use warren_host::modules::{ModulesFolder, Registry, watcher};
 use warren_host::sandbox::{Limits, Sandbox};
@@ -43,10 +44,12 @@ async fn an_idle_folder_is_read_once_and_a_broken_file_reported_once() {
     std::fs::write(dir.path().join("Misnamed.wasm"), b"ignored").unwrap();
     let sandbox = Arc::new(Sandbox::new(Limits::default(), None).unwrap());
     let registry = Arc::new(Registry::new(None));
+    let metrics = Arc::new(Metrics::new(2, Duration::from_secs(10)));
     let folder = Arc::new(ModulesFolder::new(
         dir.path().to_owned(),
         sandbox,
         registry.clone(),
+        metrics,
     ));
     let trigger = ShutdownTrigger::new();
     let watching = tokio::spawn(watcher::watch(folder.clone(), trigger.subscribe()).unwrap());

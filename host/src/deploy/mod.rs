@@ -150,10 +150,14 @@ impl Deployer {
             };
             answers[index] = Some(answer);
         }
-        answers
+        let answers: Vec<DeployAnswer> = answers
             .into_iter()
             .map(|a| a.expect("every deploy answered"))
-            .collect()
+            .collect();
+        for answer in &answers {
+            self.folder.metrics().deploy_answered(answer.accepted);
+        }
+        answers
     }
 
     /// Every check that needs no compiling: name, size, digest, signature.

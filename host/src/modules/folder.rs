@@ -8,6 +8,7 @@
 //! opened it, and a broken file is reported once, then again only when it
 //! changes.
 
+use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,18 +95,31 @@ pub struct ModulesFolder {
     registry: Arc<Registry>,
     seen: SeenFiles,
     stats: Arc<LoadStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl ModulesFolder {
-    /// The folder `dir`, loading into `registry` through `sandbox`.
-    pub fn new(dir: PathBuf, sandbox: Arc<Sandbox>, registry: Arc<Registry>) -> Self {
+    /// The folder `dir`, loading into `registry` through `sandbox`, counting
+    /// swaps and failures in `metrics`.
+    pub fn new(
+        dir: PathBuf,
+        sandbox: Arc<Sandbox>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         ModulesFolder {
             dir,
             sandbox,
             registry,
             seen: SeenFiles::default(),
             stats: Arc::default(),
+            metrics,
         }
+    }
+
+    /// The host's metrics, which deploys count in too.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The folder's path.
@@ -203,6 +217,7 @@ impl ModulesFolder {
             Read::Compiled(_, Ok(procedure)) => self.serve(procedure, started),
             Read::Compiled(_, Err(error)) | Read::Unreadable(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.load_failed();
                 tracing::error!(
                     procedure = %name,
                     file = %path.display(),
@@ -259,6 +274,7 @@ impl ModulesFolder {
         self.stats.loaded.fetch_add(1, Ordering::Relaxed);
         match self.registry.install(procedure) {
             Some(old) => {
+                self.metrics.swapped(&name);
                 tracing::info!(procedure = %name, from = %old.digest, to = %digest, took, "procedure swapped")
             }
             None => tracing::info!(procedure = %name, %digest, took, "procedure loaded"),

@@ -1,0 +1,174 @@
+//! What operators see: Prometheus metrics and health checks
+//! (`--metrics-addr`) after known traffic.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use warren_client::protocol::ErrorKind;
+
+/// The value of the sample line that starts with `series` in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_known_traffic_and_health_says_consuming() {
+    let (fib, hostile) = (fib_wasm(), hostile_wasm());
+    let host = TestHost::start_with(
+        "metrics",
+        &[("fib", &fib), ("hostile", &hostile)],
+        |config| {
+            config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+            config.timeout = Duration::from_secs(1);
+            config.default_procedure = Some("fib".into());
+        },
+    )
+    .await;
+    let addr = host.host.as_ref().unwrap().metrics_addr().unwrap();
+    let client = host.client().await;
+    for n in ["1", "10", "20"] {
+        client.call(call(n)).await.unwrap();
+    }
+    assert_eq!(
+        error_kind(client.call(call("x")).await),
+        ErrorKind::ProcedureError
+    );
+    assert_eq!(
+        error_kind(client.call(call("spin").procedure("hostile")).await),
+        ErrorKind::Timeout
+    );
+    assert_eq!(
+        error_kind(client.call(call("1").procedure("nope")).await),
+        ErrorKind::NoProcedure
+    );
+
+    let (status, text) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let expect = [
+        (
+            r#"warren_requests_total{procedure="fib",status="ok",kind=""}"#,
+            3.0,
+        ),
+        (
+            r#"warren_requests_total{procedure="fib",status="error",kind="procedure-error"}"#,
+            1.0,
+        ),
+        (
+            r#"warren_requests_total{procedure="hostile",status="error",kind="timeout"}"#,
+            1.0,
+        ),
+        (
+            r#"warren_requests_total{procedure="nope",status="error",kind="no-procedure"}"#,
+            1.0,
+        ),
+        (
+            r#"warren_request_duration_seconds_count{procedure="fib"}"#,
+            4.0,
+        ),
+        (
+            r#"warren_request_duration_seconds_count{procedure="hostile"}"#,
+            1.0,
+        ),
+        ("warren_requests_in_flight", 0.0),
+        ("warren_concurrency_slots", 2.0),
+        ("warren_broker_connected", 1.0),
+        ("warren_reconnects_total", 0.0),
+        (
+            &format!(
+                r#"warren_procedure_info{{procedure="fib",digest="{}"}}"#,
+                digest(&fib)
+            ),
+            1.0,
+        ),
+    ];
+    for (series, value) in expect {
+        assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
+    }
+    // The timed-out request took its whole second: it is above the 0.8 s
+    // bucket and within the first bucket past the timeout.
+    let le = |bound: &str| {
+        sample(
+            &text,
+            &format!(
+                r#"warren_request_duration_seconds_bucket{{le="{bound}",procedure="hostile"}}"#
+            ),
+        )
+    };
+    assert_eq!(le("0.8192"), Some(0.0), "{text}");
+    assert_eq!(le("1.6384"), Some(1.0), "{text}");
+    assert!(sample(&text, "process_resident_memory_bytes").unwrap() > 1e6);
+
+    let (status, line) = http_get(addr, "/healthz").await;
+    assert_eq!(status, 200, "{line}");
+    assert!(line.contains("consuming"), "{line}");
+    let (status, line) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{line}");
+    assert!(line.contains("serving 2 procedure(s)"), "{line}");
+    host.stop().await;
+}
+
+/// Ready means a procedure to run: a host with an empty folder is healthy
+/// (consuming) but not ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_without_procedures_is_healthy_but_not_ready() {
+    let host = TestHost::start_with("not-ready", &[], |config| {
+        config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let addr = host.host.as_ref().unwrap().metrics_addr().unwrap();
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    let (status, line) = http_get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{line}");
+    assert!(line.contains("no procedure is loaded"), "{line}");
+    host.stop().await;
+}
+
+/// `--log-format json`: every line the host writes is one JSON object, and
+/// a request's lines carry its span (procedure, correlation id).
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_a_line_with_the_request_span() {
+    let queue = unique_queue("json-logs");
+    let mut host = HostProcess::start(
+        &queue,
+        &[("fib", &fib_wasm())],
+        &["--log-format", "json"],
+        None,
+    );
+    host.wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    let client = warren_client::RpcClient::connect(&amqp_url(), &queue)
+        .await
+        .unwrap();
+    assert_eq!(
+        error_kind(client.call(call("x")).await),
+        ErrorKind::ProcedureError
+    );
+    client.close().await;
+    host.signal("TERM");
+    assert_eq!(host.wait_exit(Duration::from_secs(30)).await, Some(0));
+
+    let log = host.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let message = |line: &serde_json::Value| line["fields"]["message"].as_str().map(str::to_owned);
+    assert!(
+        lines
+            .iter()
+            .any(|line| message(line).as_deref() == Some("warren-host ready")),
+        "{log}"
+    );
+    let answered = lines
+        .iter()
+        .find(|line| message(line).is_some_and(|m| m.starts_with("answered with error")))
+        .unwrap_or_else(|| panic!("no error answer logged:\n{log}"));
+    assert_eq!(answered["level"], "INFO");
+    assert_eq!(answered["span"]["name"], "request");
+    assert_eq!(answered["fields"]["kind"], "procedure-error");
+    delete_queues(&queue).await;
+}

@@ -31,6 +31,7 @@
 pub mod bench;
 pub mod deploy;
 pub mod link;
+pub mod status;
 
 use std::time::Duration;
 

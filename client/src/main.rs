@@ -167,6 +167,22 @@ enum Command {
         #[arg(long)]
         allow_no_hosts: bool,
     },
+    /// Ask every host of the queue what it is doing: one line per host
+    /// (host id, version, uptime, broker node, in flight/concurrency,
+    /// requests served and failed, each procedure with its digest). A
+    /// procedure served in different versions on different hosts (a
+    /// rollout still going on, or a host that missed a deploy) is flagged.
+    /// Exits 0 when hosts answered and agree, 1 when they serve different
+    /// versions, 3 when none answered.
+    Status {
+        /// How long to wait for answers (less when every host consuming the
+        /// queue has answered).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// Print {"hosts": [...], "mismatches": [...]} as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn procedure_name(text: &str) -> Result<String, String> {
@@ -239,6 +255,7 @@ async fn run(cli: Cli) -> u8 {
             };
             return deploy(&cli, name, module, key.as_deref(), options).await;
         }
+        Command::Status { wait, json } => return status(&cli, *wait, *json).await,
         Command::Fib { n } => Call::new(n.to_string()).procedure("fib"),
         Command::Call { procedure, body } => {
             let body = match read_body(body) {
@@ -522,6 +539,83 @@ fn print_reply(reply: &Reply, add_newline: bool, verbose: bool) {
 }
 
 /// Prints `error` on stderr and returns its exit code.
+/// `warren status`: one line per host (or JSON), then any procedure served
+/// in several versions.
+async fn status(cli: &Cli, wait: Duration, json: bool) -> u8 {
+    let client = match connect(cli).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let outcome = client.status(wait).await;
+    client.close().await;
+    let hosts = match outcome {
+        Ok(hosts) => hosts,
+        Err(error) => return report(&error),
+    };
+    let mismatches = warren_client::protocol::status::mismatches(&hosts);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "hosts": hosts, "mismatches": mismatches })
+        );
+    } else {
+        for host in &hosts {
+            let procedures: Vec<String> = host
+                .procedures
+                .iter()
+                .map(|p| format!("{}={}", p.name, p.digest))
+                .collect();
+            println!(
+                "{}\tv{}\tup {}\t{}\t{}/{} in flight\t{} served\t{} failed\t{}",
+                host.host,
+                host.version,
+                humantime::format_duration(Duration::from_secs(host.uptime_seconds)),
+                if host.node.is_empty() {
+                    "not connected"
+                } else {
+                    &host.node
+                },
+                host.in_flight,
+                host.concurrency,
+                host.served,
+                host.failed,
+                if procedures.is_empty() {
+                    "no procedures".to_owned()
+                } else {
+                    procedures.join(" ")
+                },
+            );
+        }
+    }
+    for mismatch in &mismatches {
+        let versions: Vec<String> = mismatch
+            .versions
+            .iter()
+            .map(|version| format!("{} on {}", version.digest, version.hosts.join(", ")))
+            .collect();
+        eprintln!(
+            "warren: procedure {} is served in {} versions: {} (a rollout still going on, or \
+             a host that missed a deploy)",
+            mismatch.procedure,
+            versions.len(),
+            versions.join("; ")
+        );
+    }
+    if hosts.is_empty() {
+        eprintln!(
+            "warren: no host answered on queue {:?} within {} (none running, or older hosts \
+             without status)",
+            cli.queue,
+            humantime::format_duration(wait)
+        );
+        exit::NO_REPLY
+    } else if mismatches.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
+}
+
 fn report(error: &CallError) -> u8 {
     eprintln!("warren: {error}");
     match error {

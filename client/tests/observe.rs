@@ -172,3 +172,74 @@ async fn json_logs_are_one_object_a_line_with_the_request_span() {
     assert_eq!(answered["fields"]["kind"], "procedure-error");
     delete_queues(&queue).await;
 }
+
+/// Runs the `warren` binary against the test broker: (exit code, stdout, stderr).
+async fn warren(args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .env("AMQP_URL", amqp_url())
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `warren status` sees both hosts of a queue with what they serve, flags a
+/// procedure served in two versions (exit 1), and is content once they
+/// agree (exit 0); a queue nobody serves answers exit 3.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_lists_every_host_and_flags_different_versions() {
+    let v1 = fib_wasm();
+    let v2 = with_custom_section(&v1, "v2");
+    let first = TestHost::start_with("status", &[("fib", &v1)], |config| {
+        config.host_id = Some("status-a".into());
+    })
+    .await;
+    let second = TestHost::join(&first.queue, &[("fib", &v2)], |config| {
+        config.host_id = Some("status-b".into());
+    })
+    .await;
+    first.client().await.call(call("10")).await.unwrap();
+
+    let (code, stdout, stderr) =
+        warren(&["--queue", &first.queue, "status", "--json", "--wait", "5s"]).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let hosts = report["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 2, "{stdout}");
+    assert_eq!(hosts[0]["host"], "status-a");
+    assert_eq!(hosts[0]["procedures"][0]["digest"], digest(&v1));
+    assert_eq!(hosts[1]["procedures"][0]["digest"], digest(&v2));
+    assert_eq!(hosts[0]["concurrency"], 2);
+    assert!(hosts[0]["node"].as_str().unwrap().starts_with("amqp://"));
+    let served: u64 = hosts.iter().map(|h| h["served"].as_u64().unwrap()).sum();
+    assert_eq!(served, 1, "{stdout}");
+    assert_eq!(report["mismatches"][0]["procedure"], "fib", "{stdout}");
+    assert!(stderr.contains("fib is served in 2 versions"), "{stderr}");
+
+    second.install("fib", &v1);
+    assert!(
+        second
+            .wait_serving("fib", &digest(&v1), Duration::from_secs(15))
+            .await
+    );
+    let (code, stdout, stderr) = warren(&["--queue", &first.queue, "status"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stdout.contains("status-b\tv"), "{stdout}");
+
+    let (code, _, stderr) = warren(&["--queue", &unique_queue("nobody"), "status"]).await;
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("no host answered"), "{stderr}");
+    second.stop().await;
+    first.stop().await;
+}

@@ -10,6 +10,7 @@
 //! - [`broker`]: one connection attempt, backoff, closing without hanging.
 //! - [`deploy`]: remote deploys: check signature, size and digest, save and
 //!   swap the module in; [`deploy::stream`] reads them from the broker.
+//! - [`control`]: the host's answer to `warren status` (fleet status).
 //! - [`dispatch`]: one request from body to [`dispatch::Reply`]: choose the
 //!   procedure, check sizes, run it. No AMQP, no wasmtime.
 //! - [`sandbox`]: wasmtime only: compile components, run one request in a
@@ -33,6 +34,7 @@
 pub mod admin;
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod deploy;
 pub mod dispatch;
 pub mod metrics;
@@ -154,6 +156,13 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         queue: config.queue.clone(),
         mode: config.queue_mode(),
         prefetch: config.prefetch(concurrency),
+        status: Arc::new(control::StatusSource {
+            host_id: deployer.host_id().to_owned(),
+            queue: config.queue.clone(),
+            durable: config.durable,
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+        }),
     };
     let position = StreamPosition::default();
     let session =

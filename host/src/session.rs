@@ -17,6 +17,7 @@ use lapin::Connection;
 use warren_protocol::QueueMode;
 
 use crate::broker::{Backoff, Brokers, close_quietly};
+use crate::control::{Control, StatusSource};
 use crate::deploy::Deployer;
 use crate::deploy::stream::{DeployStream, StreamPosition};
 use crate::dispatch::Dispatcher;
@@ -35,6 +36,8 @@ pub struct Target {
     pub mode: QueueMode,
     /// Unacked requests held at once.
     pub prefetch: u16,
+    /// What the host answers `warren status` with.
+    pub status: Arc<StatusSource>,
 }
 
 /// A connection that is consuming requests and following the deploy stream.
@@ -45,6 +48,8 @@ pub struct Session {
     requests: Requests,
     deploys: DeployStream,
     dead_letters: Option<DeadLetters>,
+    control: Control,
+    status: Arc<StatusSource>,
 }
 
 /// Why a session could not be opened.
@@ -93,17 +98,20 @@ impl Session {
                 }
                 QueueMode::Tutorial => None,
             };
+            let control = Control::listen(&connection, &target.queue).await?;
             let requests = queue.consume().await?;
-            anyhow::Ok((requests, deploys, dead_letters))
+            anyhow::Ok((requests, deploys, dead_letters, control))
         }
         .await;
         match set_up {
-            Ok((requests, deploys, dead_letters)) => Ok(Session {
+            Ok((requests, deploys, dead_letters, control)) => Ok(Session {
                 connection,
                 broker,
                 requests,
                 deploys,
                 dead_letters,
+                control,
+                status: target.status.clone(),
             }),
             Err(error) => {
                 // Half-set-up connections must not pile up across retries.
@@ -130,8 +138,9 @@ impl Session {
         let dead_letters = self
             .dead_letters
             .map(|dead| tokio::spawn(dead.serve(shutdown.clone())));
+        let control = tokio::spawn(self.control.serve(self.status, shutdown.clone()));
         let result = self.requests.serve(dispatcher, shutdown).await;
-        for task in std::iter::once(deploys).chain(dead_letters) {
+        for task in [deploys, control].into_iter().chain(dead_letters) {
             if result.is_ok() {
                 let _ = task.await;
             } else {

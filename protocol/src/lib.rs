@@ -21,6 +21,7 @@
 //! parses the body as an integer fails loudly instead of reading a wrong answer.
 
 pub mod deploy;
+pub mod status;
 pub mod tls;
 
 use std::fmt;

@@ -44,6 +44,8 @@ use tokio::time::Instant;
 pub use warren_protocol as protocol;
 pub use warren_protocol::deploy::{DeployAnswer, SecretKey};
 use warren_protocol::tls::Connector;
+use warren_protocol::trace::HEADER_TRACEPARENT;
+pub use warren_protocol::trace::TraceParent;
 use warren_protocol::{
     ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
     HEADER_RPC_STATUS, RpcError, STATUS_ERROR, broker_said, header_text, set_header_text,
@@ -67,6 +69,7 @@ pub struct Call {
     body: Vec<u8>,
     procedure: Option<String>,
     timeout: Duration,
+    traceparent: Option<TraceParent>,
 }
 
 impl Call {
@@ -76,7 +79,16 @@ impl Call {
             body: body.into(),
             procedure: None,
             timeout: DEFAULT_TIMEOUT,
+            traceparent: None,
         }
+    }
+
+    /// Continues the caller's trace: the request carries `parent` (the
+    /// caller's current span) as its W3C `traceparent`. Without it each
+    /// call starts a new trace.
+    pub fn traceparent(mut self, parent: TraceParent) -> Self {
+        self.traceparent = Some(parent);
+        self
     }
 
     /// Runs procedure `name` (sent as the `x-procedure` header).
@@ -102,6 +114,8 @@ pub struct Reply {
     pub procedure: Option<String>,
     /// `sha256:<hex>` of the module that answered (absent from non-Warren servers).
     pub digest: Option<String>,
+    /// The host's span of this call's trace (absent from non-Warren servers).
+    pub traceparent: Option<TraceParent>,
 }
 
 /// Why a call produced no successful reply.
@@ -116,6 +130,8 @@ pub enum CallError {
         procedure: Option<String>,
         /// `sha256:<hex>` of the module that answered, if one ran.
         digest: Option<String>,
+        /// The host's span of this call's trace.
+        traceparent: Option<TraceParent>,
     },
     /// The request queue does not exist, so nothing can be serving it (the
     /// broker returned the request at once).
@@ -352,13 +368,15 @@ impl RpcClient {
         // Whatever happens next, the entry must not outlive this call.
         let (waiting, mut replies) = self.expect_replies();
         let deadline = Instant::now() + call.timeout;
+        // One trace per call, the same if the request is sent again.
+        let trace = call.traceparent.unwrap_or_else(TraceParent::new_root);
         let mut link = self.link().await?;
         // Published and routed, or an error: a durable call that lost its
         // link before the broker confirmed the request sends it again
         // (the host may then answer twice; the second reply is dropped).
         loop {
             match self
-                .publish_request(&link, &call, &waiting.correlation_id, deadline)
+                .publish_request(&link, &call, &waiting.correlation_id, deadline, &trace)
                 .await
             {
                 Ok(()) => break,
@@ -395,6 +413,7 @@ impl RpcClient {
         call: &Call,
         correlation_id: &str,
         deadline: Instant,
+        trace: &TraceParent,
     ) -> Result<(), CallError> {
         let mut properties = BasicProperties::default()
             .with_reply_to(link.callback_queue.clone())
@@ -403,11 +422,12 @@ impl RpcClient {
         if self.durable {
             properties = properties.with_delivery_mode(PERSISTENT);
         }
+        let mut headers = FieldTable::default();
+        set_header_text(&mut headers, HEADER_TRACEPARENT, &trace.to_string());
         if let Some(name) = &call.procedure {
-            let mut headers = FieldTable::default();
             set_header_text(&mut headers, HEADER_PROCEDURE, name);
-            properties = properties.with_headers(headers);
         }
+        properties = properties.with_headers(headers);
         let confirmation = link
             .channel
             .basic_publish(
@@ -526,6 +546,8 @@ fn interpret_reply(delivery: lapin::message::Delivery) -> Result<Reply, CallErro
     let headers = delivery.properties.headers().as_ref();
     let procedure = header_text(headers, HEADER_PROCEDURE);
     let digest = header_text(headers, HEADER_PROCEDURE_DIGEST);
+    let traceparent =
+        header_text(headers, HEADER_TRACEPARENT).and_then(|text| TraceParent::parse(&text));
     if header_text(headers, HEADER_RPC_STATUS).as_deref() == Some(STATUS_ERROR) {
         let error = match ErrorBody::from_json(&delivery.data) {
             Some(body) => body.error,
@@ -540,11 +562,13 @@ fn interpret_reply(delivery: lapin::message::Delivery) -> Result<Reply, CallErro
             error,
             procedure,
             digest,
+            traceparent,
         });
     }
     Ok(Reply {
         body: delivery.data,
         procedure,
         digest,
+        traceparent,
     })
 }

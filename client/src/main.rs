@@ -16,7 +16,7 @@ use warren_client::bench::{BenchOptions, Budget};
 use warren_client::protocol::deploy::public_key_path;
 use warren_client::protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, check_procedure_name};
 use warren_client::{
-    Call, CallError, ClientOptions, Deploy, DeployAnswer, Reply, RpcClient, SecretKey,
+    Call, CallError, ClientOptions, Deploy, DeployAnswer, Reply, RpcClient, SecretKey, TraceParent,
 };
 
 /// Exit codes, as documented in `--help` and README.md.
@@ -292,11 +292,18 @@ async fn run(cli: Cli) -> u8 {
             if let (
                 true,
                 CallError::Rpc {
-                    procedure, digest, ..
+                    procedure,
+                    digest,
+                    traceparent,
+                    ..
                 },
             ) = (cli.verbose, &error)
             {
-                print_answered_by(procedure.as_deref(), digest.as_deref());
+                print_answered_by(
+                    procedure.as_deref(),
+                    digest.as_deref(),
+                    traceparent.as_ref(),
+                );
             }
             report(&error)
         }
@@ -518,17 +525,24 @@ fn read_body(arg: &str) -> std::io::Result<Vec<u8>> {
     }
 }
 
-fn print_answered_by(procedure: Option<&str>, digest: Option<&str>) {
+fn print_answered_by(procedure: Option<&str>, digest: Option<&str>, trace: Option<&TraceParent>) {
     eprintln!(
         "answered by {} {}",
         procedure.unwrap_or("(unnamed procedure)"),
         digest.unwrap_or("(no digest)")
     );
+    if let Some(trace) = trace {
+        eprintln!("trace {}", trace.trace_id_hex());
+    }
 }
 
 fn print_reply(reply: &Reply, add_newline: bool, verbose: bool) {
     if verbose {
-        print_answered_by(reply.procedure.as_deref(), reply.digest.as_deref());
+        print_answered_by(
+            reply.procedure.as_deref(),
+            reply.digest.as_deref(),
+            reply.traceparent.as_ref(),
+        );
     }
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(&reply.body);

@@ -128,7 +128,9 @@ async fn a_host_without_procedures_is_healthy_but_not_ready() {
 }
 
 /// `--log-format json`: every line the host writes is one JSON object, and
-/// a request's lines carry its span (procedure, correlation id).
+/// a request's lines carry its span (procedure, correlation id) with the
+/// trace id of the caller's `traceparent`, which comes back on the reply
+/// with the host's own span id.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_are_one_object_a_line_with_the_request_span() {
     let queue = unique_queue("json-logs");
@@ -143,10 +145,24 @@ async fn json_logs_are_one_object_a_line_with_the_request_span() {
     let client = warren_client::RpcClient::connect(&amqp_url(), &queue)
         .await
         .unwrap();
-    assert_eq!(
-        error_kind(client.call(call("x")).await),
-        ErrorKind::ProcedureError
-    );
+    let caller = warren_client::TraceParent::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .unwrap();
+    let returned = match client.call(call("x").traceparent(caller)).await {
+        Err(warren_client::CallError::Rpc {
+            error, traceparent, ..
+        }) => {
+            assert_eq!(error.kind, ErrorKind::ProcedureError);
+            traceparent.expect("the reply carries a traceparent")
+        }
+        other => panic!("expected a procedure error, got {other:?}"),
+    };
+    assert_eq!(returned.trace_id, caller.trace_id, "same trace");
+    assert_ne!(returned.span_id, caller.span_id, "the host's own span");
+    // Without one, each call starts its own trace.
+    let reply = client.call(call("5")).await.unwrap();
+    assert_ne!(reply.traceparent.unwrap().trace_id, caller.trace_id);
     client.close().await;
     host.signal("TERM");
     assert_eq!(host.wait_exit(Duration::from_secs(30)).await, Some(0));
@@ -169,6 +185,8 @@ async fn json_logs_are_one_object_a_line_with_the_request_span() {
         .unwrap_or_else(|| panic!("no error answer logged:\n{log}"));
     assert_eq!(answered["level"], "INFO");
     assert_eq!(answered["span"]["name"], "request");
+    assert_eq!(answered["span"]["trace_id"], caller.trace_id_hex());
+    assert_eq!(answered["span"]["span_id"], returned.span_id_hex());
     assert_eq!(answered["fields"]["kind"], "procedure-error");
     delete_queues(&queue).await;
 }

@@ -23,6 +23,7 @@
 pub mod deploy;
 pub mod status;
 pub mod tls;
+pub mod trace;
 
 use std::fmt;
 use std::str::FromStr;

@@ -40,6 +40,8 @@ use warren_protocol::{
     explain_queue_mismatch, header_text, set_header_text,
 };
 
+use warren_protocol::trace::{HEADER_TRACEPARENT, TraceParent};
+
 use self::acks::{Acks, Settled};
 use crate::broker::close_quietly;
 use crate::dispatch::{Dispatcher, Reply};
@@ -206,8 +208,11 @@ async fn answer(
     } = delivery;
     let correlation_id = properties.correlation_id().clone();
     let requested = header_text(properties.headers().as_ref(), HEADER_PROCEDURE);
+    let trace = request_trace(&properties);
     let span = tracing::info_span!(
         "request",
+        trace_id = %trace.trace_id_hex(),
+        span_id = %trace.span_id_hex(),
         messaging.system = "rabbitmq",
         messaging.message.conversation_id = correlation_id.as_ref().map(ShortString::as_str),
         messaging.rabbitmq.delivery_tag = delivery_tag,
@@ -230,7 +235,7 @@ async fn answer(
             Ok(body) => tracing::debug!(elapsed_ms, reply_bytes = body.len(), "answered"),
             Err(error) => tracing::info!(elapsed_ms, kind = %error.kind, "answered with error: {}", error.message),
         }
-        match publish_reply(&channel, reply_to, correlation_id, reply, durable).await {
+        match publish_reply(&channel, reply_to, correlation_id, reply, durable, &trace).await {
             Ok(()) => Settled::Done(delivery_tag),
             Err(error) => {
                 tracing::error!("publishing the reply failed: {error:#}; the request goes back to the queue");
@@ -242,6 +247,14 @@ async fn answer(
     .await
 }
 
+/// This host's span of the request's trace: a child of the caller's
+/// `traceparent`, or a new trace when the request has none (or a bad one).
+pub(crate) fn request_trace(properties: &BasicProperties) -> TraceParent {
+    header_text(properties.headers().as_ref(), HEADER_TRACEPARENT)
+        .and_then(|text| TraceParent::parse(&text))
+        .map_or_else(TraceParent::new_root, |caller| caller.child())
+}
+
 /// Publishes `reply` to `reply_to` through the default exchange; when
 /// `durable`, persistent and confirmed by the broker.
 async fn publish_reply(
@@ -250,8 +263,9 @@ async fn publish_reply(
     correlation_id: Option<ShortString>,
     reply: Reply,
     durable: bool,
+    trace: &TraceParent,
 ) -> anyhow::Result<()> {
-    let (body, mut properties) = reply_message(reply, correlation_id);
+    let (body, mut properties) = reply_message(reply, correlation_id, trace);
     if durable {
         properties = properties.with_delivery_mode(PERSISTENT);
     }
@@ -287,14 +301,17 @@ pub(crate) async fn publish_to(
     Ok(())
 }
 
-/// The body and properties of a reply message, as the wire contract says.
-/// Takes the reply by value so a success body (up to --max-reply-bytes)
-/// goes out without a copy.
+/// The body and properties of a reply message, as the wire contract says,
+/// carrying `trace` (this host's span) as its `traceparent`. Takes the
+/// reply by value so a success body (up to --max-reply-bytes) goes out
+/// without a copy.
 pub(crate) fn reply_message(
     reply: Reply,
     correlation_id: Option<ShortString>,
+    trace: &TraceParent,
 ) -> (Vec<u8>, BasicProperties) {
     let mut headers = FieldTable::default();
+    set_header_text(&mut headers, HEADER_TRACEPARENT, &trace.to_string());
     if let Some(name) = &reply.procedure {
         set_header_text(&mut headers, HEADER_PROCEDURE, name);
     }
@@ -334,7 +351,12 @@ mod tests {
                 "bad",
             )),
         };
-        let (body, properties) = reply_message(reply, Some("c1".into()));
+        let trace = TraceParent::new_root();
+        let (body, properties) = reply_message(reply, Some("c1".into()), &trace);
+        assert_eq!(
+            header_text(properties.headers().as_ref(), HEADER_TRACEPARENT),
+            Some(trace.to_string())
+        );
         let headers = properties.headers().as_ref();
         assert_eq!(
             header_text(headers, HEADER_RPC_STATUS).as_deref(),

@@ -270,7 +270,10 @@ async fn durable_requests_survive_a_whole_cluster_restart(cluster: &Cluster) {
             })
         })
         .collect();
-    wait_for_messages(&cluster.urls[0], &queue, 5).await;
+    wait_for_queue_at(&cluster.urls[0], &queue, "5 requests queued", |state| {
+        state.is_some_and(|(messages, _)| messages >= 5)
+    })
+    .await;
     cluster.run(&["restart"]).await;
 
     let _second = ready_host(&queue, &["--durable"], &urls).await;
@@ -279,35 +282,4 @@ async fn durable_requests_survive_a_whole_cluster_restart(cluster: &Cluster) {
         let reply = reply.unwrap_or_else(|e| panic!("fib({n}) after the restart: {e}"));
         assert_eq!(String::from_utf8(reply.body).unwrap(), fib(n).to_string());
     }
-}
-
-/// Waits until `queue` on `url` holds `count` messages.
-async fn wait_for_messages(url: &str, queue: &str, count: u32) {
-    let connection = lapin::Connection::connect(url, Default::default())
-        .await
-        .unwrap();
-    let give_up = Instant::now() + Duration::from_secs(30);
-    loop {
-        let channel = connection.create_channel().await.unwrap();
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            durable: true,
-            ..Default::default()
-        };
-        let queued = channel
-            .queue_declare(queue.into(), passive, Default::default())
-            .await
-            .map(|info| info.message_count())
-            .unwrap_or(0);
-        close_quietly(channel.close(200, "".into())).await;
-        if queued >= count {
-            break;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "{queue} holds {queued} of {count} requests after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    close_connection(&connection).await;
 }

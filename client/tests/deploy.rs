@@ -44,42 +44,6 @@ async fn deploy(queue: &str, deploy: Deploy) -> Vec<DeployAnswer> {
     report.answers
 }
 
-/// Runs the `warren` binary with `args` against the test broker.
-async fn warren(args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_warren"))
-            .env("AMQP_URL", amqp_url())
-            .env("NO_COLOR", "1")
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|a| a.to_string()).collect()
-}
-
-/// Whether `queue` exists on the broker.
-async fn queue_exists(queue: &str) -> bool {
-    let connection = Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let passive = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let exists = channel
-        .queue_declare(queue.into(), passive, Default::default())
-        .await
-        .is_ok();
-    close_connection(&connection).await;
-    exists
-}
-
 /// The headers of a deploy of `module` as `name` with `sequence`, carrying
 /// `signer`'s key and `signature`: what `warren deploy` sends, or a forgery.
 fn deploy_headers(
@@ -534,15 +498,7 @@ async fn deploy_names_are_checked_by_the_client_and_the_host() {
     let module = module.to_string_lossy().into_owned();
     let long = "a".repeat(300);
     for name in ["fib.wasm", "-dash", "Fib", long.as_str()] {
-        let out = warren(args(&[
-            "--queue",
-            &host.queue,
-            "deploy",
-            "--",
-            name,
-            &module,
-        ]))
-        .await;
+        let out = run_warren(&["--queue", &host.queue, "deploy", "--", name, &module]).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains("lowercase letters"), "{name}: {stderr}");
@@ -595,23 +551,23 @@ async fn deploying_to_a_queue_without_hosts_is_refused_unless_allowed() {
     let module = module.to_string_lossy().into_owned();
     let typo = unique_queue("deploy-typo");
 
-    let out = warren(args(&["--queue", &typo, "deploy", "fib", &module])).await;
+    let out = run_warren(&["--queue", &typo, "deploy", "fib", &module]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
     assert!(
-        !queue_exists(&deploy_stream(&typo)).await,
+        queue_state(&deploy_stream(&typo)).await.is_none(),
         "a refused deploy must not create the stream"
     );
 
-    let out = warren(args(&[
+    let out = run_warren(&[
         "--queue",
         &typo,
         "deploy",
         "fib",
         &module,
         "--allow-no-hosts",
-    ]))
+    ])
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -619,7 +575,7 @@ async fn deploying_to_a_queue_without_hosts_is_refused_unless_allowed() {
         stderr.contains("hosts that start on it will apply"),
         "{stderr}"
     );
-    assert!(queue_exists(&deploy_stream(&typo)).await);
+    assert!(queue_state(&deploy_stream(&typo)).await.is_some());
     delete_queues(&typo).await;
 }
 

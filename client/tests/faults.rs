@@ -162,31 +162,10 @@ async fn a_second_signal_exits_at_once_and_returns_unfinished_requests() {
         "the second signal was not obeyed at once"
     );
     // The spinning request is back in the queue, waiting for a host.
-    let give_up = Instant::now() + Duration::from_secs(10);
-    loop {
-        let connection = lapin::Connection::connect(&amqp_url(), Default::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let queued = channel
-            .queue_declare(queue.as_str().into(), passive, Default::default())
-            .await
-            .unwrap()
-            .message_count();
-        close_connection(&connection).await;
-        if queued == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "the request did not return to the queue"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_queue_at(&amqp_url(), &queue, "the request's return", |state| {
+        state.is_some_and(|(messages, _)| messages == 1)
+    })
+    .await;
     spinning.abort();
     delete_queues(&queue).await;
 }

@@ -191,19 +191,9 @@ async fn json_logs_are_one_object_a_line_with_the_request_span() {
     delete_queues(&queue).await;
 }
 
-/// Runs the `warren` binary against the test broker: (exit code, stdout, stderr).
+/// Runs the `warren` binary: (exit code, stdout, stderr).
 async fn warren(args: &[&str]) -> (Option<i32>, String, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-            .env("AMQP_URL", amqp_url())
-            .env("NO_COLOR", "1")
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = run_warren(args).await;
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -222,34 +222,77 @@ impl TestHost {
     }
 }
 
-/// Waits until something consumes `queue` (a server started in another
-/// process, say); panics after 30 s.
-pub async fn wait_for_consumer(queue: &str) {
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+/// What the broker at `url` says of `queue`: (messages ready, consumers),
+/// or `None` when it does not exist.
+pub async fn queue_state_at(url: &str, queue: &str) -> Option<(u32, u32)> {
+    let connection = lapin::Connection::connect(url, Default::default())
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    // A passive declare of a missing queue closes its channel (and this
+    // connection is the test's own).
+    let channel = connection.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let state = channel
+        .queue_declare(queue.into(), passive, Default::default())
+        .await
+        .ok()
+        .map(|info| (info.message_count(), info.consumer_count()));
+    close_connection(&connection).await;
+    state
+}
+
+/// [`queue_state_at`] on the test broker.
+pub async fn queue_state(queue: &str) -> Option<(u32, u32)> {
+    queue_state_at(&amqp_url(), queue).await
+}
+
+/// Waits until `accept` likes what the broker at `url` says of `queue`
+/// ([`queue_state_at`]); panics with `what` after 30 s.
+pub async fn wait_for_queue_at(
+    url: &str,
+    queue: &str,
+    what: &str,
+    accept: impl Fn(Option<(u32, u32)>) -> bool,
+) {
     let give_up = Instant::now() + Duration::from_secs(30);
     loop {
-        // A passive declare of a missing queue closes its channel: use a fresh one each time.
-        let channel = connection.create_channel().await.unwrap();
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .queue_declare(queue.into(), passive, Default::default())
-            .await;
-        if declared.is_ok_and(|info| info.consumer_count() > 0) {
-            break;
+        let state = queue_state_at(url, queue).await;
+        if accept(state) {
+            return;
         }
-        close_quietly(channel.close(200, "".into())).await;
         assert!(
             Instant::now() < give_up,
-            "nothing consumed {queue} within 30 s"
+            "{queue}: {what} did not happen within 30 s (messages, consumers: {state:?})"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    close_connection(&connection).await;
+}
+
+/// Waits until something consumes `queue` (a server started in another
+/// process, say); panics after 30 s.
+pub async fn wait_for_consumer(queue: &str) {
+    wait_for_queue_at(&amqp_url(), queue, "a consumer", |state| {
+        state.is_some_and(|(_, consumers)| consumers > 0)
+    })
+    .await;
+}
+
+/// Runs the `warren` binary with `args` against the test broker.
+pub async fn run_warren(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .env("AMQP_URL", amqp_url())
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 /// Deletes `queue` and its deploy stream, if they exist.

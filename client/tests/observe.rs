@@ -251,3 +251,90 @@ async fn status_lists_every_host_and_flags_different_versions() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A collector of our own, in process: it keeps the body of every OTLP/HTTP
+/// export it receives (protobuf, which holds trace and span ids as raw bytes).
+async fn otlp_collector() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use axum::routing::post;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// `--otlp-endpoint`: the request's span is exported, in the caller's trace,
+/// with the caller's span as its parent and the span id the reply carried.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_spans_are_exported_over_otlp_in_the_callers_trace() {
+    let (collector, received) = otlp_collector().await;
+    let queue = unique_queue("otlp");
+    let endpoint = format!("http://{collector}");
+    let mut host = HostProcess::start(
+        &queue,
+        &[("fib", &fib_wasm())],
+        &["--otlp-endpoint", &endpoint],
+        None,
+    );
+    host.wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    let client = warren_client::RpcClient::connect(&amqp_url(), &queue)
+        .await
+        .unwrap();
+    let caller = warren_client::TraceParent::new_root();
+    let reply = client.call(call("10").traceparent(caller)).await.unwrap();
+    assert_eq!(reply.body, b"55");
+    let host_span = reply.traceparent.expect("a traceparent on the reply");
+    assert_eq!(host_span.trace_id, caller.trace_id);
+    client.close().await;
+    // Stopping flushes the batch.
+    host.signal("TERM");
+    assert_eq!(
+        host.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        host.log()
+    );
+
+    let bodies = received.lock().unwrap().clone();
+    assert!(
+        !bodies.is_empty(),
+        "nothing was exported; host log:\n{}",
+        host.log()
+    );
+    let exported = bodies.concat();
+    assert!(
+        contains(&exported, &caller.trace_id),
+        "the caller's trace id"
+    );
+    assert!(
+        contains(&exported, &caller.span_id),
+        "the caller's span as parent"
+    );
+    assert!(
+        contains(&exported, &host_span.span_id),
+        "the span id the reply carried"
+    );
+    assert!(contains(&exported, b"warren-host"), "the service name");
+    delete_queues(&queue).await;
+}

@@ -121,6 +121,11 @@ pub struct HostConfig {
     #[arg(long, value_enum, env = "WARREN_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Export request spans over OTLP/HTTP to this collector, e.g.
+    /// http://localhost:4318 (/v1/traces is appended) [default: no export].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Serve Prometheus metrics on http://ADDR/metrics and health checks on
     /// /healthz (connected and consuming) and /readyz (and a procedure
     /// loaded), e.g. 127.0.0.1:9090 [default: off].

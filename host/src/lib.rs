@@ -18,6 +18,7 @@
 //! - [`modules`]: which procedure versions are served, the modules folder
 //!   and the watcher that swaps them.
 //! - [`shutdown`]: the graceful-shutdown signal every task listens to.
+//! - [`telemetry`]: trace context on requests and replies, OTLP export.
 //! - [`metrics`]: what the host counts about itself; [`admin`] serves it
 //!   and the health checks over HTTP (`--metrics-addr`).
 //!
@@ -43,6 +44,7 @@ pub mod requests;
 pub mod sandbox;
 pub mod session;
 pub mod shutdown;
+pub mod telemetry;
 
 use std::sync::Arc;
 

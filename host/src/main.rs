@@ -4,14 +4,21 @@
 use std::io::IsTerminal as _;
 
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::{EnvFilter, Layer as _};
 use warren_host::HostConfig;
 use warren_host::config::LogFormat;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = HostConfig::parse();
-    init_logging(config.log_format);
+    let exporter = match init_logging(config.log_format, config.otlp_endpoint.as_deref()) {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("error: --otlp-endpoint: {error:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if let Err(why) = config.check_urls() {
         eprintln!("error: --amqp-url: {why}");
         return std::process::ExitCode::from(2);
@@ -36,6 +43,13 @@ async fn main() -> std::process::ExitCode {
             Ok(())
         }
     };
+    if let Some(provider) = exporter {
+        // Sends the spans still batched; blocking, so off the runtime.
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Ok(Err(error)) = flushed {
+            eprintln!("warning: sending the last spans over OTLP: {error}");
+        }
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -64,20 +78,38 @@ async fn stop_gracefully_unless_signalled_again(
     }
 }
 
-/// Logs to stderr, as text or JSON lines; `RUST_LOG` filters (default info).
-fn init_logging(format: LogFormat) {
+/// Logs to stderr, as text or JSON lines, and exports spans over OTLP when
+/// given an endpoint (the returned provider must be shut down to flush);
+/// `RUST_LOG` filters both (default info).
+fn init_logging(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<Option<SdkTracerProvider>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.with_ansi(colour_on_stderr()).init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.with_ansi(colour_on_stderr()).boxed(),
         LogFormat::Json => logs
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
-    }
+            .boxed(),
+    };
+    let (provider, export) = match otlp_endpoint {
+        Some(endpoint) => {
+            let (provider, layer) = warren_host::telemetry::otlp_layer(endpoint)?;
+            (Some(provider), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(export)
+        .init();
+    Ok(provider)
 }
 
 /// Colour only for a person at a terminal: never in a file or a pipe, and

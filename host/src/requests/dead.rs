@@ -16,7 +16,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, Consumer};
 use warren_protocol::{ErrorKind, HEADER_PROCEDURE, RpcError, dead_letter_queue, header_text};
 
-use super::{PERSISTENT, publish_to, reply_message, request_trace};
+use super::{PERSISTENT, caller_trace, publish_to, reply_message};
 use crate::broker::close_quietly;
 use crate::dispatch::Reply;
 use crate::shutdown::Shutdown;
@@ -109,7 +109,10 @@ impl DeadLetters {
                     ),
                 )),
             };
-            let trace = request_trace(&properties);
+            let trace = caller_trace(&properties)
+                .map_or_else(warren_protocol::trace::TraceParent::new_root, |caller| {
+                    caller.child()
+                });
             let (body, reply_properties) = reply_message(reply, correlation_id, &trace);
             publish_to(
                 &self.channel,

@@ -46,6 +46,7 @@ use self::acks::{Acks, Settled};
 use crate::broker::close_quietly;
 use crate::dispatch::{Dispatcher, Reply};
 use crate::shutdown::Shutdown;
+use crate::telemetry;
 
 /// The request queue, declared and ready to be consumed.
 pub struct RequestQueue {
@@ -208,11 +209,10 @@ async fn answer(
     } = delivery;
     let correlation_id = properties.correlation_id().clone();
     let requested = header_text(properties.headers().as_ref(), HEADER_PROCEDURE);
-    let trace = request_trace(&properties);
     let span = tracing::info_span!(
         "request",
-        trace_id = %trace.trace_id_hex(),
-        span_id = %trace.span_id_hex(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         messaging.system = "rabbitmq",
         messaging.message.conversation_id = correlation_id.as_ref().map(ShortString::as_str),
         messaging.rabbitmq.delivery_tag = delivery_tag,
@@ -220,6 +220,9 @@ async fn answer(
         bytes = data.len(),
         redelivered,
     );
+    let trace = telemetry::continue_trace(&span, caller_trace(&properties));
+    span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+    span.record("span_id", tracing::field::display(trace.span_id_hex()));
     async move {
         let Some(reply_to) = properties.reply_to().clone() else {
             tracing::warn!("request has no reply_to, so there is no one to answer; acked and dropped");
@@ -247,12 +250,11 @@ async fn answer(
     .await
 }
 
-/// This host's span of the request's trace: a child of the caller's
-/// `traceparent`, or a new trace when the request has none (or a bad one).
-pub(crate) fn request_trace(properties: &BasicProperties) -> TraceParent {
+/// The caller's span, from the request's `traceparent` (none, or a bad
+/// one, starts a new trace).
+pub(crate) fn caller_trace(properties: &BasicProperties) -> Option<TraceParent> {
     header_text(properties.headers().as_ref(), HEADER_TRACEPARENT)
         .and_then(|text| TraceParent::parse(&text))
-        .map_or_else(TraceParent::new_root, |caller| caller.child())
 }
 
 /// Publishes `reply` to `reply_to` through the default exchange; when

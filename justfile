@@ -23,6 +23,13 @@ build-guest: target
     mv -f modules/fib.wasm.tmp modules/fib.wasm
     @echo "installed modules/fib.wasm"
 
+# Build the Python fib procedure (guest-fib-py) with componentize-py into modules/fib-py.wasm.
+build-guest-py:
+    scripts/build-guest-py
+
+# Build every procedure: the Rust fib guest and the Python one.
+build-guests: build-guest build-guest-py
+
 # Build the hostile test guests (test-guests/) for the sandbox tests.
 build-test-guests: target
     cargo build -p guest-hostile --target {{wasm_target}} --release
@@ -60,7 +67,7 @@ py-env:
     @scripts/py-env >/dev/null
 
 # The whole test suite against the real broker (guests and the Python env made first).
-test: build-guest build-test-guests broker py-env
+test: build-guest build-guest-py build-test-guests broker py-env
     WARREN_PYTHON="$PWD/target/py/bin/python" cargo test --workspace --all-targets
 
 # Warren side by side with the bare echo worker (the ceiling) and the seed's Python

@@ -51,18 +51,40 @@ impl CappedOutput {
         );
     }
 
-    /// The last line worth showing, for example a Rust panic's message
-    /// (skipping the `RUST_BACKTRACE` hint that follows it).
+    /// What a trap's message quotes from the guest's stderr: the last line
+    /// worth showing, for example a Rust panic's message (skipping the
+    /// `RUST_BACKTRACE` hint that follows it), preceded by the exception
+    /// line of a Python traceback when there is one (componentize-py's own
+    /// last line only says that an exception was thrown, not which).
     pub(super) fn last_line(&self) -> Option<String> {
         let captured = self.inner.lock().expect("output lock");
-        String::from_utf8_lossy(&captured.kept)
+        let text = String::from_utf8_lossy(&captured.kept);
+        let last = text
             .lines()
             .rev()
             .find(|line| {
                 !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE")
             })
-            .map(|line| line.trim().chars().take(300).collect())
+            .map(|line| line.trim().chars().take(300).collect::<String>());
+        match (python_exception(&text), last) {
+            (Some(exception), Some(last)) if exception != last => {
+                Some(format!("{exception}; {last}"))
+            }
+            (Some(exception), _) => Some(exception),
+            (None, last) => last,
+        }
     }
+}
+
+/// The exception line of the last Python traceback in `text`
+/// (`ValueError: bad input`): the first unindented line after the frames.
+fn python_exception(text: &str) -> Option<String> {
+    let (_, after) = text.rsplit_once("Traceback (most recent call last):")?;
+    after
+        .lines()
+        .skip(1)
+        .find(|line| !line.trim().is_empty() && !line.starts_with(char::is_whitespace))
+        .map(|line| line.trim().chars().take(300).collect())
 }
 
 impl AsyncWrite for CappedOutput {
@@ -133,5 +155,24 @@ mod tests {
             .unwrap();
         assert_eq!(output.last_line().as_deref(), Some("boom"));
         assert_eq!(CappedOutput::new(8).last_line(), None);
+    }
+
+    #[tokio::test]
+    async fn a_python_traceback_gives_its_exception_line() {
+        let output = CappedOutput::new(4096);
+        let mut writer = output.clone();
+        writer
+            .write_all(
+                b"Traceback (most recent call last):\n  File \"/0/app.py\", line 4, in handle\n\
+                  ValueError: bad thing hello\n\nthread '<unnamed>' (1) panicked at \
+                  runtime/src/lib.rs:1293:29:\nPython function threw an unexpected exception\n\
+                  note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            output.last_line().as_deref(),
+            Some("ValueError: bad thing hello; Python function threw an unexpected exception")
+        );
     }
 }

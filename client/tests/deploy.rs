@@ -66,26 +66,6 @@ fn deploy_headers(
     headers
 }
 
-/// Publishes a deploy message onto `queue`'s deploy stream by hand, as
-/// anyone who may publish to the broker could, without waiting for answers.
-async fn publish_raw_deploy(queue: &str, headers: FieldTable, module: &[u8]) {
-    let connection = Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .basic_publish(
-            "".into(),
-            deploy_stream(queue).as_str().into(),
-            BasicPublishOptions::default(),
-            module,
-            BasicProperties::default().with_headers(headers),
-        )
-        .await
-        .unwrap();
-    close_connection(&connection).await;
-}
-
 fn only_answer(answers: Vec<DeployAnswer>) -> DeployAnswer {
     assert_eq!(answers.len(), 1, "{answers:?}");
     answers.into_iter().next().unwrap()

@@ -338,3 +338,41 @@ async fn request_spans_are_exported_over_otlp_in_the_callers_trace() {
     assert!(contains(&exported, b"warren-host"), "the service name");
     delete_queues(&queue).await;
 }
+
+/// A log written to a file carries no colour codes, and a restarted host
+/// does not warn again about refusals in the deploy history it replays.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_in_a_file_is_plain_and_replayed_refusals_are_not_warnings() {
+    use warren_client::protocol::deploy::{HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_NAME};
+    let queue = unique_queue("host-log");
+    let wasm = fib_wasm();
+    let mut first = HostProcess::start(&queue, &[("fib", &wasm)], &[], None);
+    first
+        .wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    // An unsigned deploy, as an old or careless deployer could send.
+    let junk = b"\0asm not really";
+    let mut headers = lapin::types::FieldTable::default();
+    warren_client::protocol::set_header_text(&mut headers, HEADER_DEPLOY_NAME, "fib");
+    warren_client::protocol::set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest(junk));
+    publish_raw_deploy(&queue, headers, junk).await;
+    let log = first
+        .wait_for_log("deploy refused", Duration::from_secs(20))
+        .await;
+    assert!(log.contains("WARN"), "a new refusal is a warning:\n{log}");
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(30)).await, Some(0));
+    assert!(!log.contains('\u{1b}'), "colour codes in a file:\n{log}");
+
+    let mut second = HostProcess::start(&queue, &[("fib", &wasm)], &[], None);
+    let log = second
+        .wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    assert!(
+        !log.contains("deploy refused") && !log.contains("history refused"),
+        "the replayed refusal was logged again at info or above:\n{log}"
+    );
+    second.signal("TERM");
+    assert_eq!(second.wait_exit(Duration::from_secs(30)).await, Some(0));
+    delete_queues(&queue).await;
+}

@@ -280,6 +280,28 @@ pub async fn wait_for_consumer(queue: &str) {
     .await;
 }
 
+/// Publishes a deploy message onto `queue`'s deploy stream by hand, as
+/// anyone who may publish to the broker could, without waiting for answers.
+pub async fn publish_raw_deploy(queue: &str, headers: lapin::types::FieldTable, module: &[u8]) {
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            warren_client::protocol::deploy::deploy_stream(queue)
+                .as_str()
+                .into(),
+            lapin::options::BasicPublishOptions::default(),
+            module,
+            lapin::BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+    close_connection(&connection).await;
+}
+
 /// Runs the `warren` binary with `args` against the test broker.
 pub async fn run_warren(args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();

@@ -27,12 +27,20 @@ build-guest: target
 build-guest-py:
     scripts/build-guest-py
 
-# Build every procedure: the Rust fib guest and the Python one.
-build-guests: build-guest build-guest-py
+# Build the JavaScript fib procedure (guest-fib-js) with componentize-js into modules/fib-js.wasm.
+build-guest-js:
+    scripts/build-guest-js
 
-# Build the hostile test guests (test-guests/) for the sandbox tests.
+# Build every procedure: the Rust fib guest, the Python one and the JavaScript one.
+build-guests: build-guest build-guest-py build-guest-js
+
+# Build the hostile test guests (test-guests/) for the sandbox tests: Rust, and
+# Python and JavaScript where their toolchains are installed (their tests skip,
+# saying so, where not).
 build-test-guests: target
     cargo build -p guest-hostile --target {{wasm_target}} --release
+    WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-py test-guests/hostile-py hostile-py --no-install
+    WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-js test-guests/hostile-js/hostile.js hostile-js --no-install
 
 # Build the host and the client.
 build:
@@ -67,7 +75,9 @@ py-env:
     @scripts/py-env >/dev/null
 
 # The whole test suite against the real broker (guests and the Python env made first).
-test: build-guest build-guest-py build-test-guests broker py-env
+test: build-guest build-test-guests broker py-env
+    WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-py
+    WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-js
     WARREN_PYTHON="$PWD/target/py/bin/python" cargo test --workspace --all-targets
 
 # Warren side by side with the bare echo worker (the ceiling) and the seed's Python
@@ -81,6 +91,12 @@ bench: bench-compare
 bench-compare *ARGS: build-guest broker py-env
     cargo build --release --workspace
     WARREN_PYTHON="$PWD/target/py/bin/python" target/release/bench-compare {{ARGS}}
+
+# The fib procedure in Rust, Python and JavaScript beside the seed's server:
+# fib(1) and fib(25), one call at a time. Writes target/bench-compare/languages.{md,json}.
+bench-languages *ARGS: build-guests broker py-env
+    cargo build --release --workspace
+    WARREN_PYTHON="$PWD/target/py/bin/python" target/release/bench-compare --languages {{ARGS}}
 
 # Formatting and lints, as CI wants them.
 check:

@@ -20,6 +20,8 @@ use warren_client::{
 };
 
 /// Exit codes, as documented in `--help` and README.md.
+mod new;
+
 mod exit {
     pub const OK: u8 = 0;
     pub const PROCEDURE_ERROR: u8 = 1;
@@ -167,6 +169,22 @@ enum Command {
         #[arg(long)]
         allow_no_hosts: bool,
     },
+    /// Write a new procedure project: an echo handler in Rust, Python or
+    /// JavaScript, its own copy of the WIT contract, the build command and
+    /// a five-line README. It builds outside this repository; drop the
+    /// component it builds into a host's modules folder (as NAME.wasm) to
+    /// serve it.
+    New {
+        /// Procedure name, also the project's: 1 to 63 of a-z, 0-9, '-'
+        /// and '_', starting with a letter or digit (a letter for Rust).
+        #[arg(value_parser = procedure_name)]
+        name: String,
+        /// The language to write it in.
+        #[arg(long, short, value_enum)]
+        lang: new::Lang,
+        /// Where to write it (must not exist, or be empty) [default: ./NAME].
+        dir: Option<PathBuf>,
+    },
     /// Ask every host of the queue what it is doing: one line per host
     /// (host id, version, uptime, broker node, in flight/concurrency,
     /// requests served and failed, each procedure with its digest). A
@@ -219,6 +237,9 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> u8 {
     let call = match &cli.command {
         Command::Keygen { file } => return keygen(file),
+        Command::New { name, lang, dir } => {
+            return new_project(name, *lang, dir.as_deref());
+        }
         Command::Bench {
             procedure,
             requests,
@@ -418,6 +439,27 @@ fn keygen(file: &Path) -> u8 {
         }
         Err(error) => {
             eprintln!("warren: {error}");
+            exit::FAILED
+        }
+    }
+}
+
+fn new_project(name: &str, lang: new::Lang, dir: Option<&Path>) -> u8 {
+    let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_owned);
+    match new::create(name, lang, &dir) {
+        Ok(created) => {
+            let dir = created.dir.display();
+            println!("created {dir}");
+            println!("build:  cd {dir} && {}", created.build);
+            println!(
+                "serve:  copy {dir}/{} into a host's modules folder as {name}.wasm",
+                created.component
+            );
+            println!("call:   warren call --procedure {name} hello");
+            exit::OK
+        }
+        Err(error) => {
+            eprintln!("warren new: {error:#}");
             exit::FAILED
         }
     }

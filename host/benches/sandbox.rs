@@ -4,7 +4,13 @@
 //! `fib(30)` in Wasm under the deadline and memory limit against the same
 //! Rust compiled natively, which is what the sandbox costs real work.
 //!
-//! Run with `just bench` (needs `just build-guest`).
+//! Then the same fresh instance + call of `fib(1)` for each guest language
+//! (Rust, Python with componentize-py, JavaScript with componentize-js):
+//! what a procedure's language costs per request. The Python and JavaScript
+//! components are skipped, with a line saying so, when `just build-guests`
+//! has not built them.
+//!
+//! Run with `just bench` (needs `just build-guests`).
 
 use std::path::Path;
 
@@ -48,6 +54,41 @@ fn sandbox(c: &mut Criterion) {
         })
     });
     work.finish();
+
+    // Per language, fib(1): instance + call is all there is to it. fib(1)
+    // rather than an echo so every language runs the same parse and reply.
+    let mut languages = c.benchmark_group("fresh_instance_fib_1");
+    languages.bench_function("rust", |b| {
+        b.to_async(&runtime).iter(|| async {
+            sandbox
+                .run(&component, b"1".to_vec(), "bench")
+                .await
+                .unwrap()
+        })
+    });
+    for (language, file) in [("python", "fib-py.wasm"), ("javascript", "fib-js.wasm")] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/guests")
+            .join(file);
+        let Ok(wasm) = std::fs::read(&path) else {
+            eprintln!(
+                "skipping {language}: {} is missing; run `just build-guests`",
+                path.display()
+            );
+            continue;
+        };
+        let component = sandbox.prepare(&wasm, &digest(&wasm)).unwrap();
+        languages.bench_function(language, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let reply = sandbox
+                    .run(&component, b"1".to_vec(), "bench")
+                    .await
+                    .unwrap();
+                assert_eq!(reply, b"1");
+            })
+        });
+    }
+    languages.finish();
 
     let mut compile = c.benchmark_group("sandbox_compile");
     compile.sample_size(10);

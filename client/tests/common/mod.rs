@@ -521,6 +521,12 @@ pub fn keep_calling(
         .collect()
 }
 
+/// Whether `program` is on PATH (a toolchain a test needs, say).
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// The seed's fibonacci, to check replies.
 pub fn fib(n: u64) -> u64 {
     if n < 2 { n } else { fib(n - 1) + fib(n - 2) }

@@ -255,6 +255,17 @@ impl Sandbox {
             Err(_elapsed) => Err(timeout_error()),
             Ok(Err(error)) => Err(classify_failure(&error, memory_limit_hit, limits, &stderr)
                 .unwrap_or_else(timeout_error)),
+            // A runtime that turns a refused memory.grow into an exception
+            // of its own (SpiderMonkey's "out of memory", CPython's
+            // MemoryError caught by the procedure) ends up here: the limit is
+            // still why it failed, and that is what the caller is told.
+            Ok(Ok(Err(message))) if memory_limit_hit => Err(RpcError::new(
+                ErrorKind::MemoryLimit,
+                format!(
+                    "{} (the procedure then failed: {message})",
+                    memory_limit_message(limits)
+                ),
+            )),
             Ok(Ok(Err(message))) => Err(RpcError::new(ErrorKind::ProcedureError, message)),
             Ok(Ok(Ok(reply))) if reply.len() > limits.max_reply_bytes => Err(RpcError::new(
                 ErrorKind::ReplyTooLarge,
@@ -286,10 +297,7 @@ fn classify_failure(
     if memory_limit_hit {
         return Some(RpcError::new(
             ErrorKind::MemoryLimit,
-            format!(
-                "the procedure tried to grow its memory past the {} limit (--max-memory)",
-                limits::format_bytes(limits.max_memory)
-            ),
+            memory_limit_message(limits),
         ));
     }
     match error.downcast_ref::<Trap>() {
@@ -309,6 +317,13 @@ fn classify_failure(
             ),
         )),
     }
+}
+
+fn memory_limit_message(limits: &Limits) -> String {
+    format!(
+        "the procedure tried to grow its memory past the {} limit (--max-memory)",
+        limits::format_bytes(limits.max_memory)
+    )
 }
 
 /// A WASI context that grants nothing: no preopened directories, no

@@ -54,8 +54,10 @@ impl CappedOutput {
     /// What a trap's message quotes from the guest's stderr: the last line
     /// worth showing, for example a Rust panic's message (skipping the
     /// `RUST_BACKTRACE` hint that follows it), preceded by the exception
-    /// line of a Python traceback when there is one (componentize-py's own
-    /// last line only says that an exception was thrown, not which).
+    /// line of a Python traceback or a JavaScript `Uncaught ...` line when
+    /// there is one (componentize-py's and componentize-js's own last lines
+    /// only say that an exception was thrown or the guest aborted, not
+    /// which exception).
     pub(super) fn last_line(&self) -> Option<String> {
         let captured = self.inner.lock().expect("output lock");
         let text = String::from_utf8_lossy(&captured.kept);
@@ -66,7 +68,7 @@ impl CappedOutput {
                 !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE")
             })
             .map(|line| line.trim().chars().take(300).collect::<String>());
-        match (python_exception(&text), last) {
+        match (exception_line(&text), last) {
             (Some(exception), Some(last)) if exception != last => {
                 Some(format!("{exception}; {last}"))
             }
@@ -76,14 +78,27 @@ impl CappedOutput {
     }
 }
 
-/// The exception line of the last Python traceback in `text`
-/// (`ValueError: bad input`): the first unindented line after the frames.
-fn python_exception(text: &str) -> Option<String> {
-    let (_, after) = text.rsplit_once("Traceback (most recent call last):")?;
-    after
-        .lines()
-        .skip(1)
-        .find(|line| !line.trim().is_empty() && !line.starts_with(char::is_whitespace))
+/// The line in `text` that names an uncaught exception: the exception line
+/// of the last Python traceback (`ValueError: bad input`, the first
+/// unindented line after the frames), or else the last `Uncaught ...` line
+/// (what the JavaScript entry wrapper of `warren new --lang js` and
+/// scripts/build-guest-js prints, `Uncaught TypeError: bad input`).
+fn exception_line(text: &str) -> Option<String> {
+    let python = text
+        .rsplit_once("Traceback (most recent call last):")
+        .and_then(|(_, after)| {
+            after
+                .lines()
+                .skip(1)
+                .find(|line| !line.trim().is_empty() && !line.starts_with(char::is_whitespace))
+        });
+    let javascript = || {
+        text.lines()
+            .rev()
+            .find(|line| line.starts_with("Uncaught "))
+    };
+    python
+        .or_else(javascript)
         .map(|line| line.trim().chars().take(300).collect())
 }
 
@@ -173,6 +188,22 @@ mod tests {
         assert_eq!(
             output.last_line().as_deref(),
             Some("ValueError: bad thing hello; Python function threw an unexpected exception")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_javascript_uncaught_line_is_quoted_before_the_abort() {
+        let output = CappedOutput::new(4096);
+        let mut writer = output.clone();
+        writer
+            .write_all(
+                b"Uncaught TypeError: bad thing\nRedirecting call to abort() to mozalloc_abort\n",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            output.last_line().as_deref(),
+            Some("Uncaught TypeError: bad thing; Redirecting call to abort() to mozalloc_abort")
         );
     }
 }

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod languages;
+
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
@@ -28,6 +30,11 @@ use serde::{Deserialize, Serialize};
 /// Compare warren-host with a bare echo worker and the seed's Python server.
 #[derive(Parser)]
 struct Options {
+    /// Instead: compare the fib procedure in Rust, Python and JavaScript
+    /// (target/guests, from `just build-guests`) with the seed's server,
+    /// one call at a time, fib(1) and fib(25); writes languages.{md,json}.
+    #[arg(long)]
+    languages: bool,
     /// Broker to use.
     #[arg(long, env = "AMQP_URL", default_value = warren_protocol::DEFAULT_AMQP_URL)]
     amqp_url: String,
@@ -140,11 +147,21 @@ impl Drop for Worker {
 }
 
 impl Worker {
+    /// The most resident memory the process has had, KiB.
     fn peak_rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    /// The process's resident memory now, KiB.
+    fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
     }
 }
@@ -166,6 +183,9 @@ fn main() -> anyhow::Result<()> {
         options.fib_wasm.display()
     );
     std::fs::create_dir_all(&options.out)?;
+    if options.languages {
+        return languages::run(&options);
+    }
     let run_id = std::process::id();
 
     let mut workers = vec![start_echo(&options, run_id)?];

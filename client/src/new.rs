@@ -1,0 +1,267 @@
+//! `warren new`: a ready-to-build procedure project from the templates in
+//! `client/templates/`.
+//!
+//! The project stands alone: it carries its own copy of `wit/procedure.wit`
+//! and pins the same toolchain versions Warren's own guests are built and
+//! tested with (wit-bindgen from the workspace, componentize-py from
+//! `guest-fib-py/requirements.txt`, componentize-js from
+//! `guest-fib-js/package.json` and its lockfile), so what builds here builds
+//! there. Each template is an echo handler, its build command and a README.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// The language of a new procedure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
+}
+
+const WIT: &str = include_str!("../../wit/procedure.wit");
+
+const RUST_CARGO_TOML: &str = include_str!("../templates/rust/Cargo.toml");
+const RUST_LIB: &str = include_str!("../templates/rust/lib.rs");
+const RUST_README: &str = include_str!("../templates/rust/README.md");
+
+const PYTHON_APP: &str = include_str!("../templates/python/app.py");
+const PYTHON_BUILD: &str = include_str!("../templates/python/build.sh");
+const PYTHON_README: &str = include_str!("../templates/python/README.md");
+const PYTHON_REQUIREMENTS: &str = include_str!("../../guest-fib-py/requirements.txt");
+
+const JS_APP: &str = include_str!("../templates/js/app.js");
+const JS_ENTRY: &str = include_str!("../templates/js/entry.js");
+const JS_README: &str = include_str!("../templates/js/README.md");
+const JS_PACKAGE: &str = include_str!("../../guest-fib-js/package.json");
+const JS_LOCK: &str = include_str!("../../guest-fib-js/package-lock.json");
+
+/// One file of a new project: its path inside the project, its text, and
+/// whether it is executable.
+struct File {
+    path: &'static str,
+    text: String,
+    executable: bool,
+}
+
+/// What `warren new` made, for the message that follows.
+#[derive(Debug)]
+pub struct Created {
+    pub dir: PathBuf,
+    /// The command that builds it, run in `dir`.
+    pub build: &'static str,
+    /// Where the build leaves the component, relative to `dir`.
+    pub component: String,
+}
+
+/// Writes a new procedure project `name` in `lang` into `dir`, which must
+/// not exist or be empty. `name` is a valid procedure name (the caller
+/// checked it).
+pub fn create(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<Created> {
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir)
+            .with_context(|| format!("{} exists and cannot be read", dir.display()))?;
+        if entries.next().is_some() {
+            bail!(
+                "{} exists and is not empty; pick another directory (warren new NAME --lang LANG DIR)",
+                dir.display()
+            );
+        }
+    }
+    let (files, build, component) = project(name, lang)?;
+    for file in files {
+        let path = dir.join(file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, file.text).with_context(|| format!("writing {}", path.display()))?;
+        if file.executable {
+            make_executable(&path)?;
+        }
+    }
+    Ok(Created {
+        dir: dir.to_owned(),
+        build,
+        component,
+    })
+}
+
+/// The files of the project, its build command and where that leaves the
+/// component.
+fn project(name: &str, lang: Lang) -> anyhow::Result<(Vec<File>, &'static str, String)> {
+    let wit = File {
+        path: "wit/procedure.wit",
+        text: WIT.to_owned(),
+        executable: false,
+    };
+    let file = |path, template: &str, component: &str| File {
+        path,
+        text: fill(template, name, component),
+        executable: false,
+    };
+    Ok(match lang {
+        Lang::Rust => {
+            if name.starts_with(|c: char| c.is_ascii_digit()) {
+                bail!(
+                    "{name:?} starts with a digit, which a Rust package name cannot; \
+                     pick a name that starts with a letter"
+                );
+            }
+            // Cargo names the library after the package, with '-' as '_'.
+            let component = format!(
+                "target/wasm32-wasip2/release/{}.wasm",
+                name.replace('-', "_")
+            );
+            let files = vec![
+                file("Cargo.toml", RUST_CARGO_TOML, &component),
+                file("src/lib.rs", RUST_LIB, &component),
+                file("README.md", RUST_README, &component),
+                file(".gitignore", "/target\n", &component),
+                wit,
+            ];
+            (
+                files,
+                "cargo build --release --target wasm32-wasip2",
+                component,
+            )
+        }
+        Lang::Python => {
+            let component = format!("{name}.wasm");
+            let files = vec![
+                file("app.py", PYTHON_APP, &component),
+                File {
+                    executable: true,
+                    ..file("build.sh", PYTHON_BUILD, &component)
+                },
+                file("requirements.txt", &requirements(), &component),
+                file("README.md", PYTHON_README, &component),
+                file(".gitignore", "/.venv\n__pycache__/\n*.wasm\n", &component),
+                wit,
+            ];
+            (files, "./build.sh", component)
+        }
+        Lang::Js => {
+            let component = format!("{name}.wasm");
+            let (package, lock) = js_package(name, &component)?;
+            let files = vec![
+                file("app.js", JS_APP, &component),
+                file("entry.js", JS_ENTRY, &component),
+                file("package.json", &package, &component),
+                file("package-lock.json", &lock, &component),
+                file("README.md", JS_README, &component),
+                file(".gitignore", "/node_modules\n*.wasm\n", &component),
+                wit,
+            ];
+            (files, "npm ci && npm run build", component)
+        }
+    })
+}
+
+fn fill(template: &str, name: &str, component: &str) -> String {
+    template
+        .replace("{{name}}", name)
+        .replace("{{component}}", component)
+}
+
+/// guest-fib-py's pins, without its comments about this repository.
+fn requirements() -> String {
+    let pins: String = PYTHON_REQUIREMENTS
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#') && !line.trim().is_empty())
+        .map(|line| format!("{line}\n"))
+        .collect();
+    format!("# componentize-py builds app.py into a component (./build.sh).\n{pins}")
+}
+
+/// package.json and package-lock.json for a JavaScript project named
+/// `name`: guest-fib-js's pins and lockfile, renamed, with a build script.
+fn js_package(name: &str, component: &str) -> anyhow::Result<(String, String)> {
+    let source: serde_json::Value =
+        serde_json::from_str(JS_PACKAGE).context("guest-fib-js/package.json is not JSON")?;
+    let mut package = serde_json::json!({
+        "name": name,
+        "version": "0.1.0",
+        "private": true,
+        "description": format!("The {name} procedure: a Warren component"),
+        "type": "module",
+        "scripts": {
+            "build": format!(
+                "componentize-js entry.js --wit wit --world-name procedure \
+                 --disable http fetch-event --out {component}"
+            ),
+        },
+    });
+    for key in ["//", "devDependencies"] {
+        if let Some(value) = source.get(key) {
+            package[key] = value.clone();
+        }
+    }
+    let mut lock: serde_json::Value =
+        serde_json::from_str(JS_LOCK).context("guest-fib-js/package-lock.json is not JSON")?;
+    lock["name"] = name.into();
+    lock["version"] = "0.1.0".into();
+    let root = &mut lock["packages"][""];
+    root["name"] = name.into();
+    root["version"] = "0.1.0".into();
+    Ok((pretty(&package)?, pretty(&lock)?))
+}
+
+fn pretty(value: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
+}
+
+#[cfg(unix)]
+fn make_executable(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))
+}
+
+#[cfg(not(unix))]
+fn make_executable(_path: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_language_writes_the_wit_and_a_readme_naming_the_component() {
+        for lang in [Lang::Rust, Lang::Python, Lang::Js] {
+            let dir = tempfile::tempdir().unwrap();
+            let created = create("my-echo", lang, &dir.path().join("p")).unwrap();
+            let wit = std::fs::read_to_string(created.dir.join("wit/procedure.wit")).unwrap();
+            assert_eq!(wit, WIT);
+            let readme = std::fs::read_to_string(created.dir.join("README.md")).unwrap();
+            assert!(readme.contains(&created.component), "{lang:?}: {readme}");
+            assert_eq!(readme.lines().count(), 5, "{lang:?}: {readme}");
+            assert!(!readme.contains("{{"), "{lang:?}: {readme}");
+        }
+    }
+
+    #[test]
+    fn the_js_lockfile_is_renamed_and_matches_the_package() {
+        let (package, lock) = js_package("my-echo", "my-echo.wasm").unwrap();
+        let package: serde_json::Value = serde_json::from_str(&package).unwrap();
+        let lock: serde_json::Value = serde_json::from_str(&lock).unwrap();
+        assert_eq!(lock["name"], "my-echo");
+        assert_eq!(lock["packages"][""]["name"], "my-echo");
+        assert_eq!(
+            package["devDependencies"],
+            lock["packages"][""]["devDependencies"]
+        );
+    }
+
+    #[test]
+    fn a_non_empty_directory_is_refused_and_a_rust_name_must_start_with_a_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keep"), "").unwrap();
+        let error = create("echo", Lang::Js, dir.path()).unwrap_err();
+        assert!(error.to_string().contains("not empty"), "{error}");
+        let error = create("1echo", Lang::Rust, &dir.path().join("r")).unwrap_err();
+        assert!(error.to_string().contains("starts with a digit"), "{error}");
+    }
+}

@@ -8,7 +8,9 @@
 //
 // How the contract maps: `handle` takes a Uint8Array and returns one (`ok`);
 // throwing a string is the `err` case. Throwing anything else (an Error, a
-// TypeError from a bug) is uncaught: the request ends with `trap`.
+// TypeError from a bug) is uncaught: the request ends with `trap`, whose
+// message names the exception (scripts/build-guest-js builds this module
+// inside the entry wrapper of client/templates/js/entry.js, which prints it).
 
 const MAX_N = 93;
 

@@ -371,7 +371,13 @@ fn start_seed(options: &Options) -> anyhow::Result<Worker> {
 fn start_host(options: &Options, run_id: u32, modules: &Path) -> anyhow::Result<Worker> {
     let queue = format!("warren-bench-host-{run_id}");
     let child = Command::new(options.bin_dir.join("warren-host"))
-        .args(["--queue", &queue, "--modules-dir"])
+        .args([
+            "--queue",
+            &queue,
+            "--default-procedure",
+            "fib",
+            "--modules-dir",
+        ])
         .arg(modules)
         .env("AMQP_URL", &options.amqp_url)
         .env("RUST_LOG", "warn")

@@ -143,8 +143,11 @@ fn a_malformed_broker_url_is_bad_usage_not_an_unreachable_broker() {
 async fn a_timeout_shorter_than_connecting_is_a_missing_reply() {
     let host = TestHost::start("cli-short", &[("fib", &fib_wasm())]).await;
     let queue = host.queue.clone();
+    // fib(40) takes about half a second, so its reply can never beat the
+    // timer (fib(25)'s sometimes did, while the request's publish was being
+    // confirmed).
     let out = tokio::task::spawn_blocking(move || {
-        warren(&["--queue", &queue, "--timeout", "0s", "fib", "25"])
+        warren(&["--queue", &queue, "--timeout", "0s", "fib", "40"])
     })
     .await
     .unwrap();

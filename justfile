@@ -34,9 +34,8 @@ build-guest-js:
 # Build every procedure: the Rust fib guest, the Python one and the JavaScript one.
 build-guests: build-guest build-guest-py build-guest-js
 
-# Build the hostile test guests (test-guests/) for the sandbox tests: Rust, and
-# Python and JavaScript where their toolchains are installed (their tests skip,
-# saying so, where not).
+# (Where python3 or node is missing, those guests are skipped and their tests say SKIPPED.)
+# Build the hostile test guests (test-guests/) in Rust, Python and JavaScript for the sandbox tests.
 build-test-guests: target
     cargo build -p guest-hostile --target {{wasm_target}} --release
     WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-py test-guests/hostile-py hostile-py --no-install
@@ -80,9 +79,8 @@ test: build-guest build-test-guests broker py-env
     WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-js
     WARREN_PYTHON="$PWD/target/py/bin/python" cargo test --workspace --all-targets
 
-# Warren side by side with the bare echo worker (the ceiling) and the seed's Python
-# server, each driven by `warren bench`; then the in-process criterion benches.
 # Writes target/bench-compare/{report.md,report.json,chart.svg}.
+# Warren beside the bare echo worker and the seed's server (bench-compare), then the criterion benches.
 bench: bench-compare
     cargo bench -p warren-host --bench sandbox
     cargo bench -p warren-client --bench round_trip
@@ -92,8 +90,8 @@ bench-compare *ARGS: build-guest broker py-env
     cargo build --release --workspace
     WARREN_PYTHON="$PWD/target/py/bin/python" target/release/bench-compare {{ARGS}}
 
-# The fib procedure in Rust, Python and JavaScript beside the seed's server:
-# fib(1) and fib(25), one call at a time. Writes target/bench-compare/languages.{md,json}.
+# Writes target/bench-compare/languages.{md,json}.
+# fib in Rust, Python and JavaScript beside the seed's server: fib(1) and fib(25), one call at a time.
 bench-languages *ARGS: build-guests broker py-env
     cargo build --release --workspace
     WARREN_PYTHON="$PWD/target/py/bin/python" target/release/bench-compare --languages {{ARGS}}

@@ -18,10 +18,7 @@ target:
 # Build the fib guest for wasm32-wasip2 (release) and install it as modules/fib.wasm.
 build-guest: target
     cargo build -p guest-fib --target {{wasm_target}} --release
-    mkdir -p modules
-    install -m 0644 {{guest_out}}/guest_fib.wasm modules/fib.wasm.tmp
-    mv -f modules/fib.wasm.tmp modules/fib.wasm
-    @echo "installed modules/fib.wasm"
+    @scripts/install-module {{guest_out}}/guest_fib.wasm fib
 
 # Build the Python fib procedure (guest-fib-py) with componentize-py into modules/fib-py.wasm.
 build-guest-py:

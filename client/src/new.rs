@@ -91,72 +91,68 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<Created> {
 /// The files of the project, its build command and where that leaves the
 /// component.
 fn project(name: &str, lang: Lang) -> anyhow::Result<(Vec<File>, &'static str, String)> {
-    let wit = File {
-        path: "wit/procedure.wit",
-        text: WIT.to_owned(),
-        executable: false,
+    if lang == Lang::Rust && name.starts_with(|c: char| c.is_ascii_digit()) {
+        bail!(
+            "{name:?} starts with a digit, which a Rust package name cannot; \
+             pick a name that starts with a letter"
+        );
+    }
+    let component = match lang {
+        // Cargo names the library after the package, with '-' as '_'.
+        Lang::Rust => format!(
+            "target/wasm32-wasip2/release/{}.wasm",
+            name.replace('-', "_")
+        ),
+        Lang::Python | Lang::Js => format!("{name}.wasm"),
     };
-    let file = |path, template: &str, component: &str| File {
+    let file = |path, template: &str| File {
         path,
-        text: fill(template, name, component),
+        text: fill(template, name, &component),
         executable: false,
     };
-    Ok(match lang {
-        Lang::Rust => {
-            if name.starts_with(|c: char| c.is_ascii_digit()) {
-                bail!(
-                    "{name:?} starts with a digit, which a Rust package name cannot; \
-                     pick a name that starts with a letter"
-                );
-            }
-            // Cargo names the library after the package, with '-' as '_'.
-            let component = format!(
-                "target/wasm32-wasip2/release/{}.wasm",
-                name.replace('-', "_")
-            );
-            let files = vec![
-                file("Cargo.toml", RUST_CARGO_TOML, &component),
-                file("src/lib.rs", RUST_LIB, &component),
-                file("README.md", RUST_README, &component),
-                file(".gitignore", "/target\n", &component),
+    let wit = file("wit/procedure.wit", WIT);
+    let (files, build) = match lang {
+        Lang::Rust => (
+            vec![
+                file("Cargo.toml", RUST_CARGO_TOML),
+                file("src/lib.rs", RUST_LIB),
+                file("README.md", RUST_README),
+                file(".gitignore", "/target\n"),
                 wit,
-            ];
-            (
-                files,
-                "cargo build --release --target wasm32-wasip2",
-                component,
-            )
-        }
-        Lang::Python => {
-            let component = format!("{name}.wasm");
-            let files = vec![
-                file("app.py", PYTHON_APP, &component),
+            ],
+            "cargo build --release --target wasm32-wasip2",
+        ),
+        Lang::Python => (
+            vec![
+                file("app.py", PYTHON_APP),
                 File {
                     executable: true,
-                    ..file("build.sh", PYTHON_BUILD, &component)
+                    ..file("build.sh", PYTHON_BUILD)
                 },
-                file("requirements.txt", &requirements(), &component),
-                file("README.md", PYTHON_README, &component),
-                file(".gitignore", "/.venv\n__pycache__/\n*.wasm\n", &component),
+                file("requirements.txt", &requirements()),
+                file("README.md", PYTHON_README),
+                file(".gitignore", "/.venv\n__pycache__/\n*.wasm\n"),
                 wit,
-            ];
-            (files, "./build.sh", component)
-        }
+            ],
+            "./build.sh",
+        ),
         Lang::Js => {
-            let component = format!("{name}.wasm");
             let (package, lock) = js_package(name, &component)?;
-            let files = vec![
-                file("app.js", JS_APP, &component),
-                file("entry.js", JS_ENTRY, &component),
-                file("package.json", &package, &component),
-                file("package-lock.json", &lock, &component),
-                file("README.md", JS_README, &component),
-                file(".gitignore", "/node_modules\n*.wasm\n", &component),
-                wit,
-            ];
-            (files, "npm ci && npm run build", component)
+            (
+                vec![
+                    file("app.js", JS_APP),
+                    file("entry.js", JS_ENTRY),
+                    file("package.json", &package),
+                    file("package-lock.json", &lock),
+                    file("README.md", JS_README),
+                    file(".gitignore", "/node_modules\n*.wasm\n"),
+                    wit,
+                ],
+                "npm ci && npm run build",
+            )
         }
-    })
+    };
+    Ok((files, build, component))
 }
 
 fn fill(template: &str, name: &str, component: &str) -> String {

@@ -76,8 +76,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         wait_for_consumer(&warren, options, &seed.queue)?;
     }
 
-    let fib1 = options.latency_requests.min(1000).to_string();
-    let fib25 = "100".to_string();
+    // Calls per run: fib(1) as many as the latency runs (at most 1000), fib(25) 100.
+    let (fib1_calls, fib25_calls) = (options.latency_requests.min(1000), 100u64);
+    let (fib1, fib25) = (fib1_calls.to_string(), fib25_calls.to_string());
     let mut samples: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
     let mut served = 0u64;
     let mut host_rss_kib = vec![(0, host.rss_kib().unwrap_or(0))];
@@ -119,7 +120,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             entry.0.push(one);
             entry.1.push(twenty_five);
             if procedure.is_some() {
-                served += fib1.parse::<u64>()? + 100;
+                served += fib1_calls + fib25_calls;
             }
         }
         host_rss_kib.push((served, host.rss_kib().unwrap_or(0)));

@@ -77,6 +77,8 @@ async fn metrics_count_known_traffic_and_health_says_consuming() {
         ("warren_concurrency_slots", 2.0),
         ("warren_broker_connected", 1.0),
         ("warren_reconnects_total", 0.0),
+        // Only Rust guests here: they start in microseconds, no spares.
+        ("warren_spare_instances_used_total", 0.0),
         (
             &format!(
                 r#"warren_procedure_info{{procedure="fib",digest="{}"}}"#,

@@ -10,6 +10,11 @@
 //! components are skipped, with a line saying so, when `just build-guests`
 //! has not built them.
 //!
+//! Spares are off for all of these (a fresh instance started on demand is
+//! what every request pays under load), except in
+//! `fresh_instance_fib_1/*_spare_ready`, which measures what a request pays
+//! when the host had time to start its instance ahead (`--spare-instances`).
+//!
 //! Run with `just bench` (needs `just build-guests`).
 
 use std::path::Path;
@@ -24,7 +29,12 @@ fn sandbox(c: &mut Criterion) {
     let wasm = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run `just build-guest` first", path.display()));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let sandbox = Sandbox::new(Limits::default(), None).unwrap();
+    let no_spares = Limits {
+        spare_instances: 0,
+        ..Limits::default()
+    };
+    let sandbox = Sandbox::new(no_spares, None).unwrap();
+    let with_spares = Sandbox::new(Limits::default(), None).unwrap();
     let component = sandbox.prepare(&wasm, &digest(&wasm)).unwrap();
 
     c.bench_function("sandbox_fresh_instance_fib_1", |b| {
@@ -68,6 +78,10 @@ fn sandbox(c: &mut Criterion) {
         languages.bench_function(language, |b| {
             fresh_instance_fib_1(b, &runtime, &sandbox, &component)
         });
+        let component = with_spares.prepare(&wasm, &digest(&wasm)).unwrap();
+        languages.bench_function(format!("{language}_spare_ready"), |b| {
+            spare_ready_fib_1(b, &runtime, &with_spares, &component)
+        });
     }
     languages.finish();
 
@@ -93,6 +107,34 @@ fn fresh_instance_fib_1(
             .await
             .unwrap();
         assert_eq!(reply, b"1");
+    })
+}
+
+/// fib(1) when the host had time to start the instance ahead: only the time
+/// of each call is counted, and each waits until the spare the previous one
+/// left behind has surely started.
+fn spare_ready_fib_1(
+    b: &mut criterion::Bencher<'_>,
+    runtime: &tokio::runtime::Runtime,
+    sandbox: &Sandbox,
+    component: &warren_host::sandbox::PreparedComponent,
+) {
+    let call = || async {
+        let reply = sandbox
+            .run(component, b"1".to_vec(), "bench")
+            .await
+            .unwrap();
+        assert_eq!(reply, b"1");
+    };
+    b.to_async(runtime).iter_custom(|iters| async move {
+        let mut timed = std::time::Duration::ZERO;
+        for _ in 0..iters {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let started = std::time::Instant::now();
+            call().await;
+            timed += started.elapsed();
+        }
+        timed
     })
 }
 

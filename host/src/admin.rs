@@ -21,12 +21,14 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 use crate::modules::Registry;
+use crate::sandbox::Sandbox;
 use crate::shutdown::Shutdown;
 
 /// What the endpoint reads from.
 struct Observed {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    sandbox: Arc<Sandbox>,
     queue: String,
 }
 
@@ -42,6 +44,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    sandbox: Arc<Sandbox>,
     queue: String,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<Admin> {
@@ -52,6 +55,7 @@ pub async fn serve(
     let observed = Arc::new(Observed {
         metrics,
         registry,
+        sandbox,
         queue,
     });
     let app = Router::new()
@@ -71,7 +75,9 @@ pub async fn serve(
 }
 
 async fn metrics_text(State(observed): State<Arc<Observed>>) -> impl IntoResponse {
-    let text = observed.metrics.encode(&observed.registry.list());
+    let text = observed
+        .metrics
+        .encode(&observed.registry.list(), observed.sandbox.spares_used());
     (
         [(
             header::CONTENT_TYPE,

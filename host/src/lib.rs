@@ -115,6 +115,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
                 addr,
                 metrics.clone(),
                 registry.clone(),
+                sandbox.clone(),
                 config.queue.clone(),
                 trigger.subscribe(),
             )

@@ -85,6 +85,7 @@ pub struct Metrics {
     reconnects: Counter,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident_bytes: Gauge,
+    spares_used: Counter,
     /// Consuming requests right now (for /healthz).
     consuming: AtomicBool,
     /// The broker node of the current connection, password hidden.
@@ -171,6 +172,12 @@ impl Metrics {
             "Resident memory of the host process, in bytes",
             resident_bytes.clone(),
         );
+        let spares_used = Counter::default();
+        registry.register(
+            "warren_spare_instances_used",
+            "Requests that ran in an instance started ahead of them (--spare-instances)",
+            spares_used.clone(),
+        );
         Metrics {
             registry,
             started: Instant::now(),
@@ -186,6 +193,7 @@ impl Metrics {
             reconnects,
             cpu_seconds,
             resident_bytes,
+            spares_used,
             consuming: AtomicBool::new(false),
             node: std::sync::Mutex::new(None),
             served: AtomicU64::new(0),
@@ -271,9 +279,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with `served` ((name, digest) of
-    /// every procedure served now) and the process's CPU and memory read
-    /// at this moment.
-    pub fn encode(&self, served: &[(String, String)]) -> String {
+    /// every procedure served now), `spares_used` (the sandbox's count) and
+    /// the process's CPU and memory read at this moment.
+    pub fn encode(&self, served: &[(String, String)], spares_used: u64) -> String {
         self.procedures.clear();
         for (procedure, digest) in served {
             self.procedures
@@ -289,6 +297,10 @@ impl Metrics {
                 self.cpu_seconds.inc_by(process.cpu_seconds - seen);
             }
             self.resident_bytes.set(process.resident_bytes as i64);
+        }
+        let seen = self.spares_used.get();
+        if spares_used > seen {
+            self.spares_used.inc_by(spares_used - seen);
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
@@ -401,7 +413,7 @@ mod tests {
         metrics.deploy_answered(true);
         metrics.load_failed();
         metrics.connected("amqp://guest:***@127.0.0.1:5672/%2f");
-        let text = metrics.encode(&[("fib".into(), "sha256:ab".into())]);
+        let text = metrics.encode(&[("fib".into(), "sha256:ab".into())], 7);
         for line in [
             r#"warren_requests_total{procedure="fib",status="ok",kind=""} 1"#,
             r#"warren_requests_total{procedure="fib",status="error",kind="timeout"} 1"#,
@@ -415,6 +427,7 @@ mod tests {
             "warren_module_load_failures_total 1",
             "warren_broker_connected 1",
             "warren_reconnects_total 0",
+            "warren_spare_instances_used_total 7",
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
         ] {

@@ -17,6 +17,9 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Requests that run at once.
     pub concurrency: usize,
+    /// Instances started ahead, in all, for procedures slow to start (a
+    /// Python or JavaScript one); 0 for none. See `sandbox::spare`.
+    pub spare_instances: usize,
 }
 
 impl Default for Limits {
@@ -28,6 +31,7 @@ impl Default for Limits {
             max_reply_bytes: 4 << 20,
             max_output_bytes: 64 << 10,
             concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            spare_instances: 4,
         }
     }
 }

@@ -22,6 +22,10 @@
 //! - **One deadline covers everything.** Epoch interruption stops a guest
 //!   spinning in wasm code; a timer around the whole call stops a guest parked
 //!   in a host call (a WASI sleep or poll), which epochs cannot reach.
+//! - **Slow starters get a spare.** A Python or JavaScript component takes
+//!   hundreds of microseconds to instantiate; for those the next request's
+//!   instance is started in the background ([`spare`]), still one instance
+//!   per request. The epoch clock itself is [`ticker`].
 //! - **WASI with nothing granted.** No files, environment, arguments or
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
 //!   logged at debug level.
@@ -29,11 +33,12 @@
 mod cache;
 mod limits;
 mod output;
+mod spare;
+mod ticker;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -47,6 +52,8 @@ use cache::CompiledCache;
 use limits::MemoryLimiter;
 pub use limits::{Limits, format_bytes};
 use output::CappedOutput;
+use spare::{Spare, Spares};
+use ticker::EpochTicker;
 
 /// Host-side bindings generated from `wit/procedure.wit`.
 mod bindings {
@@ -57,15 +64,13 @@ mod bindings {
     });
 }
 
-/// How often the epoch ticks; the deadline is checked on every tick, so a
-/// spinning guest overruns its budget by at most about this much.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
-
 /// A component compiled, linked against WASI and checked to export the
 /// `warren:procedure/handler` interface; ready to instantiate in microseconds.
 #[derive(Clone)]
 pub struct PreparedComponent {
     pre: bindings::ProcedurePre<GuestState>,
+    /// Its spare instance, when it is slow to start (see [`spare`]).
+    spares: Arc<Spares>,
 }
 
 /// Per-request store data: the guest's WASI context and its limits.
@@ -91,6 +96,10 @@ pub struct Sandbox {
     limits: Limits,
     /// One permit per concurrency slot.
     slots: Arc<Semaphore>,
+    /// One permit per spare instance (`Limits::spare_instances`).
+    spare_permits: Arc<Semaphore>,
+    /// Requests that ran in a spare instance.
+    spares_used: AtomicU64,
     ticker: EpochTicker,
     cache: Option<CompiledCache>,
 }
@@ -118,6 +127,8 @@ impl Sandbox {
             engine,
             linker,
             slots: Arc::new(Semaphore::new(limits.concurrency)),
+            spare_permits: Arc::new(Semaphore::new(limits.spare_instances)),
+            spares_used: AtomicU64::new(0),
             limits,
             ticker,
         })
@@ -126,6 +137,12 @@ impl Sandbox {
     /// The limits every request runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Requests so far that ran in an instance started ahead of them (see
+    /// [`spare`]) rather than one started on demand.
+    pub fn spares_used(&self) -> u64 {
+        self.spares_used.load(Ordering::Relaxed)
     }
 
     /// Compiles `wasm` (whose digest is `digest`) and checks that it is a
@@ -170,7 +187,10 @@ impl Sandbox {
                 "the component does not export `warren:procedure/handler@0.1.0` \
                  (build it against the WIT world in wit/)",
             )?;
-        Ok(PreparedComponent { pre })
+        Ok(PreparedComponent {
+            pre,
+            spares: Arc::default(),
+        })
     }
 
     /// Runs one request through a fresh instance of `component`.
@@ -189,58 +209,19 @@ impl Sandbox {
             self.slots.acquire().await.map_err(|_| {
                 RpcError::new(ErrorKind::Internal, "the host is shutting down; retry")
             })?;
-        let _ticking = self.ticker.running();
-        self.run_fresh(&component.pre, &request, label).await
+        let _ticking = self.ticker.handle().running();
+        self.run_fresh(component, &request, label).await
     }
 
     async fn run_fresh(
         &self,
-        pre: &bindings::ProcedurePre<GuestState>,
+        component: &PreparedComponent,
         request: &[u8],
         label: &str,
     ) -> Result<Vec<u8>, RpcError> {
         let limits = &self.limits;
         let started = Instant::now();
         let deadline = started + limits.timeout;
-        let stdout = CappedOutput::new(limits.max_output_bytes);
-        let stderr = CappedOutput::new(limits.max_output_bytes);
-
-        let mut store = Store::new(
-            &self.engine,
-            GuestState {
-                wasi: no_capabilities(&stdout, &stderr),
-                table: ResourceTable::new(),
-                limiter: MemoryLimiter::new(limits.max_memory),
-            },
-        );
-        store.limiter(|state| &mut state.limiter);
-        // Check the deadline on every epoch tick; yield in between so the
-        // other tasks on this worker thread (other guests, replies) get
-        // their turn.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-
-        let call = async {
-            let procedure = pre.instantiate_async(&mut store).await?;
-            procedure
-                .warren_procedure_handler()
-                .call_handle(&mut store, request)
-                .await
-        };
-        // The timer covers what epochs cannot: a guest blocked in a host call.
-        let outcome = tokio::time::timeout_at(deadline.into(), call).await;
-
-        stdout.log(label, "stdout");
-        stderr.log(label, "stderr");
-        let memory_limit_hit = store.data().limiter.limit_hit();
-        drop(store);
-
         let timeout_error = || {
             RpcError::new(
                 ErrorKind::Timeout,
@@ -251,6 +232,60 @@ impl Sandbox {
                 ),
             )
         };
+
+        // The spare, if one was started ahead (waiting for it counts against
+        // this request's deadline); a spare that failed to start means
+        // starting one here, which reports why.
+        let spare = match component.spares.take() {
+            Some(starting) => match tokio::time::timeout_at(deadline.into(), starting).await {
+                Ok(made) => made.ok().flatten(),
+                Err(_elapsed) => return Err(timeout_error()),
+            },
+            None => None,
+        };
+        // The next request's instance starts now, beside this one's call and
+        // the round trip to the caller, when this component starts slowly.
+        self.start_spare(component);
+        let (mut guest, started_ahead) = match spare {
+            Some(Spare {
+                guest, procedure, ..
+            }) => {
+                self.spares_used.fetch_add(1, Ordering::Relaxed);
+                (guest, Some(procedure))
+            }
+            None => (Guest::new(&self.engine, limits), None),
+        };
+        guest.set_deadline(deadline);
+
+        let store = &mut guest.store;
+        let call = async {
+            let procedure = match started_ahead {
+                Some(procedure) => procedure,
+                None => {
+                    let starting = Instant::now();
+                    let procedure = component.pre.instantiate_async(&mut *store).await?;
+                    component.spares.record_start(starting.elapsed());
+                    procedure
+                }
+            };
+            procedure
+                .warren_procedure_handler()
+                .call_handle(&mut *store, request)
+                .await
+        };
+        // The timer covers what epochs cannot: a guest blocked in a host call.
+        let outcome = tokio::time::timeout_at(deadline.into(), call).await;
+
+        let Guest {
+            store,
+            stdout,
+            stderr,
+        } = guest;
+        stdout.log(label, "stdout");
+        stderr.log(label, "stderr");
+        let memory_limit_hit = store.data().limiter.limit_hit();
+        drop(store);
+
         match outcome {
             Err(_elapsed) => Err(timeout_error()),
             Ok(Err(error)) => Err(classify_failure(&error, memory_limit_hit, limits, &stderr)
@@ -277,6 +312,92 @@ impl Sandbox {
             )),
             Ok(Ok(Ok(reply))) => Ok(reply),
         }
+    }
+
+    /// Starts `component`'s next instance in the background when it starts
+    /// slowly, none is ready or starting, and `--spare-instances` allows
+    /// another (see [`spare`]).
+    fn start_spare(&self, component: &PreparedComponent) {
+        if !component.spares.starts_slowly() {
+            return;
+        }
+        let Ok(permit) = self.spare_permits.clone().try_acquire_owned() else {
+            return;
+        };
+        component.spares.start_unless_present(|| {
+            let (engine, limits, ticker) = (
+                self.engine.clone(),
+                self.limits.clone(),
+                self.ticker.handle().clone(),
+            );
+            let (pre, spares) = (component.pre.clone(), component.spares.clone());
+            async move {
+                let _ticking = ticker.running();
+                let started = Instant::now();
+                let deadline = started + limits.timeout;
+                let mut guest = Guest::new(&engine, &limits);
+                guest.set_deadline(deadline);
+                let starting = pre.instantiate_async(&mut guest.store);
+                match tokio::time::timeout_at(deadline.into(), starting).await {
+                    Ok(Ok(procedure)) => {
+                        spares.record_start(started.elapsed());
+                        Some(Spare {
+                            guest,
+                            procedure,
+                            _permit: permit,
+                        })
+                    }
+                    _ => {
+                        tracing::debug!("a spare instance failed to start; spares stop until a request starts one");
+                        spares.stop();
+                        None
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One instance's store and the output it captures: what one request runs in.
+struct Guest {
+    store: Store<GuestState>,
+    stdout: CappedOutput,
+    stderr: CappedOutput,
+}
+
+impl Guest {
+    /// A store with nothing granted, under the memory limit, no instance yet.
+    fn new(engine: &Engine, limits: &Limits) -> Self {
+        let stdout = CappedOutput::new(limits.max_output_bytes);
+        let stderr = CappedOutput::new(limits.max_output_bytes);
+        let mut store = Store::new(
+            engine,
+            GuestState {
+                wasi: no_capabilities(&stdout, &stderr),
+                table: ResourceTable::new(),
+                limiter: MemoryLimiter::new(limits.max_memory),
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        Guest {
+            store,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Checks `deadline` on every epoch tick and yields in between, so the
+    /// other tasks on this worker thread (other guests, replies) get their
+    /// turn.
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.store.set_epoch_deadline(1);
+        self.store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
     }
 }
 
@@ -361,8 +482,8 @@ fn engine_config(limits: &Limits) -> wasmtime::Config {
     config.wasm_component_model(true);
 
     // Enough pool slots for every concurrent request plus slack for stores
-    // being torn down while the next request starts.
-    let slots = (limits.concurrency as u32) * 2 + 2;
+    // being torn down while the next request starts, and the spares.
+    let slots = (limits.concurrency as u32) * 2 + 2 + limits.spare_instances as u32;
     let keep_resident = KEEP_RESIDENT.min(usize::try_from(limits.max_memory).unwrap_or(usize::MAX));
     let mut pool = wasmtime::PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
@@ -429,95 +550,4 @@ fn first_line(text: &str) -> String {
 
 fn format_elapsed(elapsed: Duration) -> String {
     format!("{:.2}s", elapsed.as_secs_f64())
-}
-
-/// A thread that advances the engine's epoch every [`EPOCH_TICK`] while
-/// guests run. When none has run for [`TICKER_IDLE`] it parks, so an idle
-/// host does not wake a hundred times a second; the next guest wakes it.
-struct EpochTicker {
-    shared: Arc<TickerState>,
-    thread: Option<JoinHandle<()>>,
-}
-
-struct TickerState {
-    stop: AtomicBool,
-    /// Guests running now.
-    running: AtomicUsize,
-    /// Whether the thread is parked (or about to be).
-    parked: AtomicBool,
-}
-
-/// How long the ticker keeps ticking with no guest running.
-const TICKER_IDLE: Duration = Duration::from_secs(1);
-
-/// Marks a guest as running while alive.
-struct Running<'a>(&'a EpochTicker);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.shared.running.fetch_sub(1, Ordering::Release);
-    }
-}
-
-impl EpochTicker {
-    fn start(engine: Engine) -> anyhow::Result<Self> {
-        let shared = Arc::new(TickerState {
-            stop: AtomicBool::new(false),
-            running: AtomicUsize::new(0),
-            parked: AtomicBool::new(false),
-        });
-        let thread = std::thread::Builder::new()
-            .name("warren-epoch".into())
-            .spawn({
-                let shared = shared.clone();
-                move || {
-                    let idle_ticks = (TICKER_IDLE.as_millis() / EPOCH_TICK.as_millis()) as u32;
-                    let mut idle = 0;
-                    while !shared.stop.load(Ordering::Acquire) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                        if shared.running.load(Ordering::Acquire) > 0 {
-                            idle = 0;
-                            continue;
-                        }
-                        idle += 1;
-                        if idle >= idle_ticks {
-                            shared.parked.store(true, Ordering::SeqCst);
-                            // A guest that started before `parked` was set
-                            // is seen here; one that starts after unparks us.
-                            if shared.running.load(Ordering::SeqCst) == 0 {
-                                std::thread::park();
-                            }
-                            shared.parked.store(false, Ordering::SeqCst);
-                            idle = 0;
-                        }
-                    }
-                }
-            })
-            .context("starting the epoch thread")?;
-        Ok(EpochTicker {
-            shared,
-            thread: Some(thread),
-        })
-    }
-
-    /// Counts a guest as running until the guard drops, waking the ticker
-    /// if it parked.
-    fn running(&self) -> Running<'_> {
-        self.shared.running.fetch_add(1, Ordering::SeqCst);
-        if self.shared.parked.load(Ordering::SeqCst)
-            && let Some(thread) = &self.thread
-        {
-            thread.thread().unpark();
-        }
-        Running(self)
-    }
-
-    fn stop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
-    }
 }

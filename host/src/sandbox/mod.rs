@@ -243,19 +243,18 @@ impl Sandbox {
             },
             None => None,
         };
-        // The next request's instance starts now, beside this one's call and
-        // the round trip to the caller, when this component starts slowly.
-        self.start_spare(component);
         let (mut guest, started_ahead) = match spare {
-            Some(Spare {
-                guest, procedure, ..
-            }) => {
+            Some(spare) => {
                 self.spares_used.fetch_add(1, Ordering::Relaxed);
+                let (guest, procedure) = spare.into_parts();
                 (guest, Some(procedure))
             }
             None => (Guest::new(&self.engine, limits), None),
         };
         guest.set_deadline(deadline);
+        // The next request's instance starts now, beside this one's call and
+        // the round trip to the caller, when this component starts slowly.
+        self.start_spare(component);
 
         let store = &mut guest.store;
         let call = async {
@@ -341,11 +340,7 @@ impl Sandbox {
                 match tokio::time::timeout_at(deadline.into(), starting).await {
                     Ok(Ok(procedure)) => {
                         spares.record_start(started.elapsed());
-                        Some(Spare {
-                            guest,
-                            procedure,
-                            _permit: permit,
-                        })
+                        Some(Spare::new(guest, procedure, permit))
                     }
                     _ => {
                         tracing::debug!("a spare instance failed to start; spares stop until a request starts one");

@@ -44,9 +44,26 @@ const SLOW_STARTS: u32 = 3;
 /// An instance started ahead, with the permit that counts it against
 /// `--spare-instances`.
 pub(super) struct Spare {
-    pub(super) guest: Guest,
-    pub(super) procedure: Procedure,
-    pub(super) _permit: OwnedSemaphorePermit,
+    guest: Guest,
+    procedure: Procedure,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Spare {
+    pub(super) fn new(guest: Guest, procedure: Procedure, permit: OwnedSemaphorePermit) -> Self {
+        Spare {
+            guest,
+            procedure,
+            permit,
+        }
+    }
+
+    /// The instance, for the request that takes it; it no longer counts
+    /// against `--spare-instances`, so the next spare can start at once.
+    pub(super) fn into_parts(self) -> (Guest, Procedure) {
+        drop(self.permit);
+        (self.guest, self.procedure)
+    }
 }
 
 /// One component's spare, and how fast the component starts.

@@ -77,18 +77,18 @@ fn a_module_too_big_for_max_memory_is_refused_plainly_and_its_cache_entry_kept()
     let artifact = std::fs::read(&stored[0]).unwrap();
 
     let small = Limits {
-        max_memory: 1 << 20,
+        max_memory: 64 << 10,
         ..Limits::default()
     };
     let why = match Sandbox::new(small, Some(cache.path()))
         .unwrap()
         .prepare(&wasm, &sha)
     {
-        Ok(_) => panic!("fib fits in 1MiB?"),
+        Ok(_) => panic!("fib fits in 64 KiB?"),
         Err(error) => format!("{error:#}"),
     };
     assert!(
-        why.contains("needs at least") && why.contains("--max-memory is 1 MiB"),
+        why.contains("needs at least 128 KiB") && why.contains("--max-memory is 64 KiB"),
         "{why}"
     );
     assert_eq!(entries(cache.path()), stored);

@@ -53,6 +53,7 @@ pub struct RequestQueue {
     channel: Channel,
     queue: String,
     durable: bool,
+    prefetch: u16,
 }
 
 impl RequestQueue {
@@ -91,6 +92,7 @@ impl RequestQueue {
             channel,
             queue: queue.to_owned(),
             durable,
+            prefetch,
         })
     }
 
@@ -110,6 +112,7 @@ impl RequestQueue {
             channel: self.channel,
             consumer,
             durable: self.durable,
+            prefetch: self.prefetch,
         })
     }
 }
@@ -120,6 +123,8 @@ pub struct Requests {
     consumer: Consumer,
     /// Durable mode: persistent replies, acked after their confirm.
     durable: bool,
+    /// The consumer's prefetch window (how far acks may be batched).
+    prefetch: u16,
 }
 
 impl Requests {
@@ -135,12 +140,13 @@ impl Requests {
         // Tracks the request tasks without hearing from each as it ends (a
         // JoinSet would wake this loop once per request).
         let in_flight = TaskTracker::new();
-        let (acks, acking) = Acks::start(self.channel.clone());
+        let (acks, acking) = Acks::start(self.channel.clone(), self.prefetch);
         let result = loop {
             tokio::select! {
                 _ = shutdown.recv() => break Ok(()),
                 delivery = self.consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
+                        acks.received();
                         let (channel, dispatcher, acks) =
                             (self.channel.clone(), dispatcher.clone(), acks.clone());
                         let durable = self.durable;

@@ -87,9 +87,10 @@ impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = [b'-'; 55];
         text[..2].copy_from_slice(b"00");
-        encode_lower_hex(&self.trace_id, &mut text[3..35]);
-        encode_lower_hex(&self.span_id, &mut text[36..52]);
-        encode_lower_hex(&[self.flags], &mut text[53..55]);
+        let lengths_fit = "55 bytes hold 00-, 32 + 16 + 2 hex digits and the dashes";
+        hex::encode_to_slice(self.trace_id, &mut text[3..35]).expect(lengths_fit);
+        hex::encode_to_slice(self.span_id, &mut text[36..52]).expect(lengths_fit);
+        hex::encode_to_slice([self.flags], &mut text[53..55]).expect(lengths_fit);
         f.write_str(std::str::from_utf8(&text).expect("hex digits and dashes are ASCII"))
     }
 }
@@ -105,14 +106,6 @@ fn decode_lower_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
         return None;
     }
     hex::decode(text).ok()?.try_into().ok()
-}
-
-fn encode_lower_hex(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0xf)];
-    }
 }
 
 /// Random ids from the thread's own CSPRNG (seeded from the OS, then in

@@ -44,7 +44,9 @@ pub enum Settled {
 #[derive(Debug, Clone)]
 pub struct Acks {
     reports: mpsc::UnboundedSender<Settled>,
-    /// Requests received and not yet settled.
+    /// Requests received and not yet settled. Its own count rather than the
+    /// request tasks' `TaskTracker::len`: a task is still alive while it
+    /// reports, so the tracker never reads zero when the last one settles.
     unsettled: Arc<AtomicUsize>,
 }
 

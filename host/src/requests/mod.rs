@@ -4,7 +4,8 @@
 //! declared exactly as `rpc_server.py` declares it (so both can serve it), a
 //! reply goes through the default exchange to `reply_to` with the request's
 //! `correlation_id`, and the request is acked only after its reply is
-//! published ([`acks`] batches those acks). A request whose reply could not
+//! published. Each request runs in a task of its own; [`replies`] publishes
+//! what they answer and batches the acks. A request whose reply could not
 //! be published is returned to the queue, so the broker redelivers it
 //! rather than losing it.
 //!
@@ -14,8 +15,8 @@
 //! after its reply's confirm. [`dead`] answers the callers of requests the
 //! broker dead-lettered.
 
-mod acks;
 pub mod dead;
+mod replies;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,7 +43,7 @@ use warren_protocol::{
 
 use warren_protocol::trace::{HEADER_TRACEPARENT, TraceParent};
 
-use self::acks::{Acks, Settled};
+use self::replies::{Answer, Replies};
 use crate::broker::close_quietly;
 use crate::dispatch::{Dispatcher, Reply};
 use crate::shutdown::Shutdown;
@@ -140,25 +141,23 @@ impl Requests {
         // Tracks the request tasks without hearing from each as it ends (a
         // JoinSet would wake this loop once per request).
         let in_flight = TaskTracker::new();
-        let (acks, acking) = Acks::start(self.channel.clone(), self.prefetch);
+        let (replies, replying) = Replies::start(self.channel.clone(), self.prefetch);
         let result = loop {
             tokio::select! {
                 _ = shutdown.recv() => break Ok(()),
                 delivery = self.consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
-                        acks.received();
-                        let (channel, dispatcher, acks) =
-                            (self.channel.clone(), dispatcher.clone(), acks.clone());
+                        replies.received();
+                        let (dispatcher, replies) = (dispatcher.clone(), replies.clone());
                         let durable = self.durable;
                         in_flight.spawn(async move {
                             let tag = delivery.delivery_tag;
                             // Boxed where it starts: the request's future is
-                            // kilobytes (wasmtime's and lapin's state
-                            // machines), and spawning copies what it is given.
-                            let answering =
-                                Box::pin(answer(channel, dispatcher, delivery, durable));
-                            let settled = match AssertUnwindSafe(answering).catch_unwind().await {
-                                Ok(settled) => settled,
+                            // kilobytes (wasmtime's state machines), and
+                            // spawning copies what it is given.
+                            let answering = Box::pin(answer(dispatcher, delivery, durable));
+                            let answer = match AssertUnwindSafe(answering).catch_unwind().await {
+                                Ok(answer) => answer,
                                 Err(panic) => {
                                     let why = panic
                                         .downcast_ref::<&str>()
@@ -166,10 +165,10 @@ impl Requests {
                                         .or_else(|| panic.downcast_ref::<String>().cloned())
                                         .unwrap_or_default();
                                     tracing::error!("a request task panicked: {why}; the request goes back to the queue");
-                                    Settled::Requeue(tag)
+                                    Answer::Requeue(tag)
                                 }
                             };
-                            acks.settle(settled);
+                            replies.send(answer);
                         });
                     }
                     Some(Err(error)) => break Err(anyhow::Error::from(error).context("receiving requests")),
@@ -190,22 +189,16 @@ impl Requests {
         }
         in_flight.close();
         in_flight.wait().await;
-        drop(acks);
-        let _ = acking.await;
+        drop(replies);
+        let _ = replying.await;
         close_quietly(self.channel.close(200, "warren-host stopping".into())).await;
         result
     }
 }
 
-/// Answers one request: run it and publish the reply; says whether to ack
-/// it (answered, or unanswerable) or return it to the queue (the reply
-/// could not be published).
-async fn answer(
-    channel: Channel,
-    dispatcher: Arc<Dispatcher>,
-    delivery: Delivery,
-    durable: bool,
-) -> Settled {
+/// Answers one request: runs it and makes the reply message, for
+/// [`replies`] to publish (or says there is no one to reply to).
+async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) -> Answer {
     let Delivery {
         delivery_tag,
         properties,
@@ -232,7 +225,7 @@ async fn answer(
     async move {
         let Some(reply_to) = properties.reply_to().clone() else {
             tracing::warn!("request has no reply_to, so there is no one to answer; acked and dropped");
-            return Settled::Done(delivery_tag);
+            return Answer::Dropped(delivery_tag);
         };
         let started = Instant::now();
         let label = correlation_id
@@ -244,12 +237,16 @@ async fn answer(
             Ok(body) => tracing::debug!(elapsed_ms, reply_bytes = body.len(), "answered"),
             Err(error) => tracing::info!(elapsed_ms, kind = %error.kind, "answered with error: {}", error.message),
         }
-        match publish_reply(&channel, reply_to, correlation_id, reply, durable, &trace).await {
-            Ok(()) => Settled::Done(delivery_tag),
-            Err(error) => {
-                tracing::error!("publishing the reply failed: {error:#}; the request goes back to the queue");
-                Settled::Requeue(delivery_tag)
-            }
+        let (body, mut properties) = reply_message(reply, correlation_id, &trace);
+        if durable {
+            properties = properties.with_delivery_mode(PERSISTENT);
+        }
+        Answer::Reply {
+            tag: delivery_tag,
+            to: reply_to,
+            body,
+            properties,
+            span: tracing::Span::current(),
         }
     }
     .instrument(span)
@@ -261,23 +258,6 @@ async fn answer(
 pub(crate) fn caller_trace(properties: &BasicProperties) -> Option<TraceParent> {
     header_text(properties.headers().as_ref(), HEADER_TRACEPARENT)
         .and_then(|text| TraceParent::parse(&text))
-}
-
-/// Publishes `reply` to `reply_to` through the default exchange; when
-/// `durable`, persistent and confirmed by the broker.
-async fn publish_reply(
-    channel: &Channel,
-    reply_to: ShortString,
-    correlation_id: Option<ShortString>,
-    reply: Reply,
-    durable: bool,
-    trace: &TraceParent,
-) -> anyhow::Result<()> {
-    let (body, mut properties) = reply_message(reply, correlation_id, trace);
-    if durable {
-        properties = properties.with_delivery_mode(PERSISTENT);
-    }
-    publish_to(channel, reply_to, &body, properties).await
 }
 
 /// AMQP `delivery_mode` of a message the broker keeps on disk.

@@ -158,7 +158,9 @@ async fn run(
             },
             Some(done) = publishing.next(), if !publishing.is_empty() => settled.push(done),
         }
-        // Every reply whose write (or confirm) completed with this wake.
+        // Queues the frames of the replies just taken (a publish future's
+        // first poll does) and collects every reply whose write (or, in
+        // durable mode, confirm) has completed by now.
         while let Some(Some(done)) = futures_lite::future::poll_once(publishing.next()).await {
             settled.push(done);
         }

@@ -127,6 +127,11 @@ struct Worker {
     name: &'static str,
     queue: String,
     child: Child,
+    /// Queues to delete from the broker once the worker has stopped (what a
+    /// `warren-host` declared and leaves behind; the echo worker deletes its
+    /// own, and the seed's `rpc_queue` is not ours to delete).
+    leaves: Vec<String>,
+    amqp_url: String,
 }
 
 impl Drop for Worker {
@@ -135,15 +140,42 @@ impl Drop for Worker {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !self.leaves.is_empty()
+            && let Err(error) = delete_queues(&self.amqp_url, &self.leaves)
+        {
+            eprintln!(
+                "bench-compare: could not delete {} from the broker: {error:#}",
+                self.leaves.join(", ")
+            );
+        }
     }
+}
+
+/// Deletes `queues` from the broker at `amqp_url`.
+fn delete_queues(amqp_url: &str, queues: &[String]) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let connection =
+            lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        for queue in queues {
+            channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await?;
+        }
+        connection.close(200, "bench-compare done".into()).await?;
+        anyhow::Ok(())
+    })
 }
 
 impl Worker {
@@ -331,6 +363,8 @@ fn start_echo(options: &Options, run_id: u32) -> anyhow::Result<Worker> {
         name: "echo",
         queue,
         child,
+        leaves: Vec::new(),
+        amqp_url: options.amqp_url.clone(),
     })
 }
 
@@ -365,6 +399,8 @@ fn start_seed(options: &Options) -> anyhow::Result<Worker> {
         name: "python-seed",
         queue: warren_protocol::DEFAULT_QUEUE.to_owned(),
         child,
+        leaves: Vec::new(),
+        amqp_url: options.amqp_url.clone(),
     })
 }
 
@@ -386,8 +422,13 @@ fn start_host(options: &Options, run_id: u32, modules: &Path) -> anyhow::Result<
         .context("starting warren-host")?;
     Ok(Worker {
         name: "warren",
+        leaves: vec![
+            queue.clone(),
+            warren_protocol::deploy::deploy_stream(&queue),
+        ],
         queue,
         child,
+        amqp_url: options.amqp_url.clone(),
     })
 }
 

@@ -179,7 +179,9 @@ async fn is_sandboxed(language: Language) {
     }
     // A fresh instance per request: module state never carries over, also
     // when the host starts instances ahead (spares: this component has
-    // started slowly many times by now).
+    // started slowly many times by now), and although an interpreter's heap
+    // is dirtied in more places than one kernel scan reports, so the pool's
+    // reset of its memory takes several (vendor/README.md).
     for _ in 0..6 {
         expect_body(&client, "hostile", "counter", "1").await;
     }

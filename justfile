@@ -93,6 +93,11 @@ bench-languages *ARGS: build-guests broker py-env
     cargo build --release --workspace
     WARREN_PYTHON="$PWD/target/py/bin/python" target/release/bench-compare --languages {{ARGS}}
 
+# What one request costs warren-host (CPU, page faults, madvise, context switches): just host-cost NAME [REQUESTS] [CONCURRENCY] [BODY]
+host-cost NAME *ARGS: build-guest broker
+    cargo build --release --workspace
+    scripts/host-cost {{NAME}} {{ARGS}}
+
 # Formatting and lints, as CI wants them.
 check:
     cargo fmt --all -- --check

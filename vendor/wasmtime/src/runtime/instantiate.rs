@@ -25,6 +25,14 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// Warren patch: where each defined function's code starts in the text
+    /// section, `[array-to-wasm trampoline, wasm body]`, by
+    /// `DefinedFuncIndex` (`u32::MAX` where there is no trampoline). Looked
+    /// up once here so that a `ref.func` (which fills in a `VMFuncRef`) costs
+    /// an index instead of two searches of `index` by `FuncKey`: an
+    /// interpreter's start code runs thousands of them per instance
+    /// (bytecodealliance/wasmtime issue #8212).
+    funcref_offsets: Vec<[u32; 2]>,
 }
 
 impl CompiledModule {
@@ -51,6 +59,18 @@ impl CompiledModule {
         index: Arc<CompiledFunctionsTable>,
         profiler: &dyn ProfilingAgent,
     ) -> Result<Self> {
+        let module_index = info.module.module_index;
+        let funcref_offsets = info
+            .module
+            .defined_func_indices()
+            .map(|i| {
+                let start = |key| index.func_loc(key).map_or(u32::MAX, |loc| loc.start);
+                [
+                    start(FuncKey::ArrayToWasmTrampoline(module_index, i)),
+                    start(FuncKey::DefinedWasmFunction(module_index, i)),
+                ]
+            })
+            .collect();
         let mut ret = Self {
             unique_id: CompiledModuleId::new(),
             engine_code,
@@ -58,6 +78,7 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            funcref_offsets,
         };
         ret.register_profiling(profiler)?;
 
@@ -129,6 +150,18 @@ impl CompiledModule {
         let start = usize::try_from(loc.start).unwrap();
         let end = usize::try_from(loc.start + loc.length).unwrap();
         start..end
+    }
+
+    /// Warren patch: the offsets in the text section of the defined
+    /// function `index`'s array-to-wasm trampoline and wasm body, or `None`
+    /// if it has no trampoline (see `funcref_offsets`).
+    #[inline]
+    pub fn funcref_offsets(&self, index: DefinedFuncIndex) -> Option<[usize; 2]> {
+        let [array, wasm] = self.funcref_offsets[index.as_u32() as usize];
+        if array == u32::MAX {
+            return None;
+        }
+        Some([array as usize, wasm as usize])
     }
 
     /// Get the Wasm-to-array trampoline for the given signature, as a

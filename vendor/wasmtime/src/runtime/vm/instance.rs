@@ -967,19 +967,26 @@ impl Instance {
         )
         .expect("module not in store");
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
+        // Warren patch: a defined function's code offsets come from a table
+        // the module filled when it was loaded, not from two searches by
+        // `FuncKey` (see `CompiledModule::funcref_offsets`).
+        let cached = match wasm_key {
+            FuncKey::DefinedWasmFunction(_, def_index) => {
+                module_with_code.defined_funcref_code(def_index)
+            }
+            _ => None,
+        };
+        let [array_code, wasm_code] = match cached {
+            Some(code) => code,
+            None => [
+                NonNull::from(module_with_code.function(array_to_wasm_key)).cast(),
+                NonNull::from(module_with_code.function(wasm_key)).cast(),
+            ],
+        };
 
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
-            )
-            .unwrap(),
-        ));
+        let array_call = VmPtr::from(array_code.cast());
+
+        let wasm_call = Some(VmPtr::from(wasm_code.cast::<VMWasmCallFunction>()));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 

@@ -8,11 +8,10 @@ use crate::{code_memory::CodeMemory, type_registry::TypeCollection};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use core::ops::{Add, Range, Sub};
-use core::ptr::NonNull;
 use wasmtime_core::error::OutOfMemory;
 #[cfg(feature = "component-model")]
 use wasmtime_environ::component::ComponentTypes;
-use wasmtime_environ::{DefinedFuncIndex, FuncKey, ModuleTypes, StaticModuleIndex};
+use wasmtime_environ::{FuncKey, ModuleTypes, StaticModuleIndex};
 
 macro_rules! define_pc_kind {
     ($ty:ident) => {
@@ -437,13 +436,10 @@ impl<'a> ModuleWithCode<'a> {
         &self.store_code.text()[range]
     }
 
-    /// Warren patch: the array-to-wasm trampoline and the wasm body of the
-    /// defined function `index`, from offsets the module looked up when it
-    /// was loaded, or `None` if the function has no trampoline.
+    /// Warren patch: the text section of the module's code in this store,
+    /// which the offsets of `CompiledModule::funcref_offsets` index.
     #[inline]
-    pub fn defined_funcref_code(&self, index: DefinedFuncIndex) -> Option<[NonNull<u8>; 2]> {
-        let [array, wasm] = self.module.compiled_module().funcref_offsets(index)?;
-        let text = self.store_code.text();
-        Some([NonNull::from(&text[array]), NonNull::from(&text[wasm])])
+    pub fn store_text(&self) -> &'a [u8] {
+        self.store_code.text()
     }
 }

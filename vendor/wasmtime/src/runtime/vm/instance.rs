@@ -144,6 +144,13 @@ pub struct Instance {
     /// cross-thread stuff used in `InstancePre`)
     store: Option<VMStoreRawPtr>,
 
+    /// Warren patch: the text section of this instance's module's code in
+    /// its store, looked up the first time a `VMFuncRef` of one of its
+    /// defined functions is made, so that later ones (a `ref.func` each)
+    /// need no search of the store's code registry. The store keeps the
+    /// code registered, at this address, for as long as the instance lives.
+    funcref_text: Option<SendSyncPtr<[u8]>>,
+
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
     /// end of the struct (similar to a flexible array member).
@@ -209,6 +216,7 @@ impl Instance {
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
+            funcref_text: None,
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -932,7 +940,7 @@ impl Instance {
     /// functions here. Effectively all the arguments here must be "logically
     /// correct" for the `VMFuncRef` being initialized.
     unsafe fn initialize_and_return_funcref(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         registry: &ModuleRegistry,
         type_index: VMSharedTypeIndex,
         vmctx_offset: u32,
@@ -960,28 +968,41 @@ impl Instance {
         // it's better for instantiation performance if we don't have to track
         // "is-initialized" state at all!
 
-        let module_with_code = ModuleWithCode::in_store(
-            registry,
-            self.runtime_module()
-                .expect("funcref impossible in fake module"),
-        )
-        .expect("module not in store");
-
         // Warren patch: a defined function's code offsets come from a table
-        // the module filled when it was loaded, not from two searches by
-        // `FuncKey` (see `CompiledModule::funcref_offsets`).
-        let cached = match wasm_key {
-            FuncKey::DefinedWasmFunction(_, def_index) => {
-                module_with_code.defined_funcref_code(def_index)
-            }
+        // the module filled when it was loaded (see
+        // `CompiledModule::funcref_offsets`), relative to the module's text
+        // in this store, which is looked up once per instance; not from two
+        // searches by `FuncKey` and two of the store's code registry per call.
+        let offsets = match wasm_key {
+            FuncKey::DefinedWasmFunction(_, def_index) => self
+                .runtime_module()
+                .expect("funcref impossible in fake module")
+                .compiled_module()
+                .funcref_offsets(def_index),
             _ => None,
         };
-        let [array_code, wasm_code] = match cached {
-            Some(code) => code,
-            None => [
-                NonNull::from(module_with_code.function(array_to_wasm_key)).cast(),
-                NonNull::from(module_with_code.function(wasm_key)).cast(),
-            ],
+        let [array_code, wasm_code] = match offsets {
+            Some([array, wasm]) => {
+                let text = match self.funcref_text {
+                    Some(text) => text.as_non_null(),
+                    None => {
+                        let text = NonNull::from(self.module_with_code(registry).store_text());
+                        *self.as_mut().funcref_text_mut() = Some(SendSyncPtr::new(text));
+                        text
+                    }
+                };
+                assert!(array < text.len() && wasm < text.len());
+                let base = text.cast::<u8>();
+                // SAFETY: both offsets are within the text (checked above).
+                unsafe { [base.add(array), base.add(wasm)] }
+            }
+            None => {
+                let module_with_code = self.module_with_code(registry);
+                [
+                    NonNull::from(module_with_code.function(array_to_wasm_key)).cast(),
+                    NonNull::from(module_with_code.function(wasm_key)).cast(),
+                ]
+            }
         };
 
         let array_call = VmPtr::from(array_code.cast());
@@ -1520,6 +1541,23 @@ impl Instance {
         // internal field and is safe so long as the `&mut Self` temporarily
         // created is not overwritten, which it isn't here.
         unsafe { &mut self.get_unchecked_mut().store }
+    }
+
+    /// Warren patch: this instance's module, with its code in the store
+    /// whose code registry is `registry`.
+    fn module_with_code<'a>(&'a self, registry: &'a ModuleRegistry) -> ModuleWithCode<'a> {
+        ModuleWithCode::in_store(
+            registry,
+            self.runtime_module()
+                .expect("funcref impossible in fake module"),
+        )
+        .expect("module not in store")
+    }
+
+    /// Warren patch: see the field `funcref_text`.
+    fn funcref_text_mut(self: Pin<&mut Self>) -> &mut Option<SendSyncPtr<[u8]>> {
+        // SAFETY: see `store_mut` above.
+        unsafe { &mut self.get_unchecked_mut().funcref_text }
     }
 
     fn memories_mut(

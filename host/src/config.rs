@@ -128,6 +128,13 @@ pub struct HostConfig {
     #[arg(long)]
     pub host_id: Option<String>,
 
+    /// Write /tmp/perf-PID.map as procedures load, so that `perf record -p
+    /// PID` and `perf report` name the procedures' own functions instead of
+    /// bare addresses. For profiling a procedure: the file grows with every
+    /// module loaded and is left behind.
+    #[arg(long)]
+    pub perf_map: bool,
+
     /// Log lines as readable text, or as JSON objects, one a line, for log
     /// shippers. RUST_LOG picks what is logged either way.
     #[arg(long, value_enum, env = "WARREN_LOG_FORMAT", default_value_t = LogFormat::Text)]

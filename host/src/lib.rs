@@ -97,8 +97,15 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     let limits = config.limits();
     let concurrency = limits.concurrency;
     let sandbox = Arc::new(
-        Sandbox::new(limits, Some(&config.cache_dir())).context("setting up the sandbox")?,
+        Sandbox::with_perf_map(limits, Some(&config.cache_dir()), config.perf_map)
+            .context("setting up the sandbox")?,
     );
+    if config.perf_map {
+        tracing::info!(
+            "writing /tmp/perf-{}.map: `perf report` names procedures' functions (--perf-map)",
+            std::process::id()
+        );
+    }
     let registry = Arc::new(Registry::new(config.default_procedure.clone()));
     let metrics = Arc::new(Metrics::new(concurrency, config.timeout));
     let folder = Arc::new(ModulesFolder::new(

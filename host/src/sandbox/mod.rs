@@ -109,7 +109,23 @@ impl Sandbox {
     /// the WASI linker and the epoch ticker. With
     /// `cache_dir`, compiled code is kept there by module digest.
     pub fn new(limits: Limits, cache_dir: Option<&Path>) -> anyhow::Result<Self> {
-        let engine = Engine::new(&engine_config(&limits)).map_err(anyhow::Error::from)?;
+        Self::with_perf_map(limits, cache_dir, false)
+    }
+
+    /// [`Sandbox::new`], and with `perf_map` the engine writes
+    /// `/tmp/perf-PID.map` (the format `perf` reads for code generated at
+    /// run time) as modules load, so a profile of the host names the
+    /// procedures' own functions.
+    pub fn with_perf_map(
+        limits: Limits,
+        cache_dir: Option<&Path>,
+        perf_map: bool,
+    ) -> anyhow::Result<Self> {
+        let mut config = engine_config(&limits);
+        if perf_map {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)

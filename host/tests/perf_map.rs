@@ -1,0 +1,64 @@
+//! `--perf-map`: the engine names the procedures' functions for `perf`,
+//! whether a module was just compiled or loaded from the compiled-code cache
+//! (a restarted host being profiled loads everything from the cache).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use warren_host::modules::digest;
+use warren_host::sandbox::{Limits, Sandbox};
+
+fn fib_wasm() -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/guest_fib.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e}. Build it first: `just build-guest` (`just test` does it)",
+            path.display()
+        )
+    })
+}
+
+/// Addresses the map names the guest's `fib` function at: demangled
+/// (`guest_fib::fib::h…`) when wasmtime has just compiled it, mangled
+/// (`wasm[0]::function[24]::_ZN9guest_fib3fib17h…E`) when it loaded it;
+/// wasmtime may write a function more than once.
+fn fib_addresses(map: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(map)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", map.display()))
+        .lines()
+        .filter(|line| line.contains("guest_fib::fib::") || line.contains("guest_fib3fib"))
+        .filter_map(|line| line.split(' ').next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn procedures_functions_are_named_for_perf_compiled_or_cached() {
+    let wasm = fib_wasm();
+    let sha = digest(&wasm);
+    let cache = tempfile::tempdir().unwrap();
+    // One map per process, appended to by every engine in it; this test is
+    // the only one in its process.
+    let map = PathBuf::from(format!("/tmp/perf-{}.map", std::process::id()));
+
+    let compiling = Sandbox::with_perf_map(Limits::default(), Some(cache.path()), true).unwrap();
+    compiling.prepare(&wasm, &sha).unwrap();
+    let compiled = fib_addresses(&map);
+    assert_eq!(
+        compiled.len(),
+        1,
+        "after compiling the module: {compiled:?}"
+    );
+
+    // The second engine loads the cached code, at another address.
+    assert!(
+        std::fs::read_dir(cache.path()).unwrap().next().is_some(),
+        "the compiled code was not cached"
+    );
+    let loading = Sandbox::with_perf_map(Limits::default(), Some(cache.path()), true).unwrap();
+    loading.prepare(&wasm, &sha).unwrap();
+    let both = fib_addresses(&map);
+    assert_eq!(both.len(), 2, "after loading it from the cache: {both:?}");
+
+    std::fs::remove_file(&map).unwrap();
+}

@@ -3,19 +3,10 @@
 
 use std::path::Path;
 
+mod common;
+
 use warren_host::modules::digest;
 use warren_host::sandbox::{Limits, Sandbox};
-
-fn fib_wasm() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release/guest_fib.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading {}: {e}. Build it first: `just build-guest` (`just test` does it)",
-            path.display()
-        )
-    })
-}
 
 fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -28,7 +19,7 @@ fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn compiled_code_is_cached_by_digest_and_survives_a_damaged_entry() {
-    let wasm = fib_wasm();
+    let wasm = common::fib_wasm();
     let sha = digest(&wasm);
     let cache = tempfile::tempdir().unwrap();
 
@@ -66,7 +57,7 @@ fn compiled_code_is_cached_by_digest_and_survives_a_damaged_entry() {
 /// larger limit) made for it is kept, not dropped as damaged.
 #[test]
 fn a_module_too_big_for_max_memory_is_refused_plainly_and_its_cache_entry_kept() {
-    let wasm = fib_wasm();
+    let wasm = common::fib_wasm();
     let sha = digest(&wasm);
     let cache = tempfile::tempdir().unwrap();
     Sandbox::new(Limits::default(), Some(cache.path()))

@@ -1,25 +1,15 @@
 //! The modules folder under a running watcher: a file is read again only
 //! when it changes, and a broken file is reported once. No broker needed.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+mod common;
+
 use warren_host::metrics::Metrics;
 
 use warren_host::modules::{ModulesFolder, Registry, watcher};
 use warren_host::sandbox::{Limits, Sandbox};
 use warren_host::shutdown::ShutdownTrigger;
-
-fn fib_wasm() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release/guest_fib.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading {}: {e}. Build it first: `just build-guest` (`just test` does it)",
-            path.display()
-        )
-    })
-}
 
 /// Waits until `done` holds, or panics after `within` saying `what`.
 async fn eventually(within: Duration, what: &str, done: impl Fn() -> bool) {
@@ -39,7 +29,7 @@ async fn eventually(within: Duration, what: &str, done: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_folder_is_read_once_and_a_broken_file_reported_once() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("fib.wasm"), fib_wasm()).unwrap();
+    std::fs::write(dir.path().join("fib.wasm"), common::fib_wasm()).unwrap();
     std::fs::write(dir.path().join("bad.wasm"), b"junk\n").unwrap();
     std::fs::write(dir.path().join("Misnamed.wasm"), b"ignored").unwrap();
     let sandbox = Arc::new(Sandbox::new(Limits::default(), None).unwrap());

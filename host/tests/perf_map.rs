@@ -5,19 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use warren_host::modules::digest;
 use warren_host::sandbox::{Limits, Sandbox};
-
-fn fib_wasm() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release/guest_fib.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading {}: {e}. Build it first: `just build-guest` (`just test` does it)",
-            path.display()
-        )
-    })
-}
 
 /// Addresses the map names the guest's `fib` function at: demangled
 /// (`guest_fib::fib::h…`) when wasmtime has just compiled it, mangled
@@ -34,7 +25,7 @@ fn fib_addresses(map: &Path) -> BTreeSet<String> {
 
 #[test]
 fn procedures_functions_are_named_for_perf_compiled_or_cached() {
-    let wasm = fib_wasm();
+    let wasm = common::fib_wasm();
     let sha = digest(&wasm);
     let cache = tempfile::tempdir().unwrap();
     // One map per process, appended to by every engine in it; this test is

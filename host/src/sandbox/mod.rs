@@ -125,7 +125,18 @@ impl Sandbox {
         if perf_map {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                if perf_map {
+                    format!(
+                        "creating the engine: --perf-map writes /tmp/perf-{}.map; is /tmp writable?",
+                        std::process::id()
+                    )
+                } else {
+                    "creating the engine".to_owned()
+                }
+            })?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)

@@ -102,8 +102,8 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     );
     if config.perf_map {
         tracing::info!(
-            "writing /tmp/perf-{}.map: `perf report` names procedures' functions (--perf-map)",
-            std::process::id()
+            "writing {}: `perf report` names procedures' functions (--perf-map)",
+            sandbox::perf_map_path().display()
         );
     }
     let registry = Arc::new(Registry::new(config.default_procedure.clone()));

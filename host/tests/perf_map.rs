@@ -3,12 +3,12 @@
 //! (a restarted host being profiled loads everything from the cache).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 mod common;
 
 use warren_host::modules::digest;
-use warren_host::sandbox::{Limits, Sandbox};
+use warren_host::sandbox::{Limits, Sandbox, perf_map_path};
 
 /// Addresses the map names the guest's `fib` function at: demangled
 /// (`guest_fib::fib::h…`) when wasmtime has just compiled it, mangled
@@ -30,7 +30,7 @@ fn procedures_functions_are_named_for_perf_compiled_or_cached() {
     let cache = tempfile::tempdir().unwrap();
     // One map per process, appended to by every engine in it; this test is
     // the only one in its process.
-    let map = PathBuf::from(format!("/tmp/perf-{}.map", std::process::id()));
+    let map = perf_map_path();
 
     let compiling = Sandbox::with_perf_map(Limits::default(), Some(cache.path()), true).unwrap();
     compiling.prepare(&wasm, &sha).unwrap();

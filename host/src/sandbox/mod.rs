@@ -36,7 +36,7 @@ mod output;
 mod spare;
 mod ticker;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -130,8 +130,8 @@ impl Sandbox {
             .with_context(|| {
                 if perf_map {
                     format!(
-                        "creating the engine: --perf-map writes /tmp/perf-{}.map; is /tmp writable?",
-                        std::process::id()
+                        "creating the engine (--perf-map: is {} writable?)",
+                        perf_map_path().display()
                     )
                 } else {
                     "creating the engine".to_owned()
@@ -544,6 +544,12 @@ fn engine_config(limits: &Limits) -> wasmtime::Config {
         .pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(pool);
     config
+}
+
+/// Where wasmtime writes the perf map of this process (`--perf-map`): the
+/// one name `perf` looks for, so every engine in the process appends to it.
+pub fn perf_map_path() -> PathBuf {
+    PathBuf::from(format!("/tmp/perf-{}.map", std::process::id()))
 }
 
 /// Most of a memory, table or stack the pool keeps resident per slot.

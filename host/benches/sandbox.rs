@@ -15,6 +15,11 @@
 //! `fresh_instance_fib_1/*_spare_ready`, which measures what a request pays
 //! when the host had time to start its instance ahead (`--spare-instances`).
 //!
+//! Last, `fib_25/*`: the seed's recursion doing real work in each language,
+//! beside `fib_25/native_cpython`, the seed's own `fib` in this machine's
+//! CPython (`$WARREN_PYTHON`, else `python3`): issue 10's ratio for Python
+//! without the broker's round trip in it.
+//!
 //! Run with `just bench` (needs `just build-guests`).
 
 use std::path::Path;
@@ -63,6 +68,7 @@ fn sandbox(c: &mut Criterion) {
     // rather than an echo so every language runs the same parse and reply;
     // the Rust figure is sandbox_fresh_instance_fib_1 above.
     let mut languages = c.benchmark_group("fresh_instance_fib_1");
+    let mut prepared = vec![("rust", component.clone())];
     for (language, file) in [("python", "fib-py.wasm"), ("javascript", "fib-js.wasm")] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/guests")
@@ -78,12 +84,38 @@ fn sandbox(c: &mut Criterion) {
         languages.bench_function(language, |b| {
             fresh_instance_fib_1(b, &runtime, &sandbox, &component)
         });
+        prepared.push((language, component));
         let component = with_spares.prepare(&wasm, &digest(&wasm)).unwrap();
         languages.bench_function(format!("{language}_spare_ready"), |b| {
             spare_ready_fib_1(b, &runtime, &with_spares, &component)
         });
     }
     languages.finish();
+
+    // fib(25) per language: the interpreter inside Wasm against the seed's
+    // own fib in this machine's CPython (issue 10's ratio, without the broker).
+    let mut work = c.benchmark_group("fib_25");
+    work.sample_size(20);
+    for (language, component) in &prepared {
+        work.bench_function(*language, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let reply = sandbox
+                    .run(component, b"25".to_vec(), "bench")
+                    .await
+                    .unwrap();
+                assert_eq!(reply, b"75025");
+            })
+        });
+    }
+    match NativePython::start() {
+        Ok(mut python) => {
+            work.bench_function("native_cpython", |b| {
+                b.iter(|| assert_eq!(python.fib(25), "75025"))
+            });
+        }
+        Err(why) => eprintln!("skipping fib_25/native_cpython: {why}"),
+    }
+    work.finish();
 
     let mut compile = c.benchmark_group("sandbox_compile");
     compile.sample_size(10);
@@ -136,6 +168,61 @@ fn spare_ready_fib_1(
         }
         timed
     })
+}
+
+/// The seed's `fib` run by this machine's CPython (`$WARREN_PYTHON`, else
+/// `python3`) in a child that answers one line per number it reads: a pipe
+/// round trip (tens of µs) on top of the computation.
+struct NativePython {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl NativePython {
+    const PROGRAM: &str = "import sys
+def fib(n):
+    if n == 0:
+        return 0
+    elif n == 1:
+        return 1
+    else:
+        return fib(n - 1) + fib(n - 2)
+for line in sys.stdin:
+    print(fib(int(line)), flush=True)
+";
+
+    fn start() -> std::io::Result<Self> {
+        let python = std::env::var("WARREN_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = std::process::Command::new(&python)
+            .args(["-c", Self::PROGRAM])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {python}: {e}")))?;
+        let input = child.stdin.take().expect("piped stdin");
+        let output = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        Ok(Self {
+            child,
+            input,
+            output,
+        })
+    }
+
+    fn fib(&mut self, n: u32) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.input, "{n}").expect("write to python3");
+        let mut line = String::new();
+        self.output.read_line(&mut line).expect("read from python3");
+        line.trim_end().to_owned()
+    }
+}
+
+impl Drop for NativePython {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 criterion_group!(benches, sandbox);

@@ -14,7 +14,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{Options, bench, machine, median, start_host, start_seed, wait_for_consumer};
+use super::{
+    Options, bench, host_flags, machine, median, start_host, start_seed, wait_for_consumer,
+};
 
 /// One procedure's medians, µs.
 #[derive(Debug, Serialize)]
@@ -29,6 +31,7 @@ struct Row {
 #[derive(Debug, Serialize)]
 struct LanguagesReport {
     machine: String,
+    host_args: Vec<String>,
     rounds: usize,
     rows: Vec<Row>,
     /// warren-host's resident memory after each stage of calls, KiB: does
@@ -149,6 +152,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         .collect();
     let report = LanguagesReport {
         machine: machine(),
+        host_args: options.host_args.clone(),
         rounds: options.rounds,
         rows,
         host_rss_kib,
@@ -172,8 +176,10 @@ fn markdown(report: &LanguagesReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Machine: {}. Medians of {} rounds, one call at a time, procedures alternating.\n",
-        report.machine, report.rounds
+        "Machine: {}. Medians of {} rounds, one call at a time, procedures alternating.{}\n",
+        report.machine,
+        report.rounds,
+        host_flags(&report.host_args)
     );
     let _ = writeln!(out, "| procedure | component | fib(1) p50 | fib(25) p50 |");
     let _ = writeln!(out, "|---|---|---|---|");

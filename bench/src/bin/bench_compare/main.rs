@@ -62,6 +62,10 @@ struct Options {
     /// The fib component warren-host serves.
     #[arg(long, default_value = "target/wasm32-wasip2/release/guest_fib.wasm")]
     fib_wasm: PathBuf,
+    /// A flag for warren-host, e.g. --host-arg=--compiler-inlining;
+    /// repeat for more. The reports name them.
+    #[arg(long = "host-arg", value_name = "ARG", allow_hyphen_values = true)]
+    host_args: Vec<String>,
     /// Where report.json, report.md and chart.svg go.
     #[arg(long, default_value = "target/bench-compare")]
     out: PathBuf,
@@ -108,6 +112,7 @@ struct Figures {
 #[derive(Debug, Serialize)]
 struct Report {
     machine: String,
+    host_args: Vec<String>,
     rounds: usize,
     throughput_seconds: f64,
     workers: BTreeMap<String, Figures>,
@@ -326,6 +331,7 @@ fn main() -> anyhow::Result<()> {
     }
     let report = Report {
         machine: machine(),
+        host_args: options.host_args.clone(),
         rounds: options.rounds,
         throughput_seconds: seconds,
         ratios: ratios(&figures),
@@ -415,6 +421,7 @@ fn start_host(options: &Options, run_id: u32, modules: &Path) -> anyhow::Result<
             "--modules-dir",
         ])
         .arg(modules)
+        .args(&options.host_args)
         .env("AMQP_URL", &options.amqp_url)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
@@ -572,13 +579,25 @@ fn machine() -> String {
     )
 }
 
+/// " warren-host ran with FLAGS." for the reports' first line, when it did.
+fn host_flags(args: &[String]) -> String {
+    if args.is_empty() {
+        String::new()
+    } else {
+        format!(" warren-host ran with `{}`.", args.join(" "))
+    }
+}
+
 fn markdown(report: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Machine: {}. Medians of {} rounds, workers alternating; throughput runs of {} s.\n",
-        report.machine, report.rounds, report.throughput_seconds
+        "Machine: {}. Medians of {} rounds, workers alternating; throughput runs of {} s.{}\n",
+        report.machine,
+        report.rounds,
+        report.throughput_seconds,
+        host_flags(&report.host_args)
     );
     let _ = writeln!(
         out,

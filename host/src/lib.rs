@@ -58,7 +58,7 @@ use deploy::{DeployPolicy, Deployer};
 use dispatch::Dispatcher;
 use metrics::Metrics;
 use modules::{LoadStats, ModulesFolder, Registry, watcher};
-use sandbox::Sandbox;
+use sandbox::{EngineOptions, Sandbox};
 use session::Target;
 use shutdown::ShutdownTrigger;
 
@@ -97,9 +97,22 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     let limits = config.limits();
     let concurrency = limits.concurrency;
     let sandbox = Arc::new(
-        Sandbox::with_perf_map(limits, Some(&config.cache_dir()), config.perf_map)
-            .context("setting up the sandbox")?,
+        Sandbox::with_options(
+            limits,
+            Some(&config.cache_dir()),
+            EngineOptions {
+                perf_map: config.perf_map,
+                compiler_inlining: config.compiler_inlining,
+            },
+        )
+        .context("setting up the sandbox")?,
     );
+    if config.compiler_inlining {
+        tracing::info!(
+            "compiling with inlining (--compiler-inlining): a module not in the \
+             compiled-code cache takes gigabytes of memory to compile, one at a time"
+        );
+    }
     if config.perf_map {
         tracing::info!(
             "writing {}: `perf report` names procedures' functions (--perf-map)",

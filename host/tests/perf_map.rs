@@ -8,12 +8,13 @@ use std::path::Path;
 mod common;
 
 use warren_host::modules::digest;
-use warren_host::sandbox::{Limits, Sandbox, perf_map_path};
+use warren_host::sandbox::{EngineOptions, Limits, Sandbox, perf_map_path};
 
-/// Addresses the map names the guest's `fib` function at: demangled
-/// (`guest_fib::fib::h…`) when wasmtime has just compiled it, mangled
-/// (`wasm[0]::function[24]::_ZN9guest_fib3fib17h…E`) when it loaded it;
-/// wasmtime may write a function more than once.
+/// Addresses the map names the guest's `fib` function at, mangled
+/// (`wasm[0]::function[24]::_ZN9guest_fib3fib17h…E`) as wasmtime names code
+/// it loads (which is all code here: even a fresh compile is loaded from
+/// its artifact, see `sandbox::compiler`) or demangled (`guest_fib::fib::h…`)
+/// as it names code it compiled in place; it may write a function twice.
 fn fib_addresses(map: &Path) -> BTreeSet<String> {
     std::fs::read_to_string(map)
         .unwrap_or_else(|e| panic!("reading {}: {e}", map.display()))
@@ -31,8 +32,12 @@ fn procedures_functions_are_named_for_perf_compiled_or_cached() {
     // One map per process, appended to by every engine in it; this test is
     // the only one in its process.
     let map = perf_map_path();
+    let perf_map = EngineOptions {
+        perf_map: true,
+        ..EngineOptions::default()
+    };
 
-    let compiling = Sandbox::with_perf_map(Limits::default(), Some(cache.path()), true).unwrap();
+    let compiling = Sandbox::with_options(Limits::default(), Some(cache.path()), perf_map).unwrap();
     compiling.prepare(&wasm, &sha).unwrap();
     let compiled = fib_addresses(&map);
     assert_eq!(
@@ -46,7 +51,7 @@ fn procedures_functions_are_named_for_perf_compiled_or_cached() {
         std::fs::read_dir(cache.path()).unwrap().next().is_some(),
         "the compiled code was not cached"
     );
-    let loading = Sandbox::with_perf_map(Limits::default(), Some(cache.path()), true).unwrap();
+    let loading = Sandbox::with_options(Limits::default(), Some(cache.path()), perf_map).unwrap();
     loading.prepare(&wasm, &sha).unwrap();
     let both = fib_addresses(&map);
     assert_eq!(both.len(), 2, "after loading it from the cache: {both:?}");

@@ -13,3 +13,18 @@ pub fn fib_wasm() -> Vec<u8> {
         )
     })
 }
+
+/// The misbehaving test component (`test-guests/hostile`), as `just
+/// build-test-guests` builds it: its body names what it does ("spin",
+/// "memory-bomb", …).
+#[allow(dead_code)] // each test file is its own crate; not all of them use it
+pub fn hostile_wasm() -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/guest_hostile.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e}. Build it first: `just build-test-guests` (`just test` does it)",
+            path.display()
+        )
+    })
+}

@@ -172,7 +172,9 @@ fn spare_ready_fib_1(
 
 /// The seed's `fib` run by this machine's CPython (`$WARREN_PYTHON`, else
 /// `python3`) in a child that answers one line per number it reads: a pipe
-/// round trip (tens of µs) on top of the computation.
+/// round trip (tens of µs) on top of the computation. The function is the
+/// one `guest-fib-py/app.py` compiles to Wasm (the seed's, word for word),
+/// taken from that file so the two cannot drift apart.
 struct NativePython {
     child: std::process::Child,
     input: std::process::ChildStdin,
@@ -180,22 +182,20 @@ struct NativePython {
 }
 
 impl NativePython {
-    const PROGRAM: &str = "import sys
-def fib(n):
-    if n == 0:
-        return 0
-    elif n == 1:
-        return 1
-    else:
-        return fib(n - 1) + fib(n - 2)
+    const PROGRAM: &str = "import ast, sys
+source = open(sys.argv[1]).read()
+fib = next(f for f in ast.parse(source).body if getattr(f, 'name', '') == 'fib')
+exec(compile(ast.Module([fib], []), sys.argv[1], 'exec'))
 for line in sys.stdin:
     print(fib(int(line)), flush=True)
 ";
 
     fn start() -> std::io::Result<Self> {
         let python = std::env::var("WARREN_PYTHON").unwrap_or_else(|_| "python3".into());
+        let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-fib-py/app.py");
         let mut child = std::process::Command::new(&python)
             .args(["-c", Self::PROGRAM])
+            .arg(&app)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()

@@ -4,14 +4,7 @@ use std::path::Path;
 
 /// The fib component, as `just build-guest` builds it.
 pub fn fib_wasm() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release/guest_fib.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading {}: {e}. Build it first: `just build-guest` (`just test` does it)",
-            path.display()
-        )
-    })
+    built_component("guest_fib.wasm", "just build-guest")
 }
 
 /// The misbehaving test component (`test-guests/hostile`), as `just
@@ -19,11 +12,18 @@ pub fn fib_wasm() -> Vec<u8> {
 /// "memory-bomb", …).
 #[allow(dead_code)] // each test file is its own crate; not all of them use it
 pub fn hostile_wasm() -> Vec<u8> {
+    built_component("guest_hostile.wasm", "just build-test-guests")
+}
+
+/// A component in target/wasm32-wasip2/release, or a panic naming the
+/// recipe that builds it.
+fn built_component(file: &str, recipe: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release/guest_hostile.wasm");
+        .join("../target/wasm32-wasip2/release")
+        .join(file);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
-            "reading {}: {e}. Build it first: `just build-test-guests` (`just test` does it)",
+            "reading {}: {e}. Build it first: `{recipe}` (`just test` does it)",
             path.display()
         )
     })

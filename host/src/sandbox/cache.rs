@@ -1,7 +1,7 @@
 //! Compiled code on disk, so a restarting host with many modules is ready
 //! in milliseconds instead of recompiling each one.
 //!
-//! An entry is wasmtime's own precompiled artifact (`Component::serialize`),
+//! An entry is wasmtime's own precompiled artifact (`precompile_component`),
 //! named by the module's digest *and* a hash of the engine's compatibility
 //! settings (wasmtime version, target, compiler flags), so a host with a
 //! different wasmtime or configuration never finds, let alone loads, a stale
@@ -56,7 +56,7 @@ impl CompiledCache {
             return None;
         }
         // SAFETY: entries are written only by `store` below, from
-        // `Component::serialize` on an engine with the same compatibility
+        // `precompile_component` on an engine with the same compatibility
         // hash, into a folder only this user can write (see module docs).
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(component) => Some(component),
@@ -67,18 +67,12 @@ impl CompiledCache {
         }
     }
 
-    /// Saves `component` under `digest`. Failures are logged, not fatal:
-    /// the cache only saves time.
-    pub(super) fn store(&self, digest: &str, component: &Component) {
+    /// Saves `artifact` (from `Engine::precompile_component`) under
+    /// `digest`. Failures are logged, not fatal: the cache only saves time.
+    pub(super) fn store(&self, digest: &str, artifact: &[u8]) {
         let path = self.entry(digest);
-        let result = component
-            .serialize()
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|bytes| {
-                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, &path)
-            });
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let result = std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(error) = result {
             tracing::warn!(file = %path.display(), "could not save compiled code: {error}");
         }

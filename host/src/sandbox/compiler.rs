@@ -1,13 +1,13 @@
 //! Compiling a module: in an engine of its own, thrown away after each
-//! compile, whose code the serving engine then loads as it would a cache
-//! entry.
+//! compile; the serving engine then loads the compiled code ([`load`]) as it
+//! would a cache entry.
 //!
 //! Why: wasmtime's compiler keeps its working contexts for as long as its
 //! engine lives, sized by the largest functions it has compiled. Compiling
-//! in the serving engine left a host that had compiled the Python and
-//! JavaScript fibs at 450 MB resident for good; compiling here, about 210
-//! MB. The freed memory goes back to the kernel (`malloc_trim`), and the
-//! serving engine's load is milliseconds.
+//! in the serving engine left a host that had compiled the three fibs (Rust,
+//! Python, JavaScript) at 455 MiB resident for good; compiling here, 113–156
+//! MiB. The freed memory goes back to the kernel (`malloc_trim`), and the
+//! load is milliseconds.
 //!
 //! It matters most with `--compiler-inlining`, which is opt-in for this
 //! reason: the inliner makes an interpreter compiled to Wasm faster
@@ -36,8 +36,8 @@ pub(super) struct Compiler {
     /// The serving engine's settings with on-demand allocation: the compile
     /// engine never instantiates anything.
     config: wasmtime::Config,
-    inlining: bool,
-    one_at_a_time: Mutex<()>,
+    /// With inlining: taken by each compile of a large module.
+    one_at_a_time: Option<Mutex<()>>,
 }
 
 impl Compiler {
@@ -47,36 +47,39 @@ impl Compiler {
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
         Compiler {
             config,
-            inlining,
-            one_at_a_time: Mutex::new(()),
+            one_at_a_time: inlining.then(|| Mutex::new(())),
         }
     }
 
-    /// Compiles `wasm` for `engine` (the serving engine).
-    pub(super) fn compile(&self, engine: &Engine, wasm: &[u8]) -> anyhow::Result<Component> {
-        let artifact = {
-            let _turn = (self.inlining && wasm.len() > ONE_AT_A_TIME_ABOVE).then(|| {
-                self.one_at_a_time
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-            });
-            let compiler = Engine::new(&self.config)
-                .map_err(anyhow::Error::from)
-                .context("creating an engine to compile with")?;
-            let artifact = compiler
-                .precompile_component(wasm)
-                .map_err(anyhow::Error::from)?;
-            drop(compiler);
-            give_back_freed_memory();
-            artifact
-        };
-        // SAFETY: the bytes were produced just now by `precompile_component`
-        // on an engine with the serving engine's compatibility settings;
-        // wasmtime checks those settings again as it loads them.
-        unsafe { Component::deserialize(engine, &artifact) }
+    /// Compiles `wasm` into an artifact for the serving engine: what the
+    /// cache keeps, and what [`load`] turns into a component.
+    pub(super) fn precompile(&self, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let _turn = self
+            .one_at_a_time
+            .as_ref()
+            .filter(|_| wasm.len() > ONE_AT_A_TIME_ABOVE)
+            .map(|lock| lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let compiler = Engine::new(&self.config)
             .map_err(anyhow::Error::from)
-            .context("loading the code just compiled")
+            .context("creating an engine to compile with")?;
+        let artifact = compiler
+            .precompile_component(wasm)
+            .map_err(anyhow::Error::from)?;
+        drop(compiler);
+        give_back_freed_memory();
+        Ok(artifact)
     }
+}
+
+/// The component `artifact` ([`Compiler::precompile`]'s, just now) holds,
+/// loaded into `engine`, the serving engine.
+pub(super) fn load(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component> {
+    // SAFETY: the bytes were produced by `precompile_component` in this
+    // process, on an engine with the serving engine's compatibility
+    // settings; wasmtime checks those settings again as it loads them.
+    unsafe { Component::deserialize(engine, artifact) }
+        .map_err(anyhow::Error::from)
+        .context("loading the code just compiled")
 }
 
 /// Hands the allocator's free pages back to the kernel. glibc keeps freed

@@ -218,14 +218,14 @@ impl Sandbox {
         let component = match cached {
             Some(component) => component,
             None => {
-                let component = self
+                let artifact = self
                     .compiler
-                    .compile(&self.engine, wasm)
+                    .precompile(wasm)
                     .context("compiling the component")?;
                 if let Some(cache) = &self.cache {
-                    cache.store(digest, &component);
+                    cache.store(digest, &artifact);
                 }
-                component
+                compiler::load(&self.engine, &artifact)?
             }
         };
         let instance_pre = self

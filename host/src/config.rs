@@ -136,7 +136,7 @@ pub struct HostConfig {
     pub perf_map: bool,
 
     /// Compile procedures with Cranelift's inliner. Python and JavaScript
-    /// procedures run faster (fib(25) in Python about 12 % here), at a
+    /// procedures run about a tenth faster (fib(25) in Python here), at a
     /// price paid once per module version: compiling CPython's 18 MB
     /// component takes about 8 GB of memory and 15-20 s instead of 0.4 GB
     /// and 4 s (given back afterwards; the compiled-code cache keeps the

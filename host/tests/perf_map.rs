@@ -38,7 +38,9 @@ fn procedures_functions_are_named_for_perf_compiled_or_cached() {
     };
 
     let compiling = Sandbox::with_options(Limits::default(), Some(cache.path()), perf_map).unwrap();
-    compiling.prepare(&wasm, &sha).unwrap();
+    // Kept alive to the end: were its code unmapped, the second load could
+    // be mapped at the very same address and the map would show one.
+    let _compiled_code = compiling.prepare(&wasm, &sha).unwrap();
     let compiled = fib_addresses(&map);
     assert_eq!(
         compiled.len(),
@@ -52,7 +54,7 @@ fn procedures_functions_are_named_for_perf_compiled_or_cached() {
         "the compiled code was not cached"
     );
     let loading = Sandbox::with_options(Limits::default(), Some(cache.path()), perf_map).unwrap();
-    loading.prepare(&wasm, &sha).unwrap();
+    let _loaded_code = loading.prepare(&wasm, &sha).unwrap();
     let both = fib_addresses(&map);
     assert_eq!(both.len(), 2, "after loading it from the cache: {both:?}");
 

@@ -98,6 +98,11 @@ host-cost NAME *ARGS: build-guest broker
     cargo build --release --workspace
     scripts/host-cost {{NAME}} {{ARGS}}
 
+# What a first compile costs warren-host (time, CPU, peak memory): just compile-cost NAME [HOST FLAG...], e.g. fib-py --compiler-inlining
+compile-cost NAME *ARGS: build-guest broker
+    cargo build --release --workspace
+    scripts/compile-cost {{NAME}} {{ARGS}}
+
 # Formatting and lints, as CI wants them.
 check:
     cargo fmt --all -- --check

@@ -138,8 +138,8 @@ pub struct HostConfig {
     /// Compile procedures with Cranelift's inliner. Python and JavaScript
     /// procedures run about a tenth faster (fib(25) in Python here), at a
     /// price paid once per module version: compiling CPython's 18 MB
-    /// component takes about 8 GB of memory and 15-20 s instead of 0.4 GB
-    /// and 4 s (given back afterwards; the compiled-code cache keeps the
+    /// component takes about 1.9 GB of memory and 15-20 s instead of 0.35
+    /// GB and 4-5 s (given back afterwards; the compiled-code cache keeps the
     /// result, so a restart loads it in milliseconds). Rust procedures gain
     /// little: LLVM has inlined them already.
     #[arg(long, env = "WARREN_COMPILER_INLINING", value_parser = clap::builder::BoolishValueParser::new())]

@@ -30,7 +30,7 @@
 //!   the serving engine keeps no compiler state ([`compiler`]). Inlining
 //!   (`--compiler-inlining`) is the operator's choice: interpreters
 //!   compiled to Wasm run about a tenth faster, and compiling one takes
-//!   gigabytes.
+//!   about 2 GB.
 //! - **WASI with nothing granted.** No files, environment, arguments or
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
 //!   logged at debug level.
@@ -123,7 +123,7 @@ pub struct EngineOptions {
     pub perf_map: bool,
     /// Compile with Cranelift's inliner (`--compiler-inlining`): Python and
     /// JavaScript procedures run about a tenth faster, and each compile of
-    /// one takes gigabytes of memory for tens of seconds ([`compiler`]).
+    /// one takes about 2 GB of memory for 15-20 s ([`compiler`]).
     pub compiler_inlining: bool,
 }
 

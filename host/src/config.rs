@@ -135,11 +135,11 @@ pub struct HostConfig {
     #[arg(long)]
     pub perf_map: bool,
 
-    /// Compile procedures with Cranelift's inliner. Python and JavaScript
-    /// procedures run about a tenth faster (fib(25) in Python here), at a
+    /// Compile procedures with Cranelift's inliner. Python procedures run
+    /// 5-10 % faster (fib(25) here), JavaScript ones a few per cent, at a
     /// price paid once per module version: compiling CPython's 18 MB
-    /// component takes about 1.9 GB of memory and 15-20 s instead of 0.35
-    /// GB and 4-5 s (given back afterwards; the compiled-code cache keeps the
+    /// component takes about 1 GB of memory and 11 s instead of 0.35 GB and
+    /// 5 s (given back afterwards; the compiled-code cache keeps the
     /// result, so a restart loads it in milliseconds). Rust procedures gain
     /// little: LLVM has inlined them already.
     #[arg(long, env = "WARREN_COMPILER_INLINING", value_parser = clap::builder::BoolishValueParser::new())]

@@ -110,7 +110,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     if config.compiler_inlining {
         tracing::info!(
             "compiling with inlining (--compiler-inlining): a module not in the \
-             compiled-code cache takes up to about 2 GB of memory to compile; large ones compile one at a time"
+             compiled-code cache takes up to about 1 GB of memory to compile; large ones compile one at a time"
         );
     }
     if config.perf_map {

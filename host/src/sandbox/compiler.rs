@@ -15,9 +15,10 @@
 //! fib(25) in Python 16.9 → 15.2 ms here, JavaScript a few per cent), but
 //! wasmtime 48 holds every function of the module in Cranelift's
 //! intermediate form until all of them are inlined: compiling CPython's 18
-//! MB component takes about 1.9 GB and 15–20 s instead of 0.35 GB and 4–5 s
-//! (7.8 GB before the vendored Cranelift glue stopped keeping a compiler
-//! context per function: `vendor/README.md`).
+//! MB component takes about 1 GB and 11 s instead of 0.35 GB and 5 s (7.8
+//! GB before the vendored Cranelift glue stopped keeping a compiler context
+//! per function, 1.85 GB before inlining was limited to functions of 500 IR
+//! values: `vendor/README.md`).
 //! With inlining, large modules compile one at a time, so the peak is one
 //! interpreter's; small ones (a Rust procedure: megabytes at most to
 //! compile) do not queue behind them.
@@ -86,7 +87,7 @@ pub(super) fn load(engine: &Engine, artifact: &[u8]) -> anyhow::Result<Component
 
 /// Hands the allocator's free pages back to the kernel. glibc keeps freed
 /// memory for reuse; after a compile that is memory the host will not need
-/// again (up to 2 GB, with inlining). Elsewhere there is nothing to do here.
+/// again (about 1 GB, with inlining). Elsewhere there is nothing to do here.
 fn give_back_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; it takes no pointers.

@@ -29,8 +29,8 @@
 //! - **Each compile gets an engine of its own**, thrown away afterwards, so
 //!   the serving engine keeps no compiler state ([`compiler`]). Inlining
 //!   (`--compiler-inlining`) is the operator's choice: interpreters
-//!   compiled to Wasm run about a tenth faster, and compiling one takes
-//!   about 2 GB.
+//!   compiled to Wasm run a few per cent faster, and compiling one takes
+//!   about 1 GB.
 //! - **WASI with nothing granted.** No files, environment, arguments or
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
 //!   logged at debug level.
@@ -121,9 +121,9 @@ pub struct EngineOptions {
     /// generated at run time) as modules load, so a profile of the host
     /// names the procedures' own functions (`--perf-map`).
     pub perf_map: bool,
-    /// Compile with Cranelift's inliner (`--compiler-inlining`): Python and
-    /// JavaScript procedures run about a tenth faster, and each compile of
-    /// one takes about 2 GB of memory for 15-20 s ([`compiler`]).
+    /// Compile with Cranelift's inliner (`--compiler-inlining`): Python
+    /// procedures run 5-10 % faster, and each compile of
+    /// one takes about 1 GB of memory for about 11 s ([`compiler`]).
     pub compiler_inlining: bool,
 }
 
@@ -143,7 +143,9 @@ impl Sandbox {
     ) -> anyhow::Result<Self> {
         let mut config = engine_config(&limits);
         if options.compiler_inlining {
-            config.compiler_inlining(wasmtime::Inlining::Yes);
+            config
+                .compiler_inlining(wasmtime::Inlining::Yes)
+                .compiler_inlining_sum_size_threshold(INLINING_SUM_SIZE_THRESHOLD);
         }
         // Before the profiler: the throwaway engines need not write a map,
         // the serving engine writes one as it loads their code.
@@ -582,6 +584,15 @@ pub fn perf_map_path() -> PathBuf {
 
 /// Most of a memory, table or stack the pool keeps resident per slot.
 const KEEP_RESIDENT: usize = 16 << 20;
+
+/// With `--compiler-inlining`: the largest function, in Cranelift IR values,
+/// inlining may make (wasmtime's default: 2,000; settable through a patch of
+/// ours, `vendor/README.md`). Measured compiling CPython's component and
+/// running fib(25) in it (BENCHMARKS.md): 2,000 took 18-25 s and 1.85 GB and
+/// made 72 MB of code; 500, 11-12 s, 0.97 GB, with fib(25) as fast within
+/// the noise; 200 gained nothing over no inlining. The calls worth inlining
+/// in an interpreter are into its small helpers.
+const INLINING_SUM_SIZE_THRESHOLD: u32 = 500;
 
 /// Refuses bytes that are not a component, with a reason a person can act on.
 fn check_is_component(wasm: &[u8]) -> anyhow::Result<()> {

@@ -2390,6 +2390,17 @@ impl Config {
         self
     }
 
+    /// Warren patch: the largest function, in Cranelift IR values, that
+    /// inlining may make: a callee is inlined into a caller only while the
+    /// two sizes sum to at most this. Smaller compiles faster, in less
+    /// memory, into less code; larger inlines more.
+    ///
+    /// The default value for this is 2000.
+    pub fn compiler_inlining_sum_size_threshold(&mut self, threshold: u32) -> &mut Self {
+        self.tunables.inlining_sum_size_threshold = Some(threshold);
+        self
+    }
+
     /// Returns the set of features that the currently selected compiler backend
     /// does not support at all and may panic on.
     ///

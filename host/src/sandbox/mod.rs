@@ -589,7 +589,7 @@ const KEEP_RESIDENT: usize = 16 << 20;
 /// inlining may make (wasmtime's default: 2,000; settable through a patch of
 /// ours, `vendor/README.md`). Measured compiling CPython's component and
 /// running fib(25) in it (BENCHMARKS.md): 2,000 took 18-25 s and 1.85 GB and
-/// made 72 MB of code; 500, 11-12 s, 0.97 GB, with fib(25) as fast within
+/// made 72 MB of code; 500, 11-12 s, 0.97 GB, 41 MB, fib(25) as fast within
 /// the noise; 200 gained nothing over no inlining. The calls worth inlining
 /// in an interpreter are into its small helpers.
 const INLINING_SUM_SIZE_THRESHOLD: u32 = 500;

@@ -136,7 +136,7 @@ pub struct HostConfig {
     pub perf_map: bool,
 
     /// Compile procedures with Cranelift's inliner. Python procedures run
-    /// 5-10 % faster (fib(25) here), JavaScript ones a few per cent, at a
+    /// 5-10 % faster (fib(25) here), JavaScript ones little if at all, at a
     /// price paid once per module version: compiling CPython's 18 MB
     /// component takes about 1 GB of memory and 11 s instead of 0.35 GB and
     /// 5 s (given back afterwards; the compiled-code cache keeps the

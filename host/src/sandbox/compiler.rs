@@ -12,7 +12,7 @@
 //! It matters most with `--compiler-inlining`, which is opt-in for this
 //! reason: the inliner makes an interpreter compiled to Wasm faster
 //! (CPython's eval loop stops calling out for every frame push and pop:
-//! fib(25) in Python 16.9 → 15.2 ms here, JavaScript a few per cent), but
+//! fib(25) in Python 5-10 % faster here, JavaScript little if at all), but
 //! wasmtime 48 holds every function of the module in Cranelift's
 //! intermediate form until all of them are inlined: compiling CPython's 18
 //! MB component takes about 1 GB and 11 s instead of 0.35 GB and 5 s (7.8

@@ -28,9 +28,8 @@
 //!   per request. The epoch clock itself is [`ticker`].
 //! - **Each compile gets an engine of its own**, thrown away afterwards, so
 //!   the serving engine keeps no compiler state ([`compiler`]). Inlining
-//!   (`--compiler-inlining`) is the operator's choice: interpreters
-//!   compiled to Wasm run a few per cent faster, and compiling one takes
-//!   about 1 GB.
+//!   (`--compiler-inlining`) is the operator's choice: Python procedures
+//!   run 5-10 % faster, and compiling one takes about 1 GB.
 //! - **WASI with nothing granted.** No files, environment, arguments or
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
 //!   logged at debug level.

@@ -98,7 +98,7 @@ host-cost NAME *ARGS: build-guest broker
     cargo build --release --workspace
     scripts/host-cost {{NAME}} {{ARGS}}
 
-# What a first compile costs warren-host (time, CPU, peak memory): just compile-cost NAME [HOST FLAG...], e.g. fib-py --compiler-inlining
+# What a first compile costs warren-host (time, CPU, peak memory; the background inlined compile too): just compile-cost NAME [HOST FLAG...], e.g. fib-py --compiler-inlining=off
 compile-cost NAME *ARGS: build-guest broker
     cargo build --release --workspace
     scripts/compile-cost {{NAME}} {{ARGS}}

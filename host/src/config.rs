@@ -7,7 +7,7 @@ use clap::Parser;
 use warren_protocol::tls::Connector;
 use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, QueueMode};
 
-use crate::sandbox::Limits;
+use crate::sandbox::{Inlining, Limits};
 
 /// Runs RPC requests from a RabbitMQ queue through sandboxed WebAssembly
 /// components, and replies to each caller's `reply_to` queue.
@@ -135,15 +135,23 @@ pub struct HostConfig {
     #[arg(long)]
     pub perf_map: bool,
 
-    /// Compile procedures with Cranelift's inliner. Python procedures run
-    /// 5-10 % faster (fib(25) here), JavaScript ones little if at all, at a
-    /// price paid once per module version: compiling CPython's 18 MB
-    /// component takes about 1 GB of memory and 11 s instead of 0.35 GB and
-    /// 5 s (given back afterwards; the compiled-code cache keeps the
-    /// result, so a restart loads it in milliseconds). Rust procedures gain
-    /// little: LLVM has inlined them already.
-    #[arg(long, env = "WARREN_COMPILER_INLINING", value_parser = clap::builder::BoolishValueParser::new())]
-    pub compiler_inlining: bool,
+    /// When to compile procedures with Cranelift's inliner. It makes Python
+    /// procedures 5-10 % faster (JavaScript ones little if at all, Rust ones
+    /// not: LLVM has inlined them already) and a large module's compile
+    /// about twice as long and 1 GB large (CPython's 18 MB component: 11 s
+    /// and 1 GB instead of 5 s and 0.35 GB). The compiled-code cache keeps
+    /// both kinds of code, so a restart loads them in milliseconds.
+    /// `--compiler-inlining` alone means `on`.
+    #[arg(
+        long,
+        env = "WARREN_COMPILER_INLINING",
+        value_enum,
+        value_name = "WHEN",
+        default_value = "background",
+        num_args = 0..=1,
+        default_missing_value = "on"
+    )]
+    pub compiler_inlining: Inlining,
 
     /// Log lines as readable text, or as JSON objects, one a line, for log
     /// shippers. RUST_LOG picks what is logged either way.

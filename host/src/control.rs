@@ -67,7 +67,10 @@ impl StatusSource {
                 .registry
                 .list()
                 .into_iter()
-                .map(|(name, digest)| ProcedureStatus { name, digest })
+                .map(|served| ProcedureStatus {
+                    name: served.name,
+                    digest: served.digest,
+                })
                 .collect(),
         }
     }

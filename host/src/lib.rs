@@ -16,7 +16,8 @@
 //! - [`sandbox`]: wasmtime only: compile components, run one request in a
 //!   fresh, capability-free instance under time and memory limits.
 //! - [`modules`]: which procedure versions are served, the modules folder
-//!   and the watcher that swaps them.
+//!   and the watcher that swaps them, and the background thread that swaps
+//!   in inlined code for large modules serving from a quick compile.
 //! - [`shutdown`]: the graceful-shutdown signal every task listens to.
 //! - [`telemetry`]: trace context on requests and replies, OTLP export.
 //! - [`metrics`]: what the host counts about itself; [`admin`] serves it
@@ -58,7 +59,7 @@ use deploy::{DeployPolicy, Deployer};
 use dispatch::Dispatcher;
 use metrics::Metrics;
 use modules::{LoadStats, ModulesFolder, Registry, watcher};
-use sandbox::{EngineOptions, Sandbox};
+use sandbox::{EngineOptions, Inlining, Sandbox};
 use session::Target;
 use shutdown::ShutdownTrigger;
 
@@ -107,11 +108,17 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         )
         .context("setting up the sandbox")?,
     );
-    if config.compiler_inlining {
-        tracing::info!(
-            "compiling with inlining (--compiler-inlining): a module not in the \
+    match config.compiler_inlining {
+        Inlining::On => tracing::info!(
+            "compiling with inlining (--compiler-inlining on): a large module not in the \
              compiled-code cache takes up to about 1 GB of memory to compile; large ones compile one at a time"
-        );
+        ),
+        Inlining::Background => tracing::info!(
+            "large modules serve from a quick compile first and are recompiled with inlining \
+             in the background when {} of memory is available (--compiler-inlining background)",
+            sandbox::format_bytes(sandbox::INLINING_HEADROOM)
+        ),
+        Inlining::Off => {}
     }
     if config.perf_map {
         tracing::info!(
@@ -157,8 +164,13 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     } else {
         registry.warn_if_no_default();
     }
-    for (name, digest) in &procedures {
-        tracing::info!(procedure = %name, %digest, "serving procedure");
+    for served in &procedures {
+        let code = match (served.tier, served.inlining_pending) {
+            (sandbox::Tier::Inlined, _) => "inlined",
+            (sandbox::Tier::Quick, true) => "quick, inlined code on its way",
+            (sandbox::Tier::Quick, false) => "quick",
+        };
+        tracing::info!(procedure = %served.name, digest = %served.digest, code, "serving procedure");
     }
 
     let deployer = Arc::new(Deployer::new(

@@ -20,6 +20,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use warren_protocol::ErrorKind;
 
+use crate::modules::Served;
+use crate::sandbox::Tier;
+
 /// Labels of `warren_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -40,6 +43,11 @@ struct ProcedureLabels {
 struct ProcedureInfoLabels {
     procedure: String,
     digest: String,
+    /// How its code was compiled: `quick` or `inlined`.
+    code: &'static str,
+    /// `true` while inlined code is being made to replace quick code,
+    /// else `false`.
+    inlining_pending: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,7 +135,8 @@ impl Metrics {
         let procedures = Family::default();
         registry.register(
             "warren_procedure_info",
-            "1 for each procedure served, with the digest of the version served",
+            "1 for each procedure served, with the digest of the version served, how its code \
+             was compiled (quick|inlined) and whether inlined code is on its way",
             Family::clone(&procedures),
         );
         let swaps = Family::default();
@@ -278,16 +287,25 @@ impl Metrics {
         (self.in_flight.get(), self.slots.get())
     }
 
-    /// The Prometheus text exposition, with `served` ((name, digest) of
-    /// every procedure served now), `spares_used` (the sandbox's count) and
-    /// the process's CPU and memory read at this moment.
-    pub fn encode(&self, served: &[(String, String)], spares_used: u64) -> String {
+    /// The Prometheus text exposition, with `served` (every procedure
+    /// served now), `spares_used` (the sandbox's count) and the process's
+    /// CPU and memory read at this moment.
+    pub fn encode(&self, served: &[Served], spares_used: u64) -> String {
         self.procedures.clear();
-        for (procedure, digest) in served {
+        for procedure in served {
             self.procedures
                 .get_or_create(&ProcedureInfoLabels {
-                    procedure: procedure.clone(),
-                    digest: digest.clone(),
+                    procedure: procedure.name.clone(),
+                    digest: procedure.digest.clone(),
+                    code: match procedure.tier {
+                        Tier::Quick => "quick",
+                        Tier::Inlined => "inlined",
+                    },
+                    inlining_pending: if procedure.inlining_pending {
+                        "true"
+                    } else {
+                        "false"
+                    },
                 })
                 .set(1);
         }
@@ -413,7 +431,13 @@ mod tests {
         metrics.deploy_answered(true);
         metrics.load_failed();
         metrics.connected("amqp://guest:***@127.0.0.1:5672/%2f");
-        let text = metrics.encode(&[("fib".into(), "sha256:ab".into())], 7);
+        let served = Served {
+            name: "fib".into(),
+            digest: "sha256:ab".into(),
+            tier: Tier::Quick,
+            inlining_pending: true,
+        };
+        let text = metrics.encode(&[served], 7);
         for line in [
             r#"warren_requests_total{procedure="fib",status="ok",kind=""} 1"#,
             r#"warren_requests_total{procedure="fib",status="error",kind="timeout"} 1"#,
@@ -421,7 +445,7 @@ mod tests {
             r#"warren_request_duration_seconds_bucket{le="0.0001",procedure="fib"}"#,
             "warren_requests_in_flight 0",
             "warren_concurrency_slots 4",
-            r#"warren_procedure_info{procedure="fib",digest="sha256:ab"} 1"#,
+            r#"warren_procedure_info{procedure="fib",digest="sha256:ab",code="quick",inlining_pending="true"} 1"#,
             r#"warren_swaps_total{procedure="fib"} 1"#,
             r#"warren_deploys_total{result="accepted"} 1"#,
             "warren_module_load_failures_total 1",

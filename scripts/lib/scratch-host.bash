@@ -11,6 +11,11 @@
 #   scratch_host_wait_ready SECONDS
 #       until the host logs "warren-host ready"; exits 1 with its log if it
 #       dies or is not ready by then.
+#   scratch_host_wait_inlined SECONDS
+#       if the module serves quick code with inlined code on its way
+#       (--compiler-inlining background, the default), until the host says
+#       it swapped the inlined code in or why it will not; exits 1 with its
+#       log if neither comes by then. Returns 1 if nothing was pending.
 
 bin=${BIN_DIR:-target/release}
 amqp_url=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
@@ -49,6 +54,20 @@ scratch_host_wait_ready() {
   done
   grep -q "warren-host ready" "$log" && return 0
   echo "$tool: the host did not get ready; its log:" >&2
+  cat "$log" >&2
+  exit 1
+}
+
+scratch_host_wait_inlined() {
+  grep -q "inlined code on its way" "$log" || return 1
+  local tenths=$(( $1 * 10 )) done="now runs code compiled with inlining|keeps its quick code"
+  for _ in $(seq 1 "$tenths"); do
+    grep -Eq "$done" "$log" && return 0
+    kill -0 "$host" 2>/dev/null || break
+    sleep 0.1
+  done
+  grep -Eq "$done" "$log" && return 0
+  echo "$tool: the host did not finish its inlined compile; its log:" >&2
   cat "$log" >&2
   exit 1
 }

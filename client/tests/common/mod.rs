@@ -169,7 +169,7 @@ impl TestHost {
         host.registry()
             .list()
             .into_iter()
-            .map(|(name, _)| name)
+            .map(|served| served.name)
             .collect()
     }
 

@@ -17,6 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::Context as _;
 
+use super::inliner::Inliner;
 use super::{
     MODULE_EXTENSION, Procedure, Registry, digest, misnamed_module, module_files, procedure_name,
 };
@@ -96,6 +97,7 @@ pub struct ModulesFolder {
     seen: SeenFiles,
     stats: Arc<LoadStats>,
     metrics: Arc<Metrics>,
+    inliner: Inliner,
 }
 
 impl ModulesFolder {
@@ -108,6 +110,7 @@ impl ModulesFolder {
         metrics: Arc<Metrics>,
     ) -> Self {
         ModulesFolder {
+            inliner: Inliner::new(dir.clone(), sandbox.clone(), registry.clone()),
             dir,
             sandbox,
             registry,
@@ -267,17 +270,22 @@ impl ModulesFolder {
         Ok(())
     }
 
-    /// Swaps `procedure` in and logs it.
+    /// Swaps `procedure` in and logs it; its inlined code follows later if
+    /// it serves from a quick compile (`inliner`).
     fn serve(&self, procedure: Procedure, started: Instant) {
         let (name, digest) = (procedure.name.clone(), procedure.digest.clone());
         let took = format!("{}ms", started.elapsed().as_millis());
         self.stats.loaded.fetch_add(1, Ordering::Relaxed);
+        let inline_later = procedure.component.inlining_pending();
         match self.registry.install(procedure) {
             Some(old) => {
                 self.metrics.swapped(&name);
                 tracing::info!(procedure = %name, from = %old.digest, to = %digest, took, "procedure swapped")
             }
             None => tracing::info!(procedure = %name, %digest, took, "procedure loaded"),
+        }
+        if inline_later {
+            self.inliner.request(name, digest);
         }
     }
 

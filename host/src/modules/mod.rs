@@ -11,9 +11,11 @@
 //! is ready (make-before-break); a file that fails to load is logged once and
 //! the last good version keeps serving; a deleted file retires its procedure.
 //! Deploys save through it too, so the folder and the registry never
-//! disagree. [`watcher`] tells it which files changed.
+//! disagree. [`watcher`] tells it which files changed, and `inliner` swaps
+//! in inlined code for large modules that serve from a quick compile.
 
 mod folder;
+mod inliner;
 pub mod watcher;
 
 pub use folder::{LoadStats, ModulesFolder};
@@ -27,7 +29,7 @@ use arc_swap::ArcSwap;
 use warren_protocol::check_procedure_name;
 pub use warren_protocol::module_digest as digest;
 
-use crate::sandbox::{PreparedComponent, Sandbox};
+use crate::sandbox::{PreparedComponent, Sandbox, Tier};
 
 /// The file extension that marks a procedure in the modules folder.
 pub const MODULE_EXTENSION: &str = "wasm";
@@ -61,6 +63,19 @@ impl Procedure {
             component,
         })
     }
+}
+
+/// What [`Registry::list`] says of one procedure served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The procedure's name.
+    pub name: String,
+    /// The digest of the version served.
+    pub digest: String,
+    /// How the code serving it was compiled.
+    pub tier: Tier,
+    /// Whether inlined code is on its way to replace it (`inliner`).
+    pub inlining_pending: bool,
 }
 
 /// The procedures being served, by name; cheap to read from any thread.
@@ -114,12 +129,17 @@ impl Registry {
         }
     }
 
-    /// Names and digests of all procedures, in name order.
-    pub fn list(&self) -> Vec<(String, String)> {
+    /// Every procedure served, in name order.
+    pub fn list(&self) -> Vec<Served> {
         self.procedures
             .load()
             .values()
-            .map(|p| (p.name.clone(), p.digest.clone()))
+            .map(|p| Served {
+                name: p.name.clone(),
+                digest: p.digest.clone(),
+                tier: p.component.tier(),
+                inlining_pending: p.component.inlining_pending(),
+            })
             .collect()
     }
 
@@ -140,6 +160,26 @@ impl Registry {
         });
         self.warn_about_default(&before);
         replaced
+    }
+
+    /// Serves `procedure`, the same version as the one serving under its
+    /// name but compiled better, in its place; `false` (and nothing
+    /// changes) when that version no longer serves or already has code
+    /// compiled with inlining.
+    pub fn upgrade(&self, procedure: Procedure) -> bool {
+        let procedure = Arc::new(procedure);
+        let mut upgraded = false;
+        self.procedures.rcu(|current| {
+            let mut next = BTreeMap::clone(current);
+            upgraded = current.get(&procedure.name).is_some_and(|serving| {
+                serving.digest == procedure.digest && serving.component.inlining_pending()
+            });
+            if upgraded {
+                next.insert(procedure.name.clone(), procedure.clone());
+            }
+            next
+        });
+        upgraded
     }
 
     /// Stops serving `name`; returns the version retired, if any.

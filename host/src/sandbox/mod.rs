@@ -27,9 +27,12 @@
 //!   instance is started in the background ([`spare`]), still one instance
 //!   per request. The epoch clock itself is [`ticker`].
 //! - **Each compile gets an engine of its own**, thrown away afterwards, so
-//!   the serving engine keeps no compiler state ([`compiler`]). Inlining
-//!   (`--compiler-inlining`) is the operator's choice: Python procedures
-//!   run 5-10 % faster, and compiling one takes about 1 GB.
+//!   the serving engine keeps no compiler state ([`compiler`]). Cranelift's
+//!   inliner makes Python procedures 5-10 % faster and their compile twice
+//!   as long and about 1 GB large, so by default ([`Inlining::Background`])
+//!   a large module serves from a quick compile first and its inlined code,
+//!   made in the background when memory allows, is swapped in after
+//!   ([`Sandbox::prepare_inlined`], called by `modules`).
 //! - **WASI with nothing granted.** No files, environment, arguments or
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
 //!   logged at debug level.
@@ -37,6 +40,7 @@
 mod cache;
 mod compiler;
 mod limits;
+mod memory;
 mod output;
 mod spare;
 mod ticker;
@@ -49,12 +53,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warren_protocol::{ErrorKind, RpcError};
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use cache::CompiledCache;
 use compiler::Compiler;
+pub use compiler::{Inlining, Tier};
 use limits::MemoryLimiter;
 pub use limits::{Limits, format_bytes};
 use output::CappedOutput;
@@ -75,8 +80,25 @@ mod bindings {
 #[derive(Clone)]
 pub struct PreparedComponent {
     pre: bindings::ProcedurePre<GuestState>,
+    /// How its code was compiled.
+    tier: Tier,
+    /// Whether the host means to swap in an inlined compile of it.
+    inlining_pending: bool,
     /// Its spare instance, when it is slow to start (see [`spare`]).
     spares: Arc<Spares>,
+}
+
+impl PreparedComponent {
+    /// How its code was compiled.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Whether it serves from a quick compile that an inlined one is meant
+    /// to replace ([`Inlining::Background`], a large module).
+    pub fn inlining_pending(&self) -> bool {
+        self.inlining_pending
+    }
 }
 
 /// Per-request store data: the guest's WASI context and its limits.
@@ -110,21 +132,38 @@ pub struct Sandbox {
     cache: Option<CompiledCache>,
     /// Where modules not in the cache are compiled.
     compiler: Compiler,
+    inlining: Inlining,
 }
 
 /// How the engine is built beyond the [`Limits`]: what an operator turns on
-/// for profiling or speed. Off by default.
-#[derive(Debug, Clone, Copy, Default)]
+/// for profiling or speed. The default is wasmtime's: no perf map, no
+/// inlining (`warren-host`'s own default inlines in the background).
+#[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     /// Write `/tmp/perf-PID.map` (the format `perf` reads for code
     /// generated at run time) as modules load, so a profile of the host
     /// names the procedures' own functions (`--perf-map`).
     pub perf_map: bool,
-    /// Compile with Cranelift's inliner (`--compiler-inlining`): Python
-    /// procedures run 5-10 % faster, and each compile of
-    /// one takes about 1 GB of memory for about 11 s ([`compiler`]).
-    pub compiler_inlining: bool,
+    /// When to compile with Cranelift's inliner (`--compiler-inlining`):
+    /// Python procedures run 5-10 % faster, and each inlined compile of one
+    /// takes about 1 GB of memory for about 11 s ([`compiler`]).
+    pub compiler_inlining: Inlining,
 }
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            perf_map: false,
+            compiler_inlining: Inlining::Off,
+        }
+    }
+}
+
+/// Memory that must be available (to the machine and the host's cgroup)
+/// before a large module is recompiled with inlining in the background:
+/// the compile peaks near 1 GB (0.8 GB above a serving host for CPython's
+/// component, 0.9 GB for SpiderMonkey's), with room to spare.
+pub const INLINING_HEADROOM: u64 = 1536 << 20;
 
 impl Sandbox {
     /// Builds the engine (pooling allocator sized for `limits.concurrency`),
@@ -141,14 +180,10 @@ impl Sandbox {
         options: EngineOptions,
     ) -> anyhow::Result<Self> {
         let mut config = engine_config(&limits);
-        if options.compiler_inlining {
-            config
-                .compiler_inlining(wasmtime::Inlining::Yes)
-                .compiler_inlining_sum_size_threshold(INLINING_SUM_SIZE_THRESHOLD);
-        }
         // Before the profiler: the throwaway engines need not write a map,
-        // the serving engine writes one as it loads their code.
-        let compiler = Compiler::new(config.clone(), options.compiler_inlining);
+        // the serving engine writes one as it loads their code. The serving
+        // engine compiles nothing itself and loads code of either tier.
+        let compiler = Compiler::new(config.clone(), INLINING_SUM_SIZE_THRESHOLD)?;
         if options.perf_map {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
@@ -171,7 +206,7 @@ impl Sandbox {
         let ticker = EpochTicker::start(engine.clone())?;
         let cache =
             match cache_dir {
-                Some(dir) => Some(CompiledCache::open(dir, &engine).with_context(|| {
+                Some(dir) => Some(CompiledCache::open(dir).with_context(|| {
                     format!("opening the compiled-code cache {}", dir.display())
                 })?),
                 None => None,
@@ -179,6 +214,7 @@ impl Sandbox {
         Ok(Sandbox {
             cache,
             compiler,
+            inlining: options.compiler_inlining,
             engine,
             linker,
             slots: Arc::new(Semaphore::new(limits.concurrency)),
@@ -200,9 +236,17 @@ impl Sandbox {
         self.spares_used.load(Ordering::Relaxed)
     }
 
+    /// When this sandbox compiles with the inliner.
+    pub fn inlining(&self) -> Inlining {
+        self.inlining
+    }
+
     /// Compiles `wasm` (whose digest is `digest`) and checks that it is a
     /// component this host can run; compiled code comes from and goes to the
-    /// cache when there is one.
+    /// cache when there is one. With [`Inlining::Background`], a large
+    /// module not yet in the cache with inlining comes back quickly compiled
+    /// and [`PreparedComponent::inlining_pending`]: the caller may then
+    /// swap in [`Sandbox::prepare_inlined`]'s when it is ready.
     ///
     /// CPU-heavy (Cranelift) on a cache miss: call it off the async runtime,
     /// for example in `spawn_blocking`. The error says what is wrong.
@@ -212,23 +256,85 @@ impl Sandbox {
         // module too, but in its own words, and a cached entry refused for
         // this reason would look damaged.
         check_memory_fits(wasm, self.limits.max_memory)?;
-        let cached = self
-            .cache
-            .as_ref()
-            .and_then(|cache| cache.load(&self.engine, digest));
-        let component = match cached {
+        let large = wasm.len() > compiler::LARGE_MODULE;
+        match self.inlining {
+            Inlining::Off => self.compile(wasm, digest, Tier::Quick, false, false),
+            Inlining::On => self.compile(wasm, digest, Tier::Inlined, false, false),
+            Inlining::Background if !large => {
+                self.compile(wasm, digest, Tier::Inlined, false, false)
+            }
+            Inlining::Background => match self.cached(digest, Tier::Inlined) {
+                Some(component) => self.link(component, Tier::Inlined, false),
+                None => self.compile(wasm, digest, Tier::Quick, false, true),
+            },
+        }
+    }
+
+    /// [`Sandbox::prepare`] with Cranelift's inliner, whatever this
+    /// sandbox's [`Inlining`], compiling on the calling thread only (not on
+    /// every core), for a module already serving from a quick compile. Call
+    /// [`Sandbox::inlining_headroom`] first: for a large module this takes
+    /// about 1 GB of memory for a while.
+    pub fn prepare_inlined(&self, wasm: &[u8], digest: &str) -> anyhow::Result<PreparedComponent> {
+        check_is_component(wasm)?;
+        check_memory_fits(wasm, self.limits.max_memory)?;
+        self.compile(wasm, digest, Tier::Inlined, true, false)
+    }
+
+    /// `Ok` when there is memory enough to recompile a large module with
+    /// inlining ([`INLINING_HEADROOM`]); otherwise why not.
+    pub fn inlining_headroom(&self) -> Result<(), String> {
+        match memory::available() {
+            Some(available) if available < INLINING_HEADROOM => Err(format!(
+                "that takes up to {} of memory and {} are available",
+                format_bytes(INLINING_HEADROOM),
+                format_bytes(available)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `tier`'s code for `wasm` from the cache, or compiled (`gently`: on
+    /// this thread only) and cached, then linked.
+    fn compile(
+        &self,
+        wasm: &[u8],
+        digest: &str,
+        tier: Tier,
+        gently: bool,
+        inlining_pending: bool,
+    ) -> anyhow::Result<PreparedComponent> {
+        let component = match self.cached(digest, tier) {
             Some(component) => component,
             None => {
                 let artifact = self
                     .compiler
-                    .precompile(wasm)
-                    .context("compiling the component")?;
+                    .precompile(wasm, tier, gently)
+                    .with_context(|| match tier {
+                        Tier::Quick => "compiling the component",
+                        Tier::Inlined => "compiling the component with inlining",
+                    })?;
                 if let Some(cache) = &self.cache {
-                    cache.store(digest, &artifact);
+                    cache.store(digest, self.compiler.cache_tag(tier), &artifact);
                 }
                 compiler::load(&self.engine, &artifact)?
             }
         };
+        self.link(component, tier, inlining_pending)
+    }
+
+    fn cached(&self, digest: &str, tier: Tier) -> Option<Component> {
+        let cache = self.cache.as_ref()?;
+        cache.load(&self.engine, digest, self.compiler.cache_tag(tier))
+    }
+
+    /// Links `component` against WASI and checks its exports.
+    fn link(
+        &self,
+        component: Component,
+        tier: Tier,
+        inlining_pending: bool,
+    ) -> anyhow::Result<PreparedComponent> {
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -245,6 +351,8 @@ impl Sandbox {
             )?;
         Ok(PreparedComponent {
             pre,
+            tier,
+            inlining_pending,
             spares: Arc::default(),
         })
     }

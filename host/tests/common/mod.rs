@@ -28,3 +28,29 @@ fn built_component(file: &str, recipe: &str) -> Vec<u8> {
         )
     })
 }
+
+/// The Python fib component (`just build-guest-py`, run by `just test`), or
+/// `None`, after saying SKIPPED, where python3 is not installed to build it.
+#[allow(dead_code)]
+pub fn fib_py_wasm() -> Option<Vec<u8>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/fib-py.wasm");
+    match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(_) if !on_path("python3") => {
+            eprintln!(
+                "SKIPPED: python3 is not installed, so {} could not be built",
+                path.display()
+            );
+            None
+        }
+        Err(e) => panic!(
+            "reading {}: {e}. Build it first: `just build-guest-py` (`just test` does it)",
+            path.display()
+        ),
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}

@@ -46,28 +46,26 @@ scratch_host_cleanup() {
 }
 
 scratch_host_wait_ready() {
-  local tenths=$(( $1 * 10 ))
-  for _ in $(seq 1 "$tenths"); do
-    grep -q "warren-host ready" "$log" && return 0
-    kill -0 "$host" 2>/dev/null || break
-    sleep 0.1
-  done
-  grep -q "warren-host ready" "$log" && return 0
-  echo "$tool: the host did not get ready; its log:" >&2
-  cat "$log" >&2
-  exit 1
+  scratch_host_wait_for "warren-host ready" "$1" "get ready"
 }
 
 scratch_host_wait_inlined() {
   grep -q "inlined code on its way" "$log" || return 1
-  local tenths=$(( $1 * 10 )) done="now runs code compiled with inlining|keeps its quick code"
+  scratch_host_wait_for "now runs code compiled with inlining|keeps its quick code" "$1" \
+    "finish its inlined compile"
+}
+
+# Until the host's log matches PATTERN (grep -E); exits 1 with the log,
+# saying the host did not WHAT, if it dies or SECONDS pass first.
+scratch_host_wait_for() {
+  local pattern=$1 tenths=$(( $2 * 10 )) what=$3
   for _ in $(seq 1 "$tenths"); do
-    grep -Eq "$done" "$log" && return 0
+    grep -Eq "$pattern" "$log" && return 0
     kill -0 "$host" 2>/dev/null || break
     sleep 0.1
   done
-  grep -Eq "$done" "$log" && return 0
-  echo "$tool: the host did not finish its inlined compile; its log:" >&2
+  grep -Eq "$pattern" "$log" && return 0
+  echo "$tool: the host did not $what; its log:" >&2
   cat "$log" >&2
   exit 1
 }

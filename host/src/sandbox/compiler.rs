@@ -67,6 +67,17 @@ pub enum Tier {
     Inlined,
 }
 
+/// Where a compile runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cores {
+    /// On every core (wasmtime compiles functions in parallel): for a
+    /// compile somebody waits for.
+    All,
+    /// On the calling thread only: for a compile nobody waits for, so the
+    /// other cores stay with the requests.
+    One,
+}
+
 /// Compiles components, each in a fresh engine.
 pub(super) struct Compiler {
     quick: Settings,
@@ -129,17 +140,14 @@ impl Compiler {
         &self.settings(tier).cache_tag
     }
 
-    /// Compiles `wasm` into an artifact of `tier` for the serving engine:
-    /// what the cache keeps, and what [`load`] turns into a component.
-    ///
-    /// `gently`: on the calling thread only, not on every core (wasmtime
-    /// compiles functions in parallel otherwise), for compiles nobody waits
-    /// for.
+    /// Compiles `wasm` into an artifact of `tier` for the serving engine,
+    /// on `cores`: what the cache keeps, and what [`load`] turns into a
+    /// component.
     pub(super) fn precompile(
         &self,
         wasm: &[u8],
         tier: Tier,
-        gently: bool,
+        cores: Cores,
     ) -> anyhow::Result<Vec<u8>> {
         let _turn = (tier == Tier::Inlined && wasm.len() > LARGE_MODULE).then(|| {
             self.one_at_a_time
@@ -147,7 +155,7 @@ impl Compiler {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
         });
         let mut config = self.settings(tier).config.clone();
-        if gently {
+        if cores == Cores::One {
             config.parallel_compilation(false);
         }
         let compiler = Engine::new(&config)

@@ -58,7 +58,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use cache::CompiledCache;
-use compiler::Compiler;
+use compiler::{Compiler, Cores};
 pub use compiler::{Inlining, Tier};
 use limits::MemoryLimiter;
 pub use limits::{Limits, format_bytes};
@@ -257,17 +257,19 @@ impl Sandbox {
         // this reason would look damaged.
         check_memory_fits(wasm, self.limits.max_memory)?;
         let large = wasm.len() > compiler::LARGE_MODULE;
-        match self.inlining {
-            Inlining::Off => self.compile(wasm, digest, Tier::Quick, false, false),
-            Inlining::On => self.compile(wasm, digest, Tier::Inlined, false, false),
-            Inlining::Background if !large => {
-                self.compile(wasm, digest, Tier::Inlined, false, false)
+        let (tier, inlining_pending) = match self.inlining {
+            Inlining::Off => (Tier::Quick, false),
+            Inlining::On => (Tier::Inlined, false),
+            Inlining::Background if !large => (Tier::Inlined, false),
+            Inlining::Background => {
+                if let Some(component) = self.cached(digest, Tier::Inlined) {
+                    return self.link(component, Tier::Inlined, false);
+                }
+                (Tier::Quick, true)
             }
-            Inlining::Background => match self.cached(digest, Tier::Inlined) {
-                Some(component) => self.link(component, Tier::Inlined, false),
-                None => self.compile(wasm, digest, Tier::Quick, false, true),
-            },
-        }
+        };
+        let component = self.compiled(wasm, digest, tier, Cores::All)?;
+        self.link(component, tier, inlining_pending)
     }
 
     /// [`Sandbox::prepare`] with Cranelift's inliner, whatever this
@@ -278,7 +280,8 @@ impl Sandbox {
     pub fn prepare_inlined(&self, wasm: &[u8], digest: &str) -> anyhow::Result<PreparedComponent> {
         check_is_component(wasm)?;
         check_memory_fits(wasm, self.limits.max_memory)?;
-        self.compile(wasm, digest, Tier::Inlined, true, false)
+        let component = self.compiled(wasm, digest, Tier::Inlined, Cores::One)?;
+        self.link(component, Tier::Inlined, false)
     }
 
     /// `Ok` when there is memory enough to recompile a large module with
@@ -294,33 +297,29 @@ impl Sandbox {
         }
     }
 
-    /// `tier`'s code for `wasm` from the cache, or compiled (`gently`: on
-    /// this thread only) and cached, then linked.
-    fn compile(
+    /// `tier`'s code for `wasm` from the cache, or compiled on `cores` and
+    /// cached.
+    fn compiled(
         &self,
         wasm: &[u8],
         digest: &str,
         tier: Tier,
-        gently: bool,
-        inlining_pending: bool,
-    ) -> anyhow::Result<PreparedComponent> {
-        let component = match self.cached(digest, tier) {
-            Some(component) => component,
-            None => {
-                let artifact = self
-                    .compiler
-                    .precompile(wasm, tier, gently)
-                    .with_context(|| match tier {
-                        Tier::Quick => "compiling the component",
-                        Tier::Inlined => "compiling the component with inlining",
-                    })?;
-                if let Some(cache) = &self.cache {
-                    cache.store(digest, self.compiler.cache_tag(tier), &artifact);
-                }
-                compiler::load(&self.engine, &artifact)?
-            }
-        };
-        self.link(component, tier, inlining_pending)
+        cores: Cores,
+    ) -> anyhow::Result<Component> {
+        if let Some(component) = self.cached(digest, tier) {
+            return Ok(component);
+        }
+        let artifact = self
+            .compiler
+            .precompile(wasm, tier, cores)
+            .with_context(|| match tier {
+                Tier::Quick => "compiling the component",
+                Tier::Inlined => "compiling the component with inlining",
+            })?;
+        if let Some(cache) = &self.cache {
+            cache.store(digest, self.compiler.cache_tag(tier), &artifact);
+        }
+        compiler::load(&self.engine, &artifact)
     }
 
     fn cached(&self, digest: &str, tier: Tier) -> Option<Component> {

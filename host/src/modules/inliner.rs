@@ -6,7 +6,8 @@
 //! faster but takes about twice as long and 1 GB of memory. So that compile
 //! happens here, afterwards: one module at a time on one thread of its own,
 //! at low priority (the cores stay with the requests), and only when the
-//! machine and the host's cgroup have [`INLINING_HEADROOM`] available, so a
+//! machine and the host's cgroup have
+//! [`INLINING_HEADROOM`](crate::sandbox::INLINING_HEADROOM) available, so a
 //! host short of memory keeps its quick code rather than being killed. The
 //! result replaces the version it was made for exactly like a new version
 //! would (requests in flight finish on the old code), and only if that
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{MODULE_EXTENSION, Procedure, Registry, digest};
-use crate::sandbox::{INLINING_HEADROOM, Sandbox};
+use crate::sandbox::Sandbox;
 
 /// A procedure version to recompile with inlining.
 struct Job {
@@ -120,20 +121,19 @@ impl Worker {
             digest: wanted,
         }: Job,
     ) {
-        let still_serving = |name: &str| {
-            self.registry
-                .get(name)
-                .is_some_and(|p| p.digest == wanted && p.component.inlining_pending())
-        };
-        if !still_serving(&name) {
+        let still_waiting = self
+            .registry
+            .get(&name)
+            .is_some_and(|p| p.digest == wanted && p.component.inlining_pending());
+        if !still_waiting {
             return;
         }
         if let Err(why) = self.sandbox.inlining_headroom() {
             tracing::info!(
                 procedure = %name,
                 digest = %wanted,
-                "not recompiling with inlining ({} needed): {why}; it keeps its quick code",
-                crate::sandbox::format_bytes(INLINING_HEADROOM)
+                "not recompiling with inlining: {why}; it keeps its quick code (a restart \
+                 with more memory available inlines it then)"
             );
             return;
         }

@@ -300,6 +300,29 @@ mod tests {
     }
 
     #[test]
+    fn inlining_is_in_the_background_by_default_and_the_bare_flag_means_on() {
+        let parse = |args: &[&str]| {
+            let args = std::iter::once("warren-host").chain(args.iter().copied());
+            HostConfig::try_parse_from(args).map(|config| config.compiler_inlining)
+        };
+        assert_eq!(parse(&[]).unwrap(), Inlining::Background);
+        assert_eq!(parse(&["--compiler-inlining"]).unwrap(), Inlining::On);
+        let then_a_flag = parse(&["--compiler-inlining", "--perf-map"]);
+        assert_eq!(then_a_flag.unwrap(), Inlining::On);
+        assert_eq!(parse(&["--compiler-inlining=off"]).unwrap(), Inlining::Off);
+        // What the flag took when it was a switch.
+        assert_eq!(
+            parse(&["--compiler-inlining", "true"]).unwrap(),
+            Inlining::On
+        );
+        assert_eq!(
+            parse(&["--compiler-inlining", "false"]).unwrap(),
+            Inlining::Off
+        );
+        assert!(parse(&["--compiler-inlining", "sometimes"]).is_err());
+    }
+
+    #[test]
     fn sizes_parse_in_iec_and_si_units() {
         assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
         assert_eq!(parse_bytes("4MB"), Ok(4_000_000));

@@ -616,11 +616,7 @@ async fn status(cli: &Cli, wait: Duration, json: bool) -> u8 {
         );
     } else {
         for host in &hosts {
-            let procedures: Vec<String> = host
-                .procedures
-                .iter()
-                .map(|p| format!("{}={}", p.name, p.digest))
-                .collect();
+            let procedures: Vec<String> = host.procedures.iter().map(|p| p.summary()).collect();
             println!(
                 "{}\tv{}\tup {}\t{}\t{}/{} in flight\t{} served\t{} failed\t{}",
                 host.host,

@@ -165,10 +165,10 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         registry.warn_if_no_default();
     }
     for served in &procedures {
-        let code = match (served.tier, served.inlining_pending) {
-            (sandbox::Tier::Inlined, _) => "inlined",
-            (sandbox::Tier::Quick, true) => "quick, inlined code on its way",
-            (sandbox::Tier::Quick, false) => "quick",
+        let code = if served.inlining_pending {
+            "quick, inlined code on its way"
+        } else {
+            served.tier.name()
         };
         tracing::info!(procedure = %served.name, digest = %served.digest, code, "serving procedure");
     }

@@ -21,7 +21,6 @@ use prometheus_client::registry::Registry;
 use warren_protocol::ErrorKind;
 
 use crate::modules::Served;
-use crate::sandbox::Tier;
 
 /// Labels of `warren_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -297,10 +296,7 @@ impl Metrics {
                 .get_or_create(&ProcedureInfoLabels {
                     procedure: procedure.name.clone(),
                     digest: procedure.digest.clone(),
-                    code: match procedure.tier {
-                        Tier::Quick => "quick",
-                        Tier::Inlined => "inlined",
-                    },
+                    code: procedure.tier.name(),
                     inlining_pending: if procedure.inlining_pending {
                         "true"
                     } else {
@@ -411,6 +407,7 @@ impl ProcessStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::Tier;
 
     #[test]
     fn buckets_run_from_100_microseconds_past_the_timeout() {

@@ -78,6 +78,16 @@ pub(super) enum Cores {
     One,
 }
 
+impl Tier {
+    /// `quick` or `inlined`, as metrics and fleet status say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Quick => "quick",
+            Tier::Inlined => "inlined",
+        }
+    }
+}
+
 /// Compiles components, each in a fresh engine.
 pub(super) struct Compiler {
     quick: Settings,

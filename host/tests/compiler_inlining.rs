@@ -73,7 +73,8 @@ async fn inlined_code_answers_the_same_within_its_limits_and_is_cached_apart() {
     );
     assert_eq!(entries(cache.path()), 2);
 
-    // A host without inlining cannot load that code: it compiles its own.
+    // A host with inlining off looks for its own quick code (the cache
+    // names entries by their compile settings): it compiles it.
     let plain = Sandbox::new(limits, Some(cache.path())).unwrap();
     let own = plain.prepare(&fib, &digest(&fib)).unwrap();
     assert_eq!(

@@ -152,12 +152,8 @@ impl Registry {
     /// replaced. Requests already running keep the old one.
     pub fn install(&self, procedure: Procedure) -> Option<Arc<Procedure>> {
         let procedure = Arc::new(procedure);
-        let mut replaced = None;
-        let before = self.procedures.rcu(|current| {
-            let mut next = BTreeMap::clone(current);
-            replaced = next.insert(procedure.name.clone(), procedure.clone());
-            next
-        });
+        let (before, replaced) =
+            self.change(|procedures| procedures.insert(procedure.name.clone(), procedure.clone()));
         self.warn_about_default(&before);
         replaced
     }
@@ -168,30 +164,42 @@ impl Registry {
     /// compiled with inlining.
     pub fn upgrade(&self, procedure: Procedure) -> bool {
         let procedure = Arc::new(procedure);
-        let mut upgraded = false;
-        self.procedures.rcu(|current| {
-            let mut next = BTreeMap::clone(current);
-            upgraded = current.get(&procedure.name).is_some_and(|serving| {
+        let (_, upgraded) = self.change(|procedures| {
+            let waiting = procedures.get(&procedure.name).is_some_and(|serving| {
                 serving.digest == procedure.digest && serving.component.inlining_pending()
             });
-            if upgraded {
-                next.insert(procedure.name.clone(), procedure.clone());
+            if waiting {
+                procedures.insert(procedure.name.clone(), procedure.clone());
             }
-            next
+            waiting
         });
         upgraded
     }
 
     /// Stops serving `name`; returns the version retired, if any.
     pub fn retire(&self, name: &str) -> Option<Arc<Procedure>> {
-        let mut retired = None;
-        let before = self.procedures.rcu(|current| {
-            let mut next = BTreeMap::clone(current);
-            retired = next.remove(name);
-            next
-        });
+        let (before, retired) = self.change(|procedures| procedures.remove(name));
         self.warn_about_default(&before);
         retired
+    }
+
+    /// Applies `edit` to a copy of the procedures and swaps the copy in
+    /// (again on a fresh copy if another change won the race); returns the
+    /// procedures before and what `edit` returned.
+    fn change<R>(
+        &self,
+        mut edit: impl FnMut(&mut BTreeMap<String, Arc<Procedure>>) -> R,
+    ) -> (Arc<BTreeMap<String, Arc<Procedure>>>, R) {
+        let mut outcome = None;
+        let before = self.procedures.rcu(|current| {
+            let mut next = BTreeMap::clone(current);
+            outcome = Some(edit(&mut next));
+            next
+        });
+        (
+            before,
+            outcome.expect("rcu calls the closure at least once"),
+        )
     }
 
     /// Warns once the host has loaded what it finds at startup, if requests

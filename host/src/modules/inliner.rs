@@ -34,30 +34,27 @@ struct Job {
 
 /// Takes jobs and runs them on its thread, started with the first job.
 pub(super) struct Inliner {
-    dir: PathBuf,
-    sandbox: Arc<Sandbox>,
-    registry: Arc<Registry>,
+    worker: Arc<Worker>,
     /// `None` until the first job starts the thread.
     jobs: Mutex<Option<Sender<Job>>>,
-    /// Set when the host stops: the thread finishes the compile in hand
-    /// (wasmtime cannot stop one) and starts no other.
-    stopped: Arc<AtomicBool>,
 }
 
 impl Drop for Inliner {
     fn drop(&mut self) {
-        self.stopped.store(true, Ordering::Relaxed);
+        self.worker.stopped.store(true, Ordering::Relaxed);
     }
 }
 
 impl Inliner {
     pub(super) fn new(dir: PathBuf, sandbox: Arc<Sandbox>, registry: Arc<Registry>) -> Self {
         Inliner {
-            dir,
-            sandbox,
-            registry,
+            worker: Arc::new(Worker {
+                dir,
+                sandbox,
+                registry,
+                stopped: AtomicBool::new(false),
+            }),
             jobs: Mutex::new(None),
-            stopped: Arc::default(),
         }
     }
 
@@ -69,12 +66,7 @@ impl Inliner {
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         if jobs.is_none() {
             let (sender, receiver) = channel();
-            let worker = Worker {
-                dir: self.dir.clone(),
-                sandbox: self.sandbox.clone(),
-                registry: self.registry.clone(),
-                stopped: self.stopped.clone(),
-            };
+            let worker = self.worker.clone();
             let spawned = std::thread::Builder::new()
                 .name("warren-inliner".into())
                 .spawn(move || worker.run(receiver));
@@ -100,11 +92,13 @@ struct Worker {
     dir: PathBuf,
     sandbox: Arc<Sandbox>,
     registry: Arc<Registry>,
-    stopped: Arc<AtomicBool>,
+    /// Set when the host stops: the thread finishes the compile in hand
+    /// (wasmtime cannot stop one) and starts no other.
+    stopped: AtomicBool,
 }
 
 impl Worker {
-    fn run(self, jobs: Receiver<Job>) {
+    fn run(&self, jobs: Receiver<Job>) {
         lower_this_threads_priority();
         for job in jobs {
             if self.stopped.load(Ordering::Relaxed) {

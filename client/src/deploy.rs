@@ -8,10 +8,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use warren_protocol::check_procedure_name;
 use warren_protocol::deploy::{
-    DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
-    HEADER_DEPLOY_SEQUENCE, HEADER_DEPLOY_SIGNATURE, SecretKey, declare_deploy_stream,
+    DeployAnswer, DeployHeaders, SecretKey, StreamRetention, declare_deploy_stream,
 };
-use warren_protocol::set_header_text;
 
 use crate::link::{broker, close_quietly};
 use crate::{CallError, DEFAULT_TIMEOUT, RpcClient};
@@ -125,39 +123,20 @@ impl RpcClient {
         // A dedicated channel with publisher confirms: a deploy is history,
         // so it is sent only once the broker has stored it.
         let link = self.link().await?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(broker("opening the deploy channel"))?;
-        let stream = declare_deploy_stream(&channel, &self.queue)
-            .await
-            .map_err(broker(
-                "declaring the deploy stream (RabbitMQ 3.9 or later has streams)",
-            ))?;
+        let declared =
+            declare_deploy_stream(&link.connection, &self.queue, StreamRetention::DEFAULT)
+                .await
+                .map_err(broker(
+                    "declaring the deploy stream (RabbitMQ 3.9 or later has streams)",
+                ))?;
+        let channel = declared.channel;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(broker("enabling publisher confirms"))?;
 
-        let digest = warren_protocol::module_digest(&deploy.module);
         let mut headers = FieldTable::default();
-        set_header_text(&mut headers, HEADER_DEPLOY_NAME, &deploy.name);
-        set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest);
-        let sequence = warren_protocol::deploy::new_sequence();
-        set_header_text(&mut headers, HEADER_DEPLOY_SEQUENCE, &sequence.to_string());
-        if let Some(key) = &deploy.key {
-            set_header_text(
-                &mut headers,
-                HEADER_DEPLOY_KEY,
-                &key.public_key().to_string(),
-            );
-            set_header_text(
-                &mut headers,
-                HEADER_DEPLOY_SIGNATURE,
-                &key.sign(&deploy.name, &digest, sequence),
-            );
-        }
+        DeployHeaders::new(&deploy.name, &deploy.module, deploy.key.as_ref()).write(&mut headers);
         let (waiting, mut answers) = self.expect_replies();
         let properties = BasicProperties::default()
             .with_reply_to(link.callback_queue.clone())
@@ -166,7 +145,7 @@ impl RpcClient {
         let confirmation = channel
             .basic_publish(
                 ShortString::default(),
-                stream.as_str().into(),
+                declared.name.as_str().into(),
                 BasicPublishOptions::default(),
                 &deploy.module,
                 properties,

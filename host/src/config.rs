@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use warren_protocol::deploy::StreamRetention;
 use warren_protocol::tls::Connector;
 use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, QueueMode};
 
@@ -173,6 +174,14 @@ pub struct HostConfig {
     /// the rest is dropped.
     #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
     pub max_output_bytes: u64,
+
+    /// How the deploy stream is declared when this host creates it. Not an
+    /// option: every host and deployer of a queue must agree, and the
+    /// default suits any fleet whose procedures' newest versions together
+    /// stay under half a gigabyte. Tests set a small one to see the stream
+    /// drop old deploys.
+    #[arg(skip = StreamRetention::DEFAULT)]
+    pub deploy_retention: StreamRetention,
 }
 
 impl HostConfig {

@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 
 use broker::Brokers;
 pub use config::HostConfig;
-use deploy::stream::StreamPosition;
+use deploy::stream::StreamState;
 use deploy::{DeployPolicy, Deployer};
 use dispatch::Dispatcher;
 use metrics::Metrics;
@@ -191,6 +191,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         queue: config.queue.clone(),
         mode: config.queue_mode(),
         prefetch: config.prefetch(concurrency),
+        retention: config.deploy_retention,
         status: Arc::new(control::StatusSource {
             host_id: deployer.host_id().to_owned(),
             queue: config.queue.clone(),
@@ -199,9 +200,9 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
             registry: registry.clone(),
         }),
     };
-    let position = StreamPosition::default();
+    let stream_state = StreamState::new(config.deploy_retention);
     let session =
-        match session::connect(&target, &deployer, &position, config.connect_timeout).await {
+        match session::connect(&target, &deployer, &stream_state, config.connect_timeout).await {
             Ok(session) => session,
             Err(error) => {
                 trigger.trigger();
@@ -227,7 +228,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
         target,
         dispatcher,
         deployer,
-        position,
+        stream_state,
         trigger.subscribe(),
     ));
     Ok(RunningHost {

@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::Connection;
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use warren_protocol::QueueMode;
+use warren_protocol::deploy::StreamRetention;
 
 use crate::broker::{Backoff, Brokers, close_quietly};
 use crate::control::{Control, StatusSource};
 use crate::deploy::Deployer;
-use crate::deploy::stream::{DeployStream, StreamPosition};
+use crate::deploy::stream::{DeployStream, StreamState};
 use crate::dispatch::Dispatcher;
 use crate::requests::dead::DeadLetters;
 use crate::requests::{RequestQueue, Requests};
@@ -36,6 +38,8 @@ pub struct Target {
     pub mode: QueueMode,
     /// Unacked requests held at once.
     pub prefetch: u16,
+    /// How the deploy stream is declared, if this host creates it.
+    pub retention: StreamRetention,
     /// What the host answers `warren status` with.
     pub status: Arc<StatusSource>,
 }
@@ -57,17 +61,66 @@ pub struct Session {
 pub enum OpenError {
     /// The broker did not answer or refused the connection: worth retrying.
     Unreachable(anyhow::Error),
+    /// Connected, but the setup failed in a way that passes (a stream just
+    /// declared on a cluster whose replica is not up yet, an internal
+    /// error): worth retrying soon.
+    Transient(anyhow::Error),
     /// Connected, but the broker refused the setup (a queue declared with
-    /// other settings, no permission): retrying will not help.
+    /// other settings, no permission): retrying will not help until a
+    /// person changes something.
     Refused(anyhow::Error),
 }
 
 impl OpenError {
     fn into_inner(self) -> anyhow::Error {
         match self {
-            OpenError::Unreachable(error) | OpenError::Refused(error) => error,
+            OpenError::Unreachable(error)
+            | OpenError::Transient(error)
+            | OpenError::Refused(error) => error,
         }
     }
+
+    /// Sorts an error met while setting up on a connection.
+    fn of_setup(error: anyhow::Error) -> Self {
+        if needs_a_person(&error) {
+            OpenError::Refused(error)
+        } else {
+            OpenError::Transient(error)
+        }
+    }
+}
+
+/// A setup the broker refused for a reason a person must fix, found by
+/// this host rather than reported by the broker (the request queue
+/// declared in the other mode, explained).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupRefused(pub String);
+
+/// Whether a setup error needs a person: a [`SetupRefused`], or the broker
+/// refusing access or the queue's arguments. Anything else (an internal
+/// error, a stream whose replica is not on this node yet, a channel closed
+/// under it) is taken to pass.
+fn needs_a_person(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if cause.is::<SetupRefused>() {
+            return true;
+        }
+        let Some(lapin) = cause.downcast_ref::<lapin::Error>() else {
+            return false;
+        };
+        let lapin::ErrorKind::ProtocolError(amqp) = lapin.kind() else {
+            return false;
+        };
+        match amqp.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+            | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => true,
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => {
+                amqp.get_message().as_str().contains("inequivalent arg")
+            }
+            _ => false,
+        }
+    })
 }
 
 impl Session {
@@ -77,7 +130,7 @@ impl Session {
     pub async fn open(
         target: &Target,
         deployer: &Deployer,
-        position: &StreamPosition,
+        state: &StreamState,
         history: bool,
     ) -> Result<Self, OpenError> {
         let (connection, broker) = target
@@ -90,8 +143,9 @@ impl Session {
                 RequestQueue::declare(&connection, &target.queue, target.mode, target.prefetch)
                     .await?;
             let mut deploys =
-                DeployStream::open(&connection, &target.queue, position.clone()).await?;
-            deploys.catch_up(&connection, deployer, history).await?;
+                DeployStream::open(&connection, &target.queue, target.retention, state.clone())
+                    .await?;
+            deploys.catch_up(deployer, history).await?;
             let dead_letters = match target.mode {
                 QueueMode::Durable { delivery_limit } => {
                     Some(DeadLetters::consume(&connection, &target.queue, delivery_limit).await?)
@@ -116,7 +170,7 @@ impl Session {
             Err(error) => {
                 // Half-set-up connections must not pile up across retries.
                 close_quietly(connection.close(200, "warren-host setup failed".into())).await;
-                Err(OpenError::Refused(error))
+                Err(OpenError::of_setup(error))
             }
         }
     }
@@ -156,24 +210,29 @@ impl Session {
 /// takes a person to fix it.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
-/// Opens the first session, retrying while the broker cannot be reached
-/// (with backoff) or refuses the setup (every 30 s, saying why), for at most
-/// `give_up_after` (forever when `None`).
+/// Opens the first session, retrying while the broker cannot be reached or
+/// the setup fails in passing (with backoff) or the broker refuses the
+/// setup (every 30 s, saying why), for at most `give_up_after` (forever
+/// when `None`).
 pub async fn connect(
     target: &Target,
     deployer: &Deployer,
-    position: &StreamPosition,
+    state: &StreamState,
     give_up_after: Option<Duration>,
 ) -> anyhow::Result<Session> {
     let started = Instant::now();
     let mut backoff = Backoff::new();
     loop {
-        let (error, delay, waiting_for) =
-            match Session::open(target, deployer, position, true).await {
-                Ok(session) => return Ok(session),
-                Err(OpenError::Unreachable(error)) => (error, backoff.next_delay(), "the broker"),
-                Err(OpenError::Refused(error)) => (error, REFUSED_RETRY, "the setup to be fixed"),
-            };
+        let (error, delay, waiting_for) = match Session::open(target, deployer, state, true).await {
+            Ok(session) => return Ok(session),
+            Err(OpenError::Unreachable(error)) => (error, backoff.next_delay(), "the broker"),
+            Err(OpenError::Transient(error)) => (
+                error,
+                backoff.next_delay(),
+                "the broker to finish setting up",
+            ),
+            Err(OpenError::Refused(error)) => (error, REFUSED_RETRY, "the setup to be fixed"),
+        };
         if let Some(limit) = give_up_after
             && started.elapsed() + delay > limit
         {
@@ -203,7 +262,7 @@ pub async fn serve_forever(
     target: Target,
     dispatcher: Arc<Dispatcher>,
     deployer: Arc<Deployer>,
-    position: StreamPosition,
+    state: StreamState,
     mut shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let metrics = dispatcher.metrics().clone();
@@ -224,7 +283,7 @@ pub async fn serve_forever(
                 _ = shutdown.recv() => return Ok(()),
                 _ = tokio::time::sleep(delay) => {}
             }
-            match Session::open(&target, &deployer, &position, false).await {
+            match Session::open(&target, &deployer, &state, false).await {
                 Ok(session) => {
                     metrics.reconnected();
                     metrics.connected(session.broker());
@@ -241,4 +300,55 @@ pub async fn serve_forever(
 
 fn round_to_ms(duration: Duration) -> Duration {
     Duration::from_millis(duration.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::protocol::AMQPError;
+
+    fn broker_error(kind: AMQPErrorKind, message: &str) -> anyhow::Error {
+        let error = lapin::Error::from(lapin::ErrorKind::ProtocolError(AMQPError::new(
+            kind,
+            message.into(),
+        )));
+        anyhow::Error::from(error).context("consuming the deploy stream")
+    }
+
+    /// Hosts started at once on a new queue meet errors that pass while
+    /// the broker sets the new stream up: those are retried quickly, and
+    /// only what a person must fix waits.
+    #[test]
+    fn only_setups_a_person_must_fix_wait_long() {
+        let soft = |code| AMQPErrorKind::Soft(code);
+        let passing = [
+            broker_error(
+                soft(AMQPSoftError::PRECONDITIONFAILED),
+                "PRECONDITION_FAILED - stream queue 'q.deploys' in vhost '/' does not have a \
+                 replica on the local node",
+            ),
+            broker_error(
+                AMQPErrorKind::Hard(AMQPHardError::INTERNALERROR),
+                "INTERNAL_ERROR",
+            ),
+            anyhow::anyhow!("the broker stopped the deploy stream consumer"),
+        ];
+        for error in passing {
+            assert!(!needs_a_person(&error), "{error:#}");
+        }
+        let lasting = [
+            broker_error(
+                soft(AMQPSoftError::PRECONDITIONFAILED),
+                "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q'",
+            ),
+            broker_error(
+                soft(AMQPSoftError::ACCESSREFUSED),
+                "ACCESS_REFUSED - access to queue 'q' refused",
+            ),
+            anyhow::Error::from(SetupRefused("queue \"q\" exists as a quorum queue".into())),
+        ];
+        for error in lasting {
+            assert!(needs_a_person(&error), "{error:#}");
+        }
+    }
 }

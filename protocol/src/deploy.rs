@@ -17,6 +17,11 @@
 //! `correlation_id`. Besides deploys the stream holds sync markers
 //! ([`HEADER_DEPLOY_SYNC`]), which hosts use to know they have read it all.
 //!
+//! The stream keeps only its newest part ([`StreamRetention`]): hosts
+//! re-publish the newest deploy of each procedure, unchanged
+//! ([`HEADER_DEPLOY_COPY`]), before the stream would drop it, so its size
+//! stays bounded and a host that starts later still finds every procedure.
+//!
 //! Keys are text: a public key is `ed25519:` + 64 hex digits, one per line
 //! in a host's `--trusted-keys` file; a secret key file holds
 //! `ed25519-secret:` + 64 hex digits and is created with mode 0600.
@@ -42,6 +47,10 @@ pub const HEADER_DEPLOY_SEQUENCE: &str = "x-deploy-sequence";
 /// it connects and reads the stream up to it before it takes requests, so it
 /// knows it has applied the whole history. Readers skip markers.
 pub const HEADER_DEPLOY_SYNC: &str = "x-deploy-sync";
+/// Header of a deploy a host re-published, unchanged otherwise, so that the
+/// stream keeps it ([`StreamRetention`]): the id of the host that did.
+/// Hosts that already serve it skip it quietly.
+pub const HEADER_DEPLOY_COPY: &str = "x-deploy-copy";
 /// Header RabbitMQ puts on every message read from a stream: its offset.
 pub const HEADER_STREAM_OFFSET: &str = "x-stream-offset";
 
@@ -53,28 +62,190 @@ pub fn deploy_stream(queue: &str) -> String {
     format!("{queue}.deploys")
 }
 
-/// Declares the deploy stream of `queue` on `channel` (the host and the
-/// deployer declare it identically: RabbitMQ refuses a redeclaration that
-/// differs) and returns its name. Durable; keeps the newest 1 GiB of
-/// deploys. Needs RabbitMQ 3.9 or later.
-pub async fn declare_deploy_stream(channel: &lapin::Channel, queue: &str) -> lapin::Result<String> {
+/// How much of its history the deploy stream keeps: the newest
+/// `max_bytes`, dropped from the oldest end a whole segment of
+/// `segment_bytes` at a time (RabbitMQ's stream retention), so it holds
+/// between `max_bytes - segment_bytes` and `max_bytes` once full. Hosts
+/// re-publish the newest deploy of each procedure before the stream would
+/// drop it ([`StreamRetention::republish_after`]), so the stream never
+/// grows past this and still holds everything a host started later needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRetention {
+    /// `x-max-length-bytes`.
+    pub max_bytes: u64,
+    /// `x-stream-max-segment-size-bytes`.
+    pub segment_bytes: u64,
+}
+
+impl StreamRetention {
+    /// What Warren declares: 1 GiB, in 16 MiB segments.
+    pub const DEFAULT: StreamRetention = StreamRetention {
+        max_bytes: 1 << 30,
+        segment_bytes: 16 << 20,
+    };
+
+    /// What a stream declared by an earlier Warren has: 1 GiB, in
+    /// RabbitMQ's default segments of 500 MB.
+    pub const EARLIER: StreamRetention = StreamRetention {
+        max_bytes: 1 << 30,
+        segment_bytes: 500_000_000,
+    };
+
+    /// Once this many bytes follow the newest copy of a deploy in the
+    /// stream, hosts publish it again. A message survives while fewer than
+    /// `max_bytes - segment_bytes` follow it; half of that leaves room for
+    /// the copies of every other procedure published meanwhile (as long as
+    /// the newest deploys of all procedures together take less than this).
+    pub fn republish_after(&self) -> u64 {
+        self.max_bytes.saturating_sub(self.segment_bytes) / 2
+    }
+}
+
+impl Default for StreamRetention {
+    fn default() -> Self {
+        StreamRetention::DEFAULT
+    }
+}
+
+/// The deploy stream of a queue, declared and open on a channel.
+pub struct DeclaredStream {
+    /// The channel it was declared on, to read or publish it with.
+    pub channel: lapin::Channel,
+    /// The stream's name ([`deploy_stream`]).
+    pub name: String,
+    /// Its retention: as declared, or, for a stream that exists with other
+    /// settings (an earlier Warren's), [`StreamRetention::EARLIER`], the
+    /// most cautious guess.
+    pub retention: StreamRetention,
+    /// Set when the stream exists with other settings than asked for: what
+    /// the broker said.
+    pub mismatch: Option<String>,
+}
+
+/// Declares the deploy stream of `queue` on a new channel of `connection`
+/// (durable, with `retention`) and returns it. A stream that already exists
+/// with other settings (declared by an earlier Warren, which set no segment
+/// size) is used as it is: RabbitMQ refuses a redeclaration that differs,
+/// so it is then opened passively. Needs RabbitMQ 3.9 or later.
+pub async fn declare_deploy_stream(
+    connection: &lapin::Connection,
+    queue: &str,
+    retention: StreamRetention,
+) -> lapin::Result<DeclaredStream> {
     use lapin::options::QueueDeclareOptions;
     use lapin::types::{AMQPValue, FieldTable};
-    let stream = deploy_stream(queue);
+    let name = deploy_stream(queue);
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("stream".into()),
     );
-    arguments.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(1 << 30));
-    let options = QueueDeclareOptions {
+    arguments.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(retention.max_bytes).unwrap_or(i64::MAX)),
+    );
+    arguments.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(retention.segment_bytes).unwrap_or(i64::MAX)),
+    );
+    let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel
-        .queue_declare(stream.as_str().into(), options, arguments)
-        .await?;
-    Ok(stream)
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(name.as_str().into(), durable, arguments)
+        .await;
+    match declared {
+        Ok(_) => Ok(DeclaredStream {
+            channel,
+            name,
+            retention,
+            mismatch: None,
+        }),
+        Err(error)
+            if crate::broker_said(&error, lapin::protocol::AMQPSoftError::PRECONDITIONFAILED) =>
+        {
+            // That channel is closed now; look at the stream on another.
+            let channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await?;
+            Ok(DeclaredStream {
+                channel,
+                name,
+                retention: StreamRetention::EARLIER,
+                mismatch: Some(error.to_string()),
+            })
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// What a deploy message's headers say: everything about a deploy but the
+/// module itself. A host reads it, a deployer writes it, and a host that
+/// re-publishes a deploy to keep it in the stream copies it unchanged (the
+/// signature still holds).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployHeaders {
+    /// Procedure name ([`HEADER_DEPLOY_NAME`]).
+    pub name: Option<String>,
+    /// Claimed digest of the module ([`HEADER_DEPLOY_DIGEST`]).
+    pub digest: Option<String>,
+    /// Sequence, decimal ([`HEADER_DEPLOY_SEQUENCE`]).
+    pub sequence: Option<String>,
+    /// Signer's public key ([`HEADER_DEPLOY_KEY`]).
+    pub key: Option<String>,
+    /// Hex signature ([`HEADER_DEPLOY_SIGNATURE`]).
+    pub signature: Option<String>,
+}
+
+impl DeployHeaders {
+    /// The headers of a new deploy of `module` as `name`, signed by `key`
+    /// when given, with a fresh [`new_sequence`].
+    pub fn new(name: &str, module: &[u8], key: Option<&SecretKey>) -> Self {
+        let digest = crate::module_digest(module);
+        let sequence = new_sequence();
+        DeployHeaders {
+            name: Some(name.to_owned()),
+            key: key.map(|key| key.public_key().to_string()),
+            signature: key.map(|key| key.sign(name, &digest, sequence)),
+            digest: Some(digest),
+            sequence: Some(sequence.to_string()),
+        }
+    }
+
+    /// Reads them off a message (absent or non-text headers are `None`).
+    pub fn read(headers: Option<&lapin::types::FieldTable>) -> Self {
+        let text = |name| crate::header_text(headers, name);
+        DeployHeaders {
+            name: text(HEADER_DEPLOY_NAME),
+            digest: text(HEADER_DEPLOY_DIGEST),
+            sequence: text(HEADER_DEPLOY_SEQUENCE),
+            key: text(HEADER_DEPLOY_KEY),
+            signature: text(HEADER_DEPLOY_SIGNATURE),
+        }
+    }
+
+    /// Writes those that are set into `headers`.
+    pub fn write(&self, headers: &mut lapin::types::FieldTable) {
+        let fields = [
+            (HEADER_DEPLOY_NAME, &self.name),
+            (HEADER_DEPLOY_DIGEST, &self.digest),
+            (HEADER_DEPLOY_SEQUENCE, &self.sequence),
+            (HEADER_DEPLOY_KEY, &self.key),
+            (HEADER_DEPLOY_SIGNATURE, &self.signature),
+        ];
+        for (header, value) in fields {
+            if let Some(value) = value {
+                crate::set_header_text(headers, header, value);
+            }
+        }
+    }
 }
 
 /// What a deploy signature covers: a domain tag, the name, the digest and

@@ -108,6 +108,16 @@ impl TestHost {
         Self::launch(&unique_queue(test), true, modules, adjust).await
     }
 
+    /// A host on `queue` (a fresh one from [`unique_queue`] that the test
+    /// prepared, say), which deletes it when stopped.
+    pub async fn start_on(
+        queue: &str,
+        modules: &[(&str, &[u8])],
+        adjust: impl FnOnce(&mut HostConfig),
+    ) -> Self {
+        Self::launch(queue, true, modules, adjust).await
+    }
+
     /// A second host on an existing test host's queue, with its own folder.
     /// Stop it before the host that owns the queue.
     pub async fn join(
@@ -300,6 +310,95 @@ pub async fn publish_raw_deploy(queue: &str, headers: lapin::types::FieldTable, 
         .await
         .unwrap();
     close_connection(&connection).await;
+}
+
+/// Publishes deploy messages (headers, module) onto `queue`'s deploy
+/// stream, declaring it first, in order, each confirmed by the broker.
+pub async fn publish_raw_deploys(queue: &str, deploys: &[(lapin::types::FieldTable, Vec<u8>)]) {
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let declared = warren_client::protocol::deploy::declare_deploy_stream(
+        &connection,
+        queue,
+        warren_client::protocol::deploy::StreamRetention::DEFAULT,
+    )
+    .await
+    .unwrap();
+    declared
+        .channel
+        .confirm_select(Default::default())
+        .await
+        .unwrap();
+    for (headers, module) in deploys {
+        let confirmation = declared
+            .channel
+            .basic_publish(
+                "".into(),
+                declared.name.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                module,
+                lapin::BasicProperties::default().with_headers(headers.clone()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirmation.is_ack(), "the broker stored the deploy");
+    }
+    close_connection(&connection).await;
+}
+
+/// One message read back from a deploy stream.
+#[derive(Debug)]
+pub struct StreamMessage {
+    pub offset: i64,
+    pub headers: lapin::types::FieldTable,
+    pub bytes: usize,
+}
+
+/// Everything `queue`'s deploy stream holds now, oldest first.
+pub async fn read_deploy_stream(queue: &str) -> Vec<StreamMessage> {
+    use futures_lite::StreamExt as _;
+    use lapin::types::AMQPValue;
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.basic_qos(100, Default::default()).await.unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let stream = warren_client::protocol::deploy::deploy_stream(queue);
+    let mut consumer = channel
+        .basic_consume(
+            stream.as_str().into(),
+            "".into(),
+            Default::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
+    {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let offset = match headers.inner().get("x-stream-offset") {
+            Some(AMQPValue::LongLongInt(offset)) => *offset,
+            other => panic!("no stream offset: {other:?}"),
+        };
+        messages.push(StreamMessage {
+            offset,
+            headers,
+            bytes: delivery.data.len(),
+        });
+        delivery.acker.ack(Default::default()).await.unwrap();
+    }
+    close_connection(&connection).await;
+    messages
 }
 
 /// Runs the `warren` binary with `args` against the test broker.

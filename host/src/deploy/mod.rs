@@ -9,9 +9,12 @@
 //! refused one is neither served nor stored. Per name, a deploy must carry
 //! a higher sequence than the newest one this host accepted (the sequence
 //! is signed), so an old signed deploy replayed onto the stream cannot roll
-//! a procedure back. [`stream`] reads the deploys
-//! from the broker and answers the deployers.
+//! a procedure back; the very deploy it accepted seen again (a copy a host
+//! published to keep it in the stream, see [`keeper`]) changes nothing.
+//! [`stream`] reads the deploys from the broker, a [`Batch`] at a time, and
+//! answers the deployers.
 
+mod keeper;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -20,7 +23,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use warren_protocol::check_procedure_name;
-use warren_protocol::deploy::{DeployAnswer, PublicKey};
+use warren_protocol::deploy::{DeployAnswer, DeployHeaders, PublicKey};
 
 use crate::modules::{ModulesFolder, Procedure, digest};
 
@@ -38,16 +41,8 @@ pub struct DeployPolicy {
 /// One deploy as received: the module and what its headers claim.
 #[derive(Debug, Default)]
 pub struct DeployRequest {
-    /// Procedure name (`x-deploy-name`).
-    pub name: Option<String>,
-    /// Claimed digest of the body (`x-deploy-digest`).
-    pub digest: Option<String>,
-    /// Signer's public key (`x-deploy-key`).
-    pub key: Option<String>,
-    /// Hex signature (`x-deploy-signature`).
-    pub signature: Option<String>,
-    /// Sequence, decimal (`x-deploy-sequence`).
-    pub sequence: Option<String>,
+    /// What the headers say.
+    pub headers: DeployHeaders,
     /// The module's bytes.
     pub module: Vec<u8>,
 }
@@ -60,13 +55,175 @@ struct Verified {
     sequence: Option<u64>,
 }
 
+/// The newest deploy this host accepted for one name: its sequence and
+/// digest, so a replay is refused and a copy of it recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Newest {
+    sequence: u64,
+    digest: String,
+}
+
 /// Applies deploys to this host's modules folder (and so to what it serves).
 pub struct Deployer {
     host_id: String,
     policy: DeployPolicy,
     folder: Arc<ModulesFolder>,
-    /// Per name, the sequence of the newest deploy that passed the checks.
-    newest: Mutex<HashMap<String, u64>>,
+    /// Per name, the newest deploy that passed the checks.
+    newest: Mutex<HashMap<String, Newest>>,
+}
+
+/// What became of one deploy of a [`Batch`].
+#[derive(Debug)]
+pub struct Settled<T> {
+    /// What the caller of [`Batch::add`] tagged the deploy with.
+    pub tag: T,
+    /// The procedure it was for, if it named one.
+    pub name: Option<String>,
+    /// The answer for its deployer.
+    pub answer: DeployAnswer,
+    /// It was the deploy this host had already accepted (a copy a host
+    /// re-published, or the same message again): nothing was done.
+    pub copy: bool,
+    /// It passed every check before compiling, so it replaced the newest
+    /// deploy of its name, whether or not it was then served.
+    pub verified: bool,
+}
+
+/// Deploys read together (a starting host's history, or a burst of live
+/// ones), checked one by one as they arrive and applied at the end.
+///
+/// Per name, only the newest deploy that passed every check waits to be
+/// compiled; an older one is answered as superseded, and its bytes dropped,
+/// when a newer one arrives. So a replayed history costs one compile per
+/// name and holds at most one module per name in memory, however long it
+/// is, and a refused deploy at its end never hides a good one before it.
+pub struct Batch<'d, T> {
+    deployer: &'d Deployer,
+    /// Per name, the newest deploy that passed the checks, not yet applied.
+    waiting: HashMap<String, Waiting<T>>,
+    settled: Vec<(usize, Settled<T>)>,
+    /// How many deploys were added: each one's place, to answer in order.
+    added: usize,
+}
+
+struct Waiting<T> {
+    place: usize,
+    tag: T,
+    verified: Verified,
+    module: Vec<u8>,
+    received: Instant,
+}
+
+impl<T> Batch<'_, T> {
+    /// Checks one deploy (name, size, digest, signature, order) and keeps
+    /// it if it is the newest of its name so far. `tag` comes back with its
+    /// answer from [`Batch::finish`].
+    pub fn add(&mut self, request: DeployRequest, tag: T) {
+        let received = Instant::now();
+        let place = self.added;
+        self.added += 1;
+        let digest = digest(&request.module);
+        let deployer = self.deployer;
+        let checked = deployer
+            .verify(&request, &digest)
+            .and_then(|verified| deployer.check_order(verified));
+        let (answer, copy) = match checked {
+            Ok(Order::New(verified)) => {
+                let waiting = Waiting {
+                    place,
+                    tag,
+                    verified,
+                    module: request.module,
+                    received,
+                };
+                if let Some(older) = self.waiting.insert(waiting.verified.name.clone(), waiting) {
+                    self.supersede(older);
+                }
+                return;
+            }
+            Ok(Order::Copy) => (deployer.acceptance(digest, received), true),
+            Err(reason) => (deployer.refusal(digest, reason, received), false),
+        };
+        let name = request.headers.name;
+        self.settled.push((
+            place,
+            Settled {
+                tag,
+                name,
+                answer,
+                copy,
+                verified: false,
+            },
+        ));
+    }
+
+    /// Answers a deploy that a newer one of its name replaced before it
+    /// was applied, and drops its bytes.
+    fn supersede(&mut self, older: Waiting<T>) {
+        let name = older.verified.name;
+        let reason = format!("superseded by a newer deploy of {name} in the deploy history");
+        let answer = self
+            .deployer
+            .refusal(older.verified.digest, reason, older.received);
+        self.settled.push((
+            older.place,
+            Settled {
+                tag: older.tag,
+                name: Some(name),
+                answer,
+                copy: false,
+                verified: true,
+            },
+        ));
+    }
+
+    /// Compiles, saves and serves the newest deploy of each name, and
+    /// returns every deploy's answer, in the order they were added.
+    pub async fn finish(mut self) -> Vec<Settled<T>> {
+        let mut waiting: Vec<Waiting<T>> = self.waiting.into_values().collect();
+        waiting.sort_by_key(|w| w.place);
+        for w in waiting {
+            let answer = match self.deployer.install(&w.verified, w.module).await {
+                Ok(()) => self
+                    .deployer
+                    .acceptance(w.verified.digest.clone(), w.received),
+                Err(error) => self.deployer.refusal(
+                    w.verified.digest.clone(),
+                    format!("{error:#}"),
+                    w.received,
+                ),
+            };
+            self.settled.push((
+                w.place,
+                Settled {
+                    tag: w.tag,
+                    name: Some(w.verified.name),
+                    answer,
+                    copy: false,
+                    verified: true,
+                },
+            ));
+        }
+        self.settled.sort_by_key(|(place, _)| *place);
+        let metrics = self.deployer.folder.metrics();
+        self.settled
+            .into_iter()
+            .map(|(_, settled)| {
+                if !settled.copy {
+                    metrics.deploy_answered(settled.answer.accepted);
+                }
+                settled
+            })
+            .collect()
+    }
+}
+
+/// Where a verified deploy stands against the newest accepted of its name.
+enum Order {
+    /// Newer: to be applied.
+    New(Verified),
+    /// The very deploy accepted last (same sequence and digest).
+    Copy,
 }
 
 impl Deployer {
@@ -85,6 +242,21 @@ impl Deployer {
         &self.host_id
     }
 
+    /// The modules folder deploys are saved into.
+    pub fn folder(&self) -> &Arc<ModulesFolder> {
+        &self.folder
+    }
+
+    /// Starts a batch of deploys (see [`Batch`]).
+    pub fn batch<T>(&self) -> Batch<'_, T> {
+        Batch {
+            deployer: self,
+            waiting: HashMap::new(),
+            settled: Vec::new(),
+            added: 0,
+        }
+    }
+
     fn refusal(&self, digest: String, reason: String, started: Instant) -> DeployAnswer {
         DeployAnswer {
             host: self.host_id.clone(),
@@ -95,74 +267,20 @@ impl Deployer {
         }
     }
 
-    /// Checks and applies a burst of deploys, oldest first (the history on
-    /// startup, or a single live deploy), and answers each, in order.
-    ///
-    /// Per name, the newest deploy that passes every check and compiles is
-    /// the one served; older acceptable ones are answered as superseded, so
-    /// a replayed history costs one compile per name, and a refused deploy
-    /// at the end of the history never hides a good one before it.
-    pub async fn apply_all(&self, requests: Vec<DeployRequest>) -> Vec<DeployAnswer> {
-        let started = Instant::now();
-        let checked: Vec<(String, Result<Verified, String>)> = requests
-            .iter()
-            .map(|request| {
-                let digest = digest(&request.module);
-                let verified = self
-                    .verify(request, &digest)
-                    .and_then(|verified| self.check_order(verified));
-                (digest, verified)
-            })
-            .collect();
-        let mut modules: Vec<Option<Vec<u8>>> =
-            requests.into_iter().map(|r| Some(r.module)).collect();
-        let mut answers: Vec<Option<DeployAnswer>> = vec![None; checked.len()];
-        // Newest first, so the first to install per name wins.
-        let mut settled_names: Vec<&str> = Vec::new();
-        for index in (0..checked.len()).rev() {
-            let (digest, verified) = &checked[index];
-            let answer = match verified {
-                Err(reason) => self.refusal(digest.clone(), reason.clone(), started),
-                Ok(verified) if settled_names.contains(&verified.name.as_str()) => self.refusal(
-                    digest.clone(),
-                    format!(
-                        "superseded by a newer deploy of {} in the deploy history",
-                        verified.name
-                    ),
-                    started,
-                ),
-                Ok(verified) => {
-                    let module = modules[index].take().expect("each module is used once");
-                    match self.install(verified, module).await {
-                        Ok(()) => {
-                            settled_names.push(verified.name.as_str());
-                            DeployAnswer {
-                                host: self.host_id.clone(),
-                                accepted: true,
-                                reason: String::new(),
-                                digest: digest.clone(),
-                                took_ms: started.elapsed().as_millis() as u64,
-                            }
-                        }
-                        Err(error) => self.refusal(digest.clone(), format!("{error:#}"), started),
-                    }
-                }
-            };
-            answers[index] = Some(answer);
+    fn acceptance(&self, digest: String, started: Instant) -> DeployAnswer {
+        DeployAnswer {
+            host: self.host_id.clone(),
+            accepted: true,
+            reason: String::new(),
+            digest,
+            took_ms: started.elapsed().as_millis() as u64,
         }
-        let answers: Vec<DeployAnswer> = answers
-            .into_iter()
-            .map(|a| a.expect("every deploy answered"))
-            .collect();
-        for answer in &answers {
-            self.folder.metrics().deploy_answered(answer.accepted);
-        }
-        answers
     }
 
     /// Every check that needs no compiling: name, size, digest, signature.
     fn verify(&self, request: &DeployRequest, actual_digest: &str) -> Result<Verified, String> {
-        let name = request
+        let headers = &request.headers;
+        let name = headers
             .name
             .clone()
             .ok_or("the deploy names no procedure (header x-deploy-name)")?;
@@ -174,13 +292,13 @@ impl Deployer {
                 self.policy.max_module_bytes
             ));
         }
-        let claimed = request.digest.as_deref().unwrap_or_default();
+        let claimed = headers.digest.as_deref().unwrap_or_default();
         if claimed != actual_digest {
             return Err(format!(
                 "the module's digest is {actual_digest}, not {claimed:?} as its header says"
             ));
         }
-        let sequence = match &request.sequence {
+        let sequence = match &headers.sequence {
             None => None,
             Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
                 format!("the deploy's sequence (x-deploy-sequence) {text:?} is not a whole number")
@@ -195,24 +313,36 @@ impl Deployer {
     }
 
     /// Refuses a deploy that is not newer than the newest accepted for its
-    /// name (a replay), and otherwise remembers it as the newest. Deploys
-    /// are checked in stream order, so this holds on replay too.
-    fn check_order(&self, verified: Verified) -> Result<Verified, String> {
+    /// name (a replay), recognises that newest one seen again (a copy), and
+    /// otherwise remembers it as the newest. Deploys are checked in stream
+    /// order, so this holds on replay too.
+    fn check_order(&self, verified: Verified) -> Result<Order, String> {
         let Some(sequence) = verified.sequence else {
-            return Ok(verified);
+            return Ok(Order::New(verified));
         };
-        let mut newest = self.newest.lock().expect("newest lock");
+        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
         match newest.get(&verified.name) {
-            Some(&accepted) if sequence <= accepted => Err(format!(
+            Some(accepted)
+                if accepted.sequence == sequence && accepted.digest == verified.digest =>
+            {
+                Ok(Order::Copy)
+            }
+            Some(accepted) if sequence <= accepted.sequence => Err(format!(
                 "older than a deploy of {} this host already accepted (sequence {sequence} is not \
-                 above {accepted}): a replayed deploy cannot roll a procedure back. To go back to \
+                 above {}): a replayed deploy cannot roll a procedure back. To go back to \
                  an old version, deploy it again; if this is a new deploy, the deployer's clock \
                  is behind",
-                verified.name
+                verified.name, accepted.sequence
             )),
             _ => {
-                newest.insert(verified.name.clone(), sequence);
-                Ok(verified)
+                newest.insert(
+                    verified.name.clone(),
+                    Newest {
+                        sequence,
+                        digest: verified.digest.clone(),
+                    },
+                );
+                Ok(Order::New(verified))
             }
         }
     }
@@ -232,7 +362,8 @@ impl Deployer {
                     .into(),
             );
         }
-        let (Some(key), Some(signature)) = (&request.key, &request.signature) else {
+        let (Some(key), Some(signature)) = (&request.headers.key, &request.headers.signature)
+        else {
             return if policy.allow_unsigned {
                 Ok(())
             } else {

@@ -9,10 +9,17 @@
 //!   compiled.
 //! - **following**: it applies deploys as they come, a burst at a time.
 //!
-//! It remembers the offset it has read up to ([`StreamPosition`]), so after a
+//! Every message is acked as soon as it is read (on a stream an ack only
+//! asks for more), and a batch holds at most one module per name
+//! ([`super::Batch`]), so a history of any length is read in bounded memory.
+//! While following, it also keeps the newest deploy of each procedure in the
+//! stream ([`super::keeper`]), publishing it again before the stream's
+//! retention would drop it.
+//!
+//! It remembers the offset it has read up to ([`StreamState`]), so after a
 //! reconnect it resumes there instead of replaying the whole history again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,74 +31,123 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
+use tokio::time::Instant;
 use warren_protocol::deploy::{
-    DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
-    HEADER_DEPLOY_SEQUENCE, HEADER_DEPLOY_SIGNATURE, HEADER_DEPLOY_SYNC, HEADER_STREAM_OFFSET,
-    declare_deploy_stream, deploy_stream,
+    DeployAnswer, DeployHeaders, HEADER_DEPLOY_COPY, HEADER_DEPLOY_SYNC, HEADER_STREAM_OFFSET,
+    StreamRetention, declare_deploy_stream,
 };
 use warren_protocol::{header_text, set_header_text};
 
-use super::{DeployRequest, Deployer};
+use super::keeper::{Keeper, Kept, MESSAGE_OVERHEAD};
+use super::{DeployRequest, Deployer, Settled};
 use crate::broker::close_quietly;
+use crate::modules::{MODULE_EXTENSION, digest};
 use crate::shutdown::Shutdown;
 
-/// Deploys read from the stream ahead of the one being applied.
+/// Stream messages delivered ahead of the one being read. Each is acked
+/// (which, on a stream, only asks for the next) as soon as it is read, so a
+/// history of any length flows through this window.
 const DEPLOY_PREFETCH: u16 = 16;
 /// Quiet time that ends a burst of live deploys.
 const DEPLOY_SETTLE: Duration = Duration::from_millis(200);
+/// Longest random wait before re-publishing a deploy the stream would drop,
+/// so that the hosts of a fleet do not all publish the same copy.
+const REPUBLISH_JITTER: Duration = Duration::from_secs(2);
 
-/// The offset of the last stream message this host has handled, kept across
-/// reconnections.
-#[derive(Debug, Clone, Default)]
-pub struct StreamPosition(Arc<Mutex<Option<u64>>>);
+/// What a host knows of its queue's deploy stream, kept across connections:
+/// the offset it has read up to, and the [`Keeper`]'s counts.
+#[derive(Debug, Clone)]
+pub struct StreamState(Arc<Mutex<State>>);
 
-impl StreamPosition {
-    fn get(&self) -> Option<u64> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+#[derive(Debug)]
+struct State {
+    /// Offset of the last message handled.
+    position: Option<u64>,
+    keeper: Keeper,
+}
+
+impl StreamState {
+    /// A host that has read nothing yet, of a stream declared with `retention`.
+    pub fn new(retention: StreamRetention) -> Self {
+        StreamState(Arc::new(Mutex::new(State {
+            position: None,
+            keeper: Keeper::new(retention),
+        })))
     }
 
-    fn advance(&self, offset: Option<u64>) {
-        if let Some(offset) = offset {
-            let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            *last = Some(last.map_or(offset, |last| last.max(offset)));
-        }
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn position(&self) -> Option<u64> {
+        self.lock().position
     }
 }
 
 /// The deploy stream of one queue, being read on one connection.
 pub struct DeployStream {
     channel: Channel,
+    /// A channel with publisher confirms, for sync markers and copies.
+    publisher: Channel,
     consumer: Consumer,
     stream: String,
-    position: StreamPosition,
+    state: StreamState,
+    /// When to look for deploys to publish again, if any are due.
+    republish_at: Option<Instant>,
+}
+
+/// What a stream message was for the [`Keeper`], when it was the newest
+/// deploy of its name.
+#[derive(Clone)]
+enum Newest {
+    /// Served by this host: from now on, the one to keep.
+    Serving(String, DeployHeaders),
+    /// Passed every check but failed to compile or save here: this host
+    /// no longer keeps anything of that name (an older deploy would only
+    /// be refused as older).
+    Unserved(String),
+}
+
+/// One message read from the stream, before it is handled.
+struct Read {
+    offset: Option<u64>,
+    /// What it costs in the stream, for the [`Keeper`].
+    size: u64,
 }
 
 impl DeployStream {
     /// Declares the deploy stream of `queue` and starts reading it after
-    /// `position` (from its start the first time).
+    /// where `state` says this host stopped (from its start the first time).
     pub async fn open(
         connection: &Connection,
         queue: &str,
-        position: StreamPosition,
+        retention: StreamRetention,
+        state: StreamState,
     ) -> anyhow::Result<Self> {
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening the deploy channel")?;
-        let stream = declare_deploy_stream(&channel, queue)
+        let declared = declare_deploy_stream(connection, queue, retention)
             .await
             .with_context(|| {
                 format!(
                     "declaring the deploy stream {:?} (RabbitMQ 3.9 or later has streams)",
-                    deploy_stream(queue)
+                    warren_protocol::deploy::deploy_stream(queue)
                 )
             })?;
+        if let Some(said) = &declared.mismatch {
+            tracing::info!(
+                stream = %declared.name,
+                "the deploy stream exists with other settings than this host declares (an earlier \
+                 warren's, without a segment size): it is used as it is, assumed to keep 1 GiB \
+                 in segments of 500 MB. (The broker said: {said})"
+            );
+        }
+        state.lock().keeper.set_retention(declared.retention);
+        let channel = declared.channel;
         // Streams require a prefetch limit and manual acks.
         channel
             .basic_qos(DEPLOY_PREFETCH, BasicQosOptions::default())
             .await
             .context("setting the deploy prefetch")?;
-        let start = match position.get() {
+        let start = match state.position() {
             None => AMQPValue::LongString("first".into()),
             Some(last) => AMQPValue::LongLongInt(i64::try_from(last + 1).unwrap_or(i64::MAX)),
         };
@@ -99,18 +155,28 @@ impl DeployStream {
         arguments.insert("x-stream-offset".into(), start);
         let consumer = channel
             .basic_consume(
-                stream.as_str().into(),
+                declared.name.as_str().into(),
                 ShortString::default(),
                 BasicConsumeOptions::default(),
                 arguments,
             )
             .await
-            .with_context(|| format!("reading the deploy stream {stream:?}"))?;
+            .with_context(|| format!("reading the deploy stream {:?}", declared.name))?;
+        let publisher = connection
+            .create_channel()
+            .await
+            .context("opening a channel to publish on the deploy stream")?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms on the deploy stream")?;
         Ok(DeployStream {
             channel,
+            publisher,
             consumer,
-            stream,
-            position,
+            stream: declared.name,
+            state,
+            republish_at: None,
         })
     }
 
@@ -119,15 +185,11 @@ impl DeployStream {
     /// connected. `history` says whether these deploys are the history a
     /// starting host replays (their refusals were reported when they were
     /// new, so they are logged at debug level only).
-    pub async fn catch_up(
-        &mut self,
-        connection: &Connection,
-        deployer: &Deployer,
-        history: bool,
-    ) -> anyhow::Result<()> {
+    pub async fn catch_up(&mut self, deployer: &Deployer, history: bool) -> anyhow::Result<()> {
         let marker = uuid::Uuid::new_v4().to_string();
-        self.append_marker(connection, &marker).await?;
-        let mut backlog = Vec::new();
+        self.append_marker(&marker).await?;
+        let mut batch = deployer.batch();
+        let mut reads = Vec::new();
         loop {
             let delivery = match self.consumer.next().await {
                 Some(Ok(delivery)) => delivery,
@@ -136,137 +198,241 @@ impl DeployStream {
                 }
                 None => anyhow::bail!("the broker stopped the deploy stream consumer"),
             };
-            let properties = delivery.properties.clone();
-            let sync = header_text(properties.headers().as_ref(), HEADER_DEPLOY_SYNC);
-            if sync.is_some() {
-                let offset = stream_offset(&properties);
-                ack(delivery).await;
-                if sync.as_deref() == Some(marker.as_str()) {
-                    self.apply(deployer, std::mem::take(&mut backlog), history)
-                        .await;
-                    self.position.advance(offset);
-                    return Ok(());
-                }
-                continue;
+            let ours = header_text(delivery.properties.headers().as_ref(), HEADER_DEPLOY_SYNC)
+                .is_some_and(|sync| sync == marker);
+            self.take(delivery, &mut batch, &mut reads).await;
+            if ours {
+                break;
             }
-            backlog.push(delivery);
         }
+        let settled = batch.finish().await;
+        self.record(reads, settled, history).await;
+        Ok(())
     }
 
-    /// Applies deploys as they arrive, until shutdown or until the stream
-    /// fails (then remote deploys stop until the session reconnects).
+    /// Applies deploys as they arrive, a burst at a time, and publishes
+    /// again those the stream would otherwise drop, until shutdown or until
+    /// the stream fails (then remote deploys stop until the session
+    /// reconnects).
     pub async fn follow(mut self, deployer: Arc<Deployer>, mut shutdown: Shutdown) {
+        self.schedule_republish();
         loop {
+            let republish = async {
+                match self.republish_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let first = tokio::select! {
                 _ = shutdown.recv() => break,
+                () = republish => {
+                    self.republish_at = None;
+                    self.republish_due(&deployer).await;
+                    continue;
+                }
                 next = self.consumer.next() => next,
             };
-            let mut burst = match first {
-                Some(Ok(delivery)) => vec![delivery],
+            let first = match first {
+                Some(Ok(delivery)) => delivery,
                 Some(Err(error)) => {
                     tracing::warn!(%error, "reading the deploy stream stopped; remote deploys are off until reconnect");
                     break;
                 }
                 None => break,
             };
+            let mut batch = deployer.batch();
+            let mut reads = Vec::new();
+            self.take(first, &mut batch, &mut reads).await;
             while let Ok(Some(Ok(delivery))) =
                 tokio::time::timeout(DEPLOY_SETTLE, self.consumer.next()).await
             {
-                burst.push(delivery);
+                self.take(delivery, &mut batch, &mut reads).await;
             }
-            self.apply(&deployer, burst, false).await;
+            let settled = batch.finish().await;
+            self.record(reads, settled, false).await;
+            self.schedule_republish();
         }
+        close_quietly(self.publisher.close(200, "warren-host stopping".into())).await;
         close_quietly(self.channel.close(200, "warren-host stopping".into())).await;
     }
 
-    /// Applies a batch of stream messages in order (markers skipped), answers
-    /// each deployer and acks each message.
-    async fn apply(&self, deployer: &Deployer, batch: Vec<Delivery>, history: bool) {
-        let mut requests = Vec::with_capacity(batch.len());
-        let mut envelopes = Vec::with_capacity(batch.len());
-        for delivery in batch {
-            let headers = delivery.properties.headers().as_ref();
-            if header_text(headers, HEADER_DEPLOY_SYNC).is_some() {
-                self.position.advance(stream_offset(&delivery.properties));
-                ack(delivery).await;
-                continue;
-            }
-            let Delivery {
-                properties,
-                data,
-                acker,
-                ..
-            } = delivery;
-            let headers = properties.headers().as_ref();
-            requests.push(DeployRequest {
-                name: header_text(headers, HEADER_DEPLOY_NAME),
-                digest: header_text(headers, HEADER_DEPLOY_DIGEST),
-                key: header_text(headers, HEADER_DEPLOY_KEY),
-                signature: header_text(headers, HEADER_DEPLOY_SIGNATURE),
-                sequence: header_text(headers, HEADER_DEPLOY_SEQUENCE),
-                module: data,
-            });
-            envelopes.push((properties, acker));
+    /// Acks one stream message at once (so the broker sends the next) and
+    /// adds it to `batch` unless it is a sync marker.
+    async fn take(
+        &self,
+        delivery: Delivery,
+        batch: &mut super::Batch<'_, (usize, BasicProperties)>,
+        reads: &mut Vec<Read>,
+    ) {
+        let Delivery {
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
+        if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, "acking a deploy stream message");
         }
-        if requests.is_empty() {
+        reads.push(Read {
+            offset: stream_offset(&properties),
+            size: data.len() as u64 + MESSAGE_OVERHEAD,
+        });
+        let headers = properties.headers().as_ref();
+        if header_text(headers, HEADER_DEPLOY_SYNC).is_some() {
             return;
         }
-        let names: Vec<String> = requests
-            .iter()
-            .map(|r| r.name.clone().unwrap_or_default())
-            .collect();
-        let answers = deployer.apply_all(requests).await;
-        for ((answer, (properties, acker)), name) in answers.iter().zip(envelopes).zip(names) {
-            log_answer(&name, answer, history);
-            answer_deployer(&self.channel, &properties, answer).await;
-            if let Err(error) = acker.ack(BasicAckOptions::default()).await {
-                tracing::warn!(%error, "acking a deploy");
+        let request = DeployRequest {
+            headers: DeployHeaders::read(headers),
+            module: data,
+        };
+        batch.add(request, (reads.len() - 1, properties));
+    }
+
+    /// Logs each settled deploy and answers its deployer, counts every
+    /// message read for the [`Keeper`], in stream order, and moves the
+    /// position past them.
+    async fn record(
+        &self,
+        reads: Vec<Read>,
+        settled: Vec<Settled<(usize, BasicProperties)>>,
+        history: bool,
+    ) {
+        let mut newest: Vec<Option<Newest>> = vec![None; reads.len()];
+        for Settled {
+            tag: (index, properties),
+            name,
+            answer,
+            copy,
+            verified,
+        } in settled
+        {
+            let name = name.unwrap_or_default();
+            let republished = header_text(properties.headers().as_ref(), HEADER_DEPLOY_COPY);
+            log_answer(&name, &answer, history || republished.is_some(), copy);
+            answer_deployer(&self.channel, &properties, &answer).await;
+            newest[index] = if answer.accepted {
+                let headers = DeployHeaders::read(properties.headers().as_ref());
+                Some(Newest::Serving(name, headers))
+            } else if verified {
+                Some(Newest::Unserved(name))
+            } else {
+                None
+            };
+        }
+        let mut state = self.state.lock();
+        for (read, newest) in reads.into_iter().zip(newest) {
+            match newest {
+                Some(Newest::Serving(name, headers)) => {
+                    state.keeper.read(read.size, Some((name, headers)));
+                }
+                Some(Newest::Unserved(name)) => {
+                    state.keeper.forget(&name);
+                    state.keeper.read(read.size, None);
+                }
+                None => state.keeper.read(read.size, None),
             }
-            self.position.advance(stream_offset(&properties));
+            if let Some(offset) = read.offset {
+                state.position = Some(state.position.map_or(offset, |last| last.max(offset)));
+            }
         }
     }
 
-    /// Appends a sync marker, on a channel of its own with publisher confirms,
-    /// so it is in the stream before the host starts looking for it.
-    async fn append_marker(&self, connection: &Connection, marker: &str) -> anyhow::Result<()> {
-        let channel = connection
-            .create_channel()
+    /// If deploys are due to be published again, picks a random moment
+    /// soon to do it (unless one is picked already).
+    fn schedule_republish(&mut self) {
+        if self.republish_at.is_none() && !self.state.lock().keeper.due().is_empty() {
+            self.republish_at = Some(Instant::now() + REPUBLISH_JITTER.mul_f64(fastrand::f64()));
+        }
+    }
+
+    /// Publishes again, unchanged, each deploy still due (another host may
+    /// have done it meanwhile) whose module this host has in its folder.
+    async fn republish_due(&self, deployer: &Deployer) {
+        let due = self.state.lock().keeper.due();
+        for (name, kept) in due {
+            match self.republish(deployer, &name, &kept).await {
+                Ok(true) => tracing::info!(
+                    procedure = %name,
+                    digest = kept.headers.digest.as_deref().unwrap_or_default(),
+                    "published the deploy again, so the deploy stream keeps it for hosts that start later"
+                ),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(
+                    procedure = %name,
+                    "publishing the deploy again, so the deploy stream keeps it: {error:#}"
+                ),
+            }
+        }
+    }
+
+    /// `Ok(false)` when this host's folder no longer holds that module.
+    async fn republish(
+        &self,
+        deployer: &Deployer,
+        name: &str,
+        kept: &Kept,
+    ) -> anyhow::Result<bool> {
+        let path = deployer
+            .folder()
+            .dir()
+            .join(format!("{name}.{MODULE_EXTENSION}"));
+        let module = tokio::task::spawn_blocking(move || std::fs::read(path))
             .await
-            .context("opening a channel for the deploy sync marker")?;
-        let appended = async {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            let mut headers = FieldTable::default();
-            set_header_text(&mut headers, HEADER_DEPLOY_SYNC, marker);
-            channel
-                .basic_publish(
-                    ShortString::default(),
-                    self.stream.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &[],
-                    BasicProperties::default().with_headers(headers),
-                )
-                .await?
-                .await
+            .context("the read task failed")?;
+        let Ok(module) = module else {
+            return Ok(false);
+        };
+        if Some(digest(&module)) != kept.headers.digest {
+            tracing::debug!(procedure = %name, "not publishing the deploy again: this host's folder holds another version");
+            return Ok(false);
         }
-        .await;
-        close_quietly(channel.close(200, "marker appended".into())).await;
-        match appended.context("appending a sync marker to the deploy stream")? {
-            confirmation if confirmation.is_ack() => Ok(()),
-            _ => anyhow::bail!(
-                "the broker refused the deploy stream's sync marker (a publisher nack); \
-                 is the stream {:?} full or its node down?",
-                self.stream
-            ),
-        }
+        let mut headers = FieldTable::default();
+        kept.headers.write(&mut headers);
+        set_header_text(&mut headers, HEADER_DEPLOY_COPY, deployer.host_id());
+        self.publish_confirmed(&module, headers)
+            .await
+            .map(|()| true)
+    }
+
+    /// Appends a sync marker, so it is in the stream before the host starts
+    /// looking for it.
+    async fn append_marker(&self, marker: &str) -> anyhow::Result<()> {
+        let mut headers = FieldTable::default();
+        set_header_text(&mut headers, HEADER_DEPLOY_SYNC, marker);
+        self.publish_confirmed(&[], headers)
+            .await
+            .context("appending a sync marker to the deploy stream")
+    }
+
+    /// Publishes to the stream and waits for the broker to store it.
+    async fn publish_confirmed(&self, body: &[u8], headers: FieldTable) -> anyhow::Result<()> {
+        let confirmation = self
+            .publisher
+            .basic_publish(
+                ShortString::default(),
+                self.stream.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_headers(headers),
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(
+            confirmation.is_ack(),
+            "the broker refused it (a publisher nack); is the stream {:?} full or its node down?",
+            self.stream
+        );
+        Ok(())
     }
 }
 
 /// Refusals of new deploys are news for the operator; refusals found again
-/// in the history a starting host replays were news when they were new.
-fn log_answer(name: &str, answer: &DeployAnswer, history: bool) {
-    if answer.accepted {
+/// in the history a starting host replays were news when they were new, and
+/// copies of what the host serves already are no news at all.
+fn log_answer(name: &str, answer: &DeployAnswer, history: bool, copy: bool) {
+    if copy {
+        tracing::debug!(procedure = %name, digest = %answer.digest, "deploy already applied");
+    } else if answer.accepted {
         tracing::info!(procedure = %name, digest = %answer.digest, took_ms = answer.took_ms, history, "deploy accepted");
     } else if history {
         tracing::debug!(procedure = %name, digest = %answer.digest, "deploy in the history refused: {}", answer.reason);
@@ -296,12 +462,6 @@ async fn answer_deployer(channel: &Channel, deploy: &BasicProperties, answer: &D
         .await;
     if let Err(error) = published {
         tracing::warn!(%error, "answering the deployer");
-    }
-}
-
-async fn ack(delivery: Delivery) {
-    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-        tracing::warn!(%error, "acking a deploy stream message");
     }
 }
 

@@ -75,7 +75,7 @@ impl RequestQueue {
         declare_request_queue(&channel, queue, mode)
             .await
             .map_err(|error| match explain_queue_mismatch(&error, queue, mode) {
-                Some(why) => anyhow::anyhow!(why),
+                Some(why) => anyhow::Error::from(crate::session::SetupRefused(why)),
                 None => anyhow::Error::from(error).context(format!("declaring queue {queue:?}")),
             })?;
         channel

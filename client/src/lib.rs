@@ -47,8 +47,9 @@ use warren_protocol::tls::Connector;
 use warren_protocol::trace::HEADER_TRACEPARENT;
 pub use warren_protocol::trace::TraceParent;
 use warren_protocol::{
-    ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
-    HEADER_RPC_STATUS, RpcError, STATUS_ERROR, broker_said, header_text, set_header_text,
+    ErrorBody, ErrorKind, HEADER_DEADLINE, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST,
+    HEADER_RPC_ERROR, HEADER_RPC_STATUS, RpcError, STATUS_ERROR, broker_said, deadline_header,
+    header_text, set_header_text,
 };
 
 pub use deploy::{Deploy, DeployReport};
@@ -98,7 +99,9 @@ impl Call {
     }
 
     /// Gives up after `timeout`. The request carries the same `expiration`,
-    /// so the broker discards it if no host picks it up in time.
+    /// so the broker discards it if no host picks it up in time, and the
+    /// moment it gives up (`x-deadline`), so a host that has taken it does
+    /// not start it after that.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -424,6 +427,8 @@ impl RpcClient {
         }
         let mut headers = FieldTable::default();
         set_header_text(&mut headers, HEADER_TRACEPARENT, &trace.to_string());
+        let left = deadline.saturating_duration_since(Instant::now());
+        set_header_text(&mut headers, HEADER_DEADLINE, &deadline_header(left));
         if let Some(name) = &call.procedure {
             set_header_text(&mut headers, HEADER_PROCEDURE, name);
         }

@@ -169,3 +169,59 @@ async fn a_second_signal_exits_at_once_and_returns_unfinished_requests() {
     spinning.abort();
     delete_queues(&queue).await;
 }
+
+/// A request whose caller has given up by the time a slot is free is not
+/// started (the broker drops expired requests only while it holds them;
+/// these were prefetched): it used to run anyway, keeping a slot from
+/// requests whose callers still wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_whose_callers_gave_up_are_not_started() {
+    let host = TestHost::start_with("caller-gone", &[("hostile", &hostile_wasm())], |config| {
+        config.concurrency = Some(1);
+        config.timeout = Duration::from_secs(3);
+    })
+    .await;
+    let client = Arc::new(host.client().await);
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let spin = Call::new("spin")
+                    .procedure("hostile")
+                    .timeout(Duration::from_secs(1));
+                client.call(spin).await
+            })
+        })
+        .collect();
+    for call in calls {
+        let outcome = call.await.unwrap();
+        assert!(
+            matches!(outcome, Err(warren_client::CallError::Timeout { .. })),
+            "{outcome:?}"
+        );
+    }
+    // One ran to the host's 3 s budget; the other two waited for its slot
+    // past their callers' deadline.
+    let metrics = host.host.as_ref().unwrap().metrics().clone();
+    let give_up = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = metrics.encode(&[], 0);
+        if text.contains(r#"warren_requests_not_started_total{procedure="hostile"} 2"#)
+            || Instant::now() > give_up
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        text.contains(r#"warren_requests_not_started_total{procedure="hostile"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"warren_requests_total{procedure="hostile",status="error",kind="timeout"} 1"#
+        ),
+        "only one ran: {text}"
+    );
+    host.stop().await;
+}

@@ -1,12 +1,14 @@
 //! One request, from body to reply, with no AMQP in sight.
 //!
-//! The AMQP layer hands over the requested procedure name and the body; the
-//! [`Dispatcher`] picks the procedure, checks the size, runs the sandbox and
-//! returns a [`Reply`] that the AMQP layer turns into a message. Keeping
-//! this apart from the broker keeps every rule about *what* is answered in
-//! one small place.
+//! The AMQP layer hands over the requested procedure name, the body and
+//! when its caller stops waiting; the [`Dispatcher`] picks the procedure,
+//! checks the size, waits for a slot, skips the request if its caller has
+//! given up by then, runs the sandbox and returns a [`Reply`] that the AMQP
+//! layer turns into a message. Keeping this apart from the broker keeps
+//! every rule about *what* is answered in one small place.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use warren_protocol::{ErrorKind, RpcError};
 
@@ -23,6 +25,21 @@ pub struct Reply {
     pub digest: Option<String>,
     /// The reply body, or why there is none.
     pub outcome: Result<Vec<u8>, RpcError>,
+}
+
+/// What became of one request.
+#[derive(Debug)]
+pub enum Handled {
+    /// It ran, or was refused: send this back.
+    Answered(Reply),
+    /// It was not started: its caller had stopped waiting (`x-deadline`)
+    /// this long before a slot was free. There is no one to answer.
+    CallerGone {
+        /// The procedure it asked for, or would have run.
+        procedure: Option<String>,
+        /// How long past the caller's deadline it was.
+        late: Duration,
+    },
 }
 
 /// Routes requests to procedures and runs them.
@@ -48,16 +65,36 @@ impl Dispatcher {
         &self.metrics
     }
 
-    /// Answers one request. `label` identifies it in the logs.
-    pub async fn handle(&self, requested: Option<&str>, body: Vec<u8>, label: &str) -> Reply {
+    /// Answers one request, unless its caller stops waiting at `deadline`
+    /// before it can start. `label` identifies it in the logs.
+    pub async fn handle(
+        &self,
+        requested: Option<&str>,
+        body: Vec<u8>,
+        label: &str,
+        deadline: Option<SystemTime>,
+    ) -> Handled {
         let timer = self.metrics.request_started();
-        let reply = self.choose_and_run(requested, body, label).await;
-        let kind = reply.outcome.as_ref().err().map(|error| error.kind);
-        timer.finish(reply.procedure.as_deref(), kind);
-        reply
+        let handled = self.choose_and_run(requested, body, label, deadline).await;
+        match &handled {
+            Handled::Answered(reply) => {
+                let kind = reply.outcome.as_ref().err().map(|error| error.kind);
+                timer.finish(reply.procedure.as_deref(), kind);
+            }
+            Handled::CallerGone { procedure, .. } => {
+                self.metrics.caller_gone(procedure.as_deref());
+            }
+        }
+        handled
     }
 
-    async fn choose_and_run(&self, requested: Option<&str>, body: Vec<u8>, label: &str) -> Reply {
+    async fn choose_and_run(
+        &self,
+        requested: Option<&str>,
+        body: Vec<u8>,
+        label: &str,
+        deadline: Option<SystemTime>,
+    ) -> Handled {
         let chosen = match requested {
             Some(name) => self.registry.get(name).ok_or_else(|| {
                 format!(
@@ -70,30 +107,45 @@ impl Dispatcher {
         let procedure = match chosen {
             Ok(procedure) => procedure,
             Err(message) => {
-                return Reply {
+                return Handled::Answered(Reply {
                     procedure: requested.map(str::to_owned),
                     digest: None,
                     outcome: Err(RpcError::new(ErrorKind::NoProcedure, message)),
-                };
+                });
             }
         };
+        let reply = |outcome| {
+            Handled::Answered(Reply {
+                procedure: Some(procedure.name.clone()),
+                digest: Some(procedure.digest.clone()),
+                outcome,
+            })
+        };
         let max_request_bytes = self.sandbox.limits().max_request_bytes;
-        let outcome = if body.len() > max_request_bytes {
-            Err(RpcError::new(
+        if body.len() > max_request_bytes {
+            return reply(Err(RpcError::new(
                 ErrorKind::RequestTooLarge,
                 format!(
                     "the request is {} bytes; this host accepts at most {} (--max-request-bytes)",
                     body.len(),
                     max_request_bytes
                 ),
-            ))
-        } else {
-            self.sandbox.run(&procedure.component, body, label).await
-        };
-        Reply {
-            procedure: Some(procedure.name.clone()),
-            digest: Some(procedure.digest.clone()),
-            outcome,
+            )));
         }
+        let slot = match self.sandbox.slot().await {
+            Ok(slot) => slot,
+            Err(error) => return reply(Err(error)),
+        };
+        if let Some(late) = deadline.and_then(|at| SystemTime::now().duration_since(at).ok()) {
+            return Handled::CallerGone {
+                procedure: Some(procedure.name.clone()),
+                late,
+            };
+        }
+        reply(
+            self.sandbox
+                .run_in(slot, &procedure.component, body, label)
+                .await,
+        )
     }
 }

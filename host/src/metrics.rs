@@ -81,6 +81,7 @@ pub struct Metrics {
     registry: Registry,
     started: Instant,
     requests: Family<RequestLabels, Counter>,
+    callers_gone: Family<ProcedureLabels, Counter>,
     durations: Family<ProcedureLabels, Histogram, DurationBuckets>,
     in_flight: Gauge,
     slots: Gauge,
@@ -111,6 +112,13 @@ impl Metrics {
             "warren_requests",
             "Requests answered, by procedure, status (ok|error) and error kind",
             Family::clone(&requests),
+        );
+        let callers_gone = Family::default();
+        registry.register(
+            "warren_requests_not_started",
+            "Requests not run because their caller had stopped waiting (x-deadline) before a \
+             slot was free, by procedure",
+            Family::clone(&callers_gone),
         );
         let durations = Family::new_with_constructor(DurationBuckets::up_to(timeout));
         registry.register(
@@ -190,6 +198,7 @@ impl Metrics {
             registry,
             started: Instant::now(),
             requests,
+            callers_gone,
             durations,
             in_flight,
             slots: slots_gauge,
@@ -216,6 +225,15 @@ impl Metrics {
             metrics: self.clone(),
             started: Instant::now(),
         }
+    }
+
+    /// A request was not run: its caller had stopped waiting.
+    pub fn caller_gone(&self, procedure: Option<&str>) {
+        self.callers_gone
+            .get_or_create(&ProcedureLabels {
+                procedure: procedure.unwrap_or_default().to_owned(),
+            })
+            .inc();
     }
 
     /// A procedure was replaced by a new version.

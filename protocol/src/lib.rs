@@ -11,6 +11,7 @@
 //! | header | on | value |
 //! |---|---|---|
 //! | [`HEADER_PROCEDURE`] | request (optional), every reply | procedure name |
+//! | [`HEADER_DEADLINE`] | request (optional) | when the caller stops waiting, ms since the Unix epoch |
 //! | [`HEADER_PROCEDURE_DIGEST`] | every reply that ran a module | `sha256:` + hex of the module bytes |
 //! | [`HEADER_RPC_STATUS`] | every reply | [`STATUS_OK`] or [`STATUS_ERROR`] |
 //! | [`HEADER_RPC_ERROR`] | error replies | an [`ErrorKind`] |
@@ -44,6 +45,11 @@ pub const HEADER_PROCEDURE_DIGEST: &str = "x-procedure-digest";
 pub const HEADER_RPC_STATUS: &str = "x-rpc-status";
 /// Reply header on errors: the [`ErrorKind`] as text.
 pub const HEADER_RPC_ERROR: &str = "x-rpc-error";
+/// Request header (optional): when the caller stops waiting, in
+/// milliseconds since the Unix epoch ([`deadline_header`]). A host does not
+/// start a request past it: the broker drops expired requests only while
+/// it holds them, not once a host has prefetched them.
+pub const HEADER_DEADLINE: &str = "x-deadline";
 
 /// Value of [`HEADER_RPC_STATUS`] when the procedure returned `ok`.
 pub const STATUS_OK: &str = "ok";
@@ -368,6 +374,27 @@ pub fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
     }
 }
 
+/// The value of [`HEADER_DEADLINE`] for a caller that waits `timeout` from now.
+pub fn deadline_header(timeout: std::time::Duration) -> String {
+    let deadline = std::time::SystemTime::now() + timeout;
+    let since_epoch = deadline
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    since_epoch.as_millis().to_string()
+}
+
+/// When the caller of a request stops waiting ([`HEADER_DEADLINE`]), if it
+/// said and it can be read (a number, in a string or integer header).
+pub fn read_deadline(headers: Option<&FieldTable>) -> Option<std::time::SystemTime> {
+    let millis = match headers?.inner().get(HEADER_DEADLINE)? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok()?,
+        AMQPValue::LongUInt(n) => u64::from(*n),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok()?,
+        _ => header_text(headers, HEADER_DEADLINE)?.trim().parse().ok()?,
+    };
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(millis))
+}
+
 /// Sets a text header, creating the table if needed.
 pub fn set_header_text(headers: &mut FieldTable, name: &str, value: &str) {
     headers.insert(name.into(), AMQPValue::LongString(value.into()));
@@ -471,6 +498,29 @@ mod tests {
             ErrorKind::Timeout
         );
         assert!(ErrorBody::from_json(b"832040").is_none());
+    }
+
+    #[test]
+    fn deadlines_read_back_from_text_or_integers() {
+        let mut table = FieldTable::default();
+        set_header_text(
+            &mut table,
+            HEADER_DEADLINE,
+            &deadline_header(std::time::Duration::from_secs(5)),
+        );
+        let deadline = read_deadline(Some(&table)).unwrap();
+        let left = deadline
+            .duration_since(std::time::SystemTime::now())
+            .unwrap();
+        assert!(left > std::time::Duration::from_secs(4), "{left:?}");
+        table.insert(HEADER_DEADLINE.into(), AMQPValue::LongLongInt(1_000));
+        assert_eq!(
+            read_deadline(Some(&table)),
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+        );
+        set_header_text(&mut table, HEADER_DEADLINE, "soon");
+        assert_eq!(read_deadline(Some(&table)), None);
+        assert_eq!(read_deadline(None), None);
     }
 
     #[test]

@@ -38,14 +38,14 @@ use tracing::Instrument as _;
 use warren_protocol::{
     ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
     HEADER_RPC_STATUS, QueueMode, STATUS_ERROR, STATUS_OK, declare_request_queue,
-    explain_queue_mismatch, header_text, set_header_text,
+    explain_queue_mismatch, header_text, read_deadline, set_header_text,
 };
 
 use warren_protocol::trace::{HEADER_TRACEPARENT, TraceParent};
 
 use self::replies::{Answer, Replies};
 use crate::broker::close_quietly;
-use crate::dispatch::{Dispatcher, Reply};
+use crate::dispatch::{Dispatcher, Handled, Reply};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
@@ -231,7 +231,17 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
         let label = correlation_id
             .as_ref()
             .map_or_else(|| format!("delivery-{delivery_tag}"), |id| id.to_string());
-        let reply = dispatcher.handle(requested.as_deref(), data, &label).await;
+        let deadline = read_deadline(properties.headers().as_ref());
+        let reply = match dispatcher.handle(requested.as_deref(), data, &label, deadline).await {
+            Handled::Answered(reply) => reply,
+            Handled::CallerGone { late, .. } => {
+                tracing::info!(
+                    late_ms = late.as_millis() as u64,
+                    "not run: its caller stopped waiting before a slot was free (x-deadline)"
+                );
+                return Answer::Dropped(delivery_tag);
+            }
+        };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match &reply.outcome {
             Ok(body) => tracing::debug!(elapsed_ms, reply_bytes = body.len(), "answered"),

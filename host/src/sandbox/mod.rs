@@ -117,6 +117,9 @@ impl WasiView for GuestState {
     }
 }
 
+/// One of the host's `--concurrency` slots, held while a request runs.
+pub struct Slot(OwnedSemaphorePermit);
+
 /// Compiles and runs procedure components under the host's [`Limits`].
 pub struct Sandbox {
     engine: Engine,
@@ -368,12 +371,32 @@ impl Sandbox {
         request: Vec<u8>,
         label: &str,
     ) -> Result<Vec<u8>, RpcError> {
-        let slot =
-            self.slots.clone().acquire_owned().await.map_err(|_| {
-                RpcError::new(ErrorKind::Internal, "the host is shutting down; retry")
-            })?;
+        let slot = self.slot().await?;
+        self.run_in(slot, component, request, label).await
+    }
+
+    /// Waits for a free concurrency slot, for [`Sandbox::run_in`]: a caller
+    /// that has something to decide once the request may start (is its
+    /// caller still waiting?) decides it between the two.
+    pub async fn slot(&self) -> Result<Slot, RpcError> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map(Slot)
+            .map_err(|_| RpcError::new(ErrorKind::Internal, "the host is shutting down; retry"))
+    }
+
+    /// [`Sandbox::run`] in a slot already taken.
+    pub async fn run_in(
+        &self,
+        slot: Slot,
+        component: &PreparedComponent,
+        request: Vec<u8>,
+        label: &str,
+    ) -> Result<Vec<u8>, RpcError> {
         let _ticking = self.ticker.handle().running();
-        self.run_fresh(component, &request, label, slot).await
+        self.run_fresh(component, &request, label, slot.0).await
     }
 
     async fn run_fresh(

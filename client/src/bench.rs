@@ -129,7 +129,15 @@ pub async fn run(
         Budget::Duration(duration) => Some(started + duration),
         Budget::Requests(_) => None,
     };
-    let callers: Vec<_> = (0..options.concurrency.max(1))
+    // No more callers than calls: a 100-call run has at most 100 in flight.
+    let concurrency = match options.budget {
+        Budget::Requests(total) => options
+            .concurrency
+            .min(usize::try_from(total).unwrap_or(usize::MAX)),
+        Budget::Duration(_) => options.concurrency,
+    }
+    .max(1);
+    let callers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (client, options) = (client.clone(), options.clone());
             let (issued, done) = (issued.clone(), done.clone());
@@ -193,7 +201,7 @@ pub async fn run(
             }
         },
         digests: total.digests,
-        concurrency: options.concurrency,
+        concurrency,
     })
 }
 

@@ -13,11 +13,13 @@ use warren_protocol::deploy::{
 
 use crate::link::{broker, close_quietly};
 use crate::{CallError, DEFAULT_TIMEOUT, RpcClient};
+use warren_protocol::component::{DEFAULT_MAX_MODULE_BYTES, check_procedure_component};
 
 /// One module to publish to every host of a queue.
 pub struct Deploy {
     name: String,
     module: Vec<u8>,
+    max_module_bytes: u64,
     key: Option<SecretKey>,
     expect_hosts: Option<usize>,
     allow_no_hosts: bool,
@@ -31,6 +33,7 @@ impl Deploy {
         Deploy {
             name: name.into(),
             module,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             key: None,
             expect_hosts: None,
             allow_no_hosts: false,
@@ -58,6 +61,22 @@ impl Deploy {
         self
     }
 
+    /// Refuses, sending nothing, a module larger than `bytes` [default: the
+    /// hosts' default `--max-module-bytes`]: for fleets whose hosts accept
+    /// more (or less).
+    pub fn max_module_bytes(mut self, bytes: u64) -> Self {
+        self.max_module_bytes = bytes;
+        self
+    }
+
+    /// Checks what any host would check first, without the broker: the
+    /// name, the size, and that the module is a procedure component.
+    /// [`RpcClient::deploy`] does this before it sends anything.
+    pub fn check(&self) -> Result<(), CallError> {
+        check_procedure_name(&self.name).map_err(CallError::Invalid)?;
+        check_module(self)
+    }
+
     /// Stops waiting for answers after `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -74,6 +93,8 @@ pub struct DeployReport {
     pub answers: Vec<DeployAnswer>,
     /// How many answers the deploy waited for.
     pub expected: usize,
+    /// How many consumers the request queue had when the deploy started.
+    pub consumers: usize,
 }
 
 impl DeployReport {
@@ -94,16 +115,19 @@ impl RpcClient {
     /// Like [`RpcClient::deploy`], calling `on_answer` with each answer as
     /// it arrives (to show progress while slower hosts compile).
     ///
-    /// Refuses, sending nothing, when the name breaks the naming rule, and
-    /// when the request queue does not exist or has no consumer (a mistyped
-    /// queue would otherwise keep the module in a stream for any host that
-    /// later starts on that name), unless [`Deploy::allow_no_hosts`].
+    /// Refuses, sending nothing, when the name breaks the naming rule, when
+    /// the module is not a procedure component no larger than
+    /// [`Deploy::max_module_bytes`] (every host would refuse it, and read
+    /// it again on every start), and when the request queue does not exist
+    /// or has no consumer (a mistyped queue would otherwise keep the module
+    /// in a stream for any host that later starts on that name), unless
+    /// [`Deploy::allow_no_hosts`].
     pub async fn deploy_with(
         &self,
         deploy: Deploy,
         mut on_answer: impl FnMut(&DeployAnswer),
     ) -> Result<DeployReport, CallError> {
-        check_procedure_name(&deploy.name).map_err(CallError::Invalid)?;
+        deploy.check()?;
         let consumers = match self.consumer_count().await? {
             Some(count) if count > 0 => count as usize,
             _ if deploy.allow_no_hosts => 0,
@@ -181,6 +205,21 @@ impl RpcClient {
         Ok(DeployReport {
             answers: received,
             expected,
+            consumers,
         })
     }
+}
+
+/// What every host would check first: size, then that it is a procedure.
+fn check_module(deploy: &Deploy) -> Result<(), CallError> {
+    let size = deploy.module.len() as u64;
+    if size > deploy.max_module_bytes {
+        return Err(CallError::Invalid(format!(
+            "the module is {size} bytes; hosts accept at most {} by default (their \
+             --max-module-bytes; pass warren deploy --max-module-bytes if yours accept more)",
+            deploy.max_module_bytes
+        )));
+    }
+    check_procedure_component(&deploy.module)
+        .map_err(|why| CallError::Invalid(format!("not deploying it: {why}")))
 }

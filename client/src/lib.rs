@@ -168,7 +168,7 @@ pub enum CallError {
         diagnosis: String,
     },
     /// The broker could not be reached or refused the connection.
-    #[error("cannot reach the broker at {url}: {source}{}", tls_hint(.url, .source))]
+    #[error("cannot reach the broker at {url}: {}", warren_protocol::describe_connect_error(.url, .source))]
     Connect {
         /// The broker URL, password hidden.
         url: String,
@@ -202,13 +202,6 @@ pub enum CallError {
     /// The connection to the broker closed while the call was waiting.
     #[error("the connection to the broker closed before a reply arrived")]
     Disconnected,
-}
-
-/// `; what to do` when a connection failed on an untrusted TLS certificate.
-fn tls_hint(url: &str, source: &lapin::Error) -> String {
-    warren_protocol::tls::certificate_hint(url, &source.to_string())
-        .map(|hint| format!("; {hint}"))
-        .unwrap_or_default()
 }
 
 /// Where and how a client connects.
@@ -283,6 +276,7 @@ impl RpcClient {
             Some(path) => Connector::with_ca_file(path).map_err(CallError::Invalid)?,
             None => Connector::new(),
         };
+        warren_protocol::values::check_queue_name(&options.queue).map_err(CallError::Invalid)?;
         let brokers = Brokers::parse(&options.urls, connector)?;
         let callback = if options.durable {
             CallbackQueue::Durable(format!("warren.replies.{}", uuid::Uuid::new_v4()))
@@ -366,8 +360,14 @@ impl RpcClient {
         (waiting, receiver)
     }
 
-    /// Makes one call and waits for its reply.
+    /// Makes one call and waits for its reply. A procedure name that breaks
+    /// the naming rule, or a timeout of 0 or more than 49 days, is
+    /// [`CallError::Invalid`], and nothing is sent.
     pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        if let Some(name) = &call.procedure {
+            warren_protocol::check_procedure_name(name).map_err(CallError::Invalid)?;
+        }
+        warren_protocol::values::check_call_timeout(call.timeout).map_err(CallError::Invalid)?;
         // Whatever happens next, the entry must not outlive this call.
         let (waiting, mut replies) = self.expect_replies();
         let deadline = Instant::now() + call.timeout;

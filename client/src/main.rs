@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use warren_client::bench::{BenchOptions, Budget};
 use warren_client::protocol::deploy::public_key_path;
-use warren_client::protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, check_procedure_name};
+use warren_client::protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, values};
 use warren_client::{
     Call, CallError, ClientOptions, Deploy, DeployAnswer, Reply, RpcClient, SecretKey, TraceParent,
 };
@@ -67,16 +67,17 @@ struct Cli {
     durable: bool,
 
     /// Queue the hosts consume requests from.
-    #[arg(long, global = true, default_value = DEFAULT_QUEUE)]
+    #[arg(long, global = true, default_value = DEFAULT_QUEUE, value_parser = values::queue_name)]
     queue: String,
 
-    /// How long to wait for a reply, e.g. 500ms, 30s, 2m. Requests not picked
-    /// up by then expire in the broker.
-    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How long to wait for a reply, e.g. 500ms, 30s, 2m (at most 49d).
+    /// Requests not picked up by then expire in the broker, and hosts do
+    /// not start them.
+    #[arg(long, global = true, default_value = "30s", value_parser = values::call_timeout)]
     timeout: Duration,
 
     /// How long to wait for the broker to accept the connection.
-    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, default_value = "10s", value_parser = values::duration)]
     connect_timeout: Duration,
 
     /// Also print which procedure version answered, or failed (on stderr).
@@ -97,12 +98,13 @@ enum Command {
     /// host's default 10 s --timeout (reply: timeout).
     Fib {
         /// Which Fibonacci number, 0 to 93 (see above for how long large ones take).
+        #[arg(value_parser = fib_number, allow_negative_numbers = true)]
         n: u64,
     },
     /// Send BODY as a request and print the raw reply body.
     Call {
         /// Procedure to run (the `x-procedure` header) [default: the host's default].
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = values::procedure_name)]
         procedure: Option<String>,
         /// Request body; `-` reads it from stdin.
         body: String,
@@ -115,13 +117,14 @@ enum Command {
     /// ones), so a script can use it as a check.
     Bench {
         /// Procedure to run (the `x-procedure` header) [default: the host's default].
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = values::procedure_name)]
         procedure: Option<String>,
         /// Stop after this many calls [default: 10000, unless --duration].
-        #[arg(long, short = 'n', value_name = "N", conflicts_with = "duration")]
+        #[arg(long, short = 'n', value_name = "N", conflicts_with = "duration",
+              value_parser = clap::value_parser!(u64).range(1..))]
         requests: Option<u64>,
         /// Stop after this long instead, e.g. 10s.
-        #[arg(long, short, value_parser = humantime::parse_duration)]
+        #[arg(long, short, value_parser = values::duration)]
         duration: Option<Duration>,
         /// Calls in flight at once, over one callback queue.
         #[arg(long, short, default_value_t = 64,
@@ -149,9 +152,11 @@ enum Command {
     Deploy {
         /// Procedure name the module will serve as: 1 to 63 of a-z, 0-9,
         /// '-' and '_', starting with a letter or digit.
-        #[arg(value_parser = procedure_name)]
+        #[arg(value_parser = values::procedure_name)]
         name: String,
-        /// The component file (.wasm).
+        /// The component file (.wasm): checked before anything is sent (a
+        /// component exporting the handler, no larger than
+        /// --max-module-bytes), or refused with exit 2.
         module: PathBuf,
         /// Secret key to sign with (from `warren keygen`). Without it the
         /// deploy is unsigned, which hosts refuse unless started with
@@ -168,6 +173,10 @@ enum Command {
         /// --queue leaves nothing behind.
         #[arg(long)]
         allow_no_hosts: bool,
+        /// The largest module the hosts accept (their --max-module-bytes);
+        /// a larger one is refused here, sending nothing.
+        #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = values::nonzero_size)]
+        max_module_bytes: u64,
     },
     /// Write a new procedure project: an echo handler in Rust, Python or
     /// JavaScript, its own copy of the WIT contract, the build command and
@@ -177,7 +186,7 @@ enum Command {
     New {
         /// Procedure name, also the project's: 1 to 63 of a-z, 0-9, '-'
         /// and '_', starting with a letter or digit (a letter for Rust).
-        #[arg(value_parser = procedure_name)]
+        #[arg(value_parser = values::procedure_name)]
         name: String,
         /// The language to write it in.
         #[arg(long, short, value_enum)]
@@ -195,7 +204,7 @@ enum Command {
     Status {
         /// How long to wait for answers (less when every host consuming the
         /// queue has answered).
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = values::duration)]
         wait: Duration,
         /// Print {"hosts": [...], "mismatches": [...]} as one JSON object.
         #[arg(long)]
@@ -203,8 +212,35 @@ enum Command {
     },
 }
 
-fn procedure_name(text: &str) -> Result<String, String> {
-    check_procedure_name(text).map(|()| text.to_owned())
+/// The command line, with the broker options (global, so they may come
+/// before or after the command) left out of the help of the commands that
+/// never talk to a broker (`keygen`, `new`).
+fn command() -> clap::Command {
+    let mut command = Cli::command();
+    let globals: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| arg.is_global_set())
+        .cloned()
+        .collect();
+    for local in ["keygen", "new"] {
+        command = command.mut_subcommand(local, |mut sub| {
+            // An argument of the same id stops clap copying the global one
+            // in: accepted and ignored there, and not shown.
+            for arg in &globals {
+                sub = sub.arg(arg.clone().global(false).hide(true));
+            }
+            sub
+        });
+    }
+    command
+}
+
+/// `warren fib N`: what the fib procedure answers (fib(94) overflows 64 bits).
+fn fib_number(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n <= 93 => Ok(n),
+        _ => Err("N must be a whole number from 0 to 93 (fib(94) does not fit in 64 bits)".into()),
+    }
 }
 
 #[tokio::main]
@@ -220,7 +256,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
-    let cli = match Cli::try_parse() {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
@@ -269,10 +308,12 @@ async fn run(cli: Cli) -> u8 {
             key,
             expect_hosts,
             allow_no_hosts,
+            max_module_bytes,
         } => {
             let options = DeployOptions {
                 expect_hosts: *expect_hosts,
                 allow_no_hosts: *allow_no_hosts,
+                max_module_bytes: *max_module_bytes,
             };
             return deploy(&cli, name, module, key.as_deref(), options).await;
         }
@@ -469,6 +510,7 @@ fn new_project(name: &str, lang: new::Lang, dir: Option<&Path>) -> u8 {
 struct DeployOptions {
     expect_hosts: Option<usize>,
     allow_no_hosts: bool,
+    max_module_bytes: u64,
 }
 
 async fn deploy(
@@ -487,9 +529,14 @@ async fn deploy(
     };
     let mut request = Deploy::new(name, bytes)
         .allow_no_hosts(options.allow_no_hosts)
+        .max_module_bytes(options.max_module_bytes)
         .timeout(cli.timeout);
     if let Some(hosts) = options.expect_hosts {
         request = request.expect_hosts(hosts);
+    }
+    if let Err(error) = request.check() {
+        eprintln!("warren: {}: {error}", module.display());
+        return exit::USAGE;
     }
     match key.map(SecretKey::read) {
         Some(Ok(key)) => request = request.signed_by(key),
@@ -526,11 +573,17 @@ async fn deploy(
         );
         exit::NO_REPLY
     } else {
-        if report.expected == 0 {
+        if report.consumers == 0 {
             eprintln!(
                 "warren: stored in the deploy stream of queue {:?}; no host consumes the queue \
                  now, hosts that start on it will apply the deploy",
                 cli.queue
+            );
+        } else if report.expected == 0 {
+            eprintln!(
+                "warren: stored in the deploy stream of queue {:?}; not waiting for the {} \
+                 consuming hosts' answers (--expect-hosts 0)",
+                cli.queue, report.consumers
             );
         }
         exit::OK
@@ -568,11 +621,12 @@ fn read_body(arg: &str) -> std::io::Result<Vec<u8>> {
 }
 
 fn print_answered_by(procedure: Option<&str>, digest: Option<&str>, trace: Option<&TraceParent>) {
-    eprintln!(
-        "answered by {} {}",
-        procedure.unwrap_or("(unnamed procedure)"),
-        digest.unwrap_or("(no digest)")
-    );
+    match (procedure, digest) {
+        (Some(procedure), Some(digest)) => eprintln!("answered by {procedure} {digest}"),
+        // A refusal before any module ran (no-procedure, delivery-limit).
+        (Some(procedure), None) => eprintln!("answered for {procedure}; no module ran"),
+        (None, _) => eprintln!("answered by a server that names no procedure (not a Warren host?)"),
+    }
     if let Some(trace) = trace {
         eprintln!("trace {}", trace.trace_id_hex());
     }

@@ -23,6 +23,10 @@ pub enum Lang {
 const WIT: &str = include_str!("../../wit/procedure.wit");
 
 const RUST_CARGO_TOML: &str = include_str!("../templates/rust/Cargo.toml");
+/// The versions Warren's own guests build with (`wit-bindgen` and what it
+/// needs, as in the workspace's lock file).
+const RUST_CARGO_LOCK: &str = include_str!("../templates/rust/Cargo.lock");
+const RUST_BUILD: &str = include_str!("../templates/rust/build.rs");
 const RUST_LIB: &str = include_str!("../templates/rust/lib.rs");
 const RUST_README: &str = include_str!("../templates/rust/README.md");
 
@@ -115,6 +119,8 @@ fn project(name: &str, lang: Lang) -> anyhow::Result<(Vec<File>, &'static str, S
         Lang::Rust => (
             vec![
                 file("Cargo.toml", RUST_CARGO_TOML),
+                file("Cargo.lock", RUST_CARGO_LOCK),
+                file("build.rs", RUST_BUILD),
                 file("src/lib.rs", RUST_LIB),
                 file("README.md", RUST_README),
                 file(".gitignore", "/target\n"),

@@ -72,9 +72,11 @@ async fn call_prints_the_raw_body_and_reads_stdin_for_dash() {
 async fn a_procedure_error_exits_1_with_kind_and_message_on_stderr() {
     let host = TestHost::start("cli-error", &[("fib", &fib_wasm())]).await;
     let queue = host.queue.clone();
-    let out = tokio::task::spawn_blocking(move || warren(&["--queue", &queue, "fib", "94"]))
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        warren(&["--queue", &queue, "call", "-p", "fib", "94"])
+    })
+    .await
+    .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let stderr = text(&out.stderr);
@@ -147,7 +149,7 @@ async fn a_timeout_shorter_than_connecting_is_a_missing_reply() {
     // timer (fib(25)'s sometimes did, while the request's publish was being
     // confirmed).
     let out = tokio::task::spawn_blocking(move || {
-        warren(&["--queue", &queue, "--timeout", "0s", "fib", "40"])
+        warren(&["--queue", &queue, "--timeout", "1ms", "fib", "40"])
     })
     .await
     .unwrap();
@@ -164,13 +166,24 @@ async fn verbose_names_the_version_that_answered_an_error() {
     let wasm = fib_wasm();
     let host = TestHost::start("cli-verbose", &[("fib", &wasm)]).await;
     let queue = host.queue.clone();
-    let out = tokio::task::spawn_blocking(move || warren(&["--queue", &queue, "-v", "fib", "94"]))
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let (error, refused) = tokio::task::spawn_blocking(move || {
+        (
+            warren(&["--queue", &queue, "-v", "call", "-p", "fib", "94"]),
+            warren(&["--queue", &queue, "-v", "call", "-p", "nosuch", "1"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(error.status.code(), Some(1));
+    let stderr = text(&error.stderr);
     assert!(
         stderr.contains(&format!("answered by fib {}", digest(&wasm))),
+        "{stderr}"
+    );
+    // A refusal before any module ran says so, not "(no digest)".
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("answered for nosuch; no module ran"),
         "{stderr}"
     );
     host.stop().await;
@@ -295,4 +308,106 @@ fn bench_against_a_missing_queue_stops_at_once() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Values that cannot work are usage errors (exit 2) that say the rule,
+/// before anything reaches the broker: they used to panic (exit 101), reach
+/// the host, or come back as raw broker errors.
+#[test]
+fn nonsense_values_exit_2_and_say_the_rule() {
+    let long = "q".repeat(256);
+    let at_the_edge = "q".repeat(250);
+    let cases: [(&[&str], &str); 14] = [
+        (&["--queue", &long, "fib", "1"], "at most 247"),
+        (&["--queue", &at_the_edge, "status"], "at most 247"),
+        (&["--queue", "", "fib", "1"], "empty"),
+        (&["--timeout", "0s", "fib", "1"], "at least 1ms"),
+        (&["--timeout", "99999999999d", "fib", "1"], "at most 49d"),
+        (&["call", "-p", "Fib", "1"], "lowercase"),
+        (&["call", "-p", "", "1"], "lowercase"),
+        (&["bench", "-p", "a b", "1"], "lowercase"),
+        (&["bench", "-n", "0", "1"], "0 is not in 1.."),
+        (&["bench", "-d", "0s", "1"], "at least 1ms"),
+        (&["fib", "-1"], "from 0 to 93"),
+        (&["fib", "94"], "from 0 to 93"),
+        (&["status", "--wait", "0s"], "at least 1ms"),
+        (
+            &["--queue", &long, "deploy", "fib", "x.wasm"],
+            "at most 247",
+        ),
+    ];
+    for (args, rule) in cases {
+        let out = warren(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(rule),
+            "{args:?} should say {rule:?}: {stderr}"
+        );
+    }
+}
+
+/// A server that answers, but not in AMQP (an HTTP port, say), is named as
+/// such instead of a parser's internals.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_is_not_a_broker_is_named_so() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut greeting = [0; 8];
+            let _ = socket.read_exact(&mut greeting).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let out = tokio::task::spawn_blocking(move || warren(&["--amqp-url", &url, "fib", "1"]))
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("not as an AMQP 0-9-1 broker"), "{stderr}");
+    assert!(!stderr.contains("ParserErrors"), "{stderr}");
+    server.abort();
+}
+
+/// `keygen` and `new` never talk to a broker, so their help does not offer
+/// the broker options (which they still accept, ignored).
+#[test]
+fn commands_without_a_broker_do_not_offer_broker_options() {
+    for command in ["keygen", "new"] {
+        let help = text(&warren(&[command, "--help"]).stdout);
+        for option in ["--amqp-url", "--queue", "--timeout", "--durable"] {
+            assert!(
+                !help.contains(option),
+                "{command} --help offers {option}:\n{help}"
+            );
+        }
+    }
+    let help = text(&warren(&["status", "--help"]).stdout);
+    assert!(help.contains("--queue"), "{help}");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let out = warren(&["--queue", "q", "keygen", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// A run of fewer calls than --concurrency reports the calls it could have
+/// in flight, not the option.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_reports_no_more_in_flight_than_calls() {
+    let host = TestHost::start("cli-bench-few", &[("fib", &fib_wasm())]).await;
+    let queue = host.queue.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        warren(&["--queue", &queue, "bench", "-n", "3", "-c", "1000", "5"])
+    })
+    .await
+    .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("with 3 in flight"), "{stdout}");
+    host.stop().await;
 }

@@ -66,6 +66,62 @@ fn deploy_headers(
     headers
 }
 
+/// Publishes a deploy message by hand (what a deployer that skips the
+/// client's checks could send) and returns the hosts' answers to it.
+async fn answers_to_raw_deploy(
+    queue: &str,
+    headers: FieldTable,
+    module: &[u8],
+) -> Vec<DeployAnswer> {
+    use futures_lite::StreamExt as _;
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let replies = channel
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            replies.name().clone(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            deploy_stream(queue).as_str().into(),
+            BasicPublishOptions::default(),
+            module,
+            BasicProperties::default()
+                .with_headers(headers)
+                .with_reply_to(replies.name().clone()),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(CALL_TIMEOUT, consumer.next())
+        .await
+        .expect("a host answered")
+        .unwrap()
+        .unwrap();
+    close_connection(&connection).await;
+    vec![serde_json::from_slice(&delivery.data).unwrap()]
+}
+
 fn only_answer(answers: Vec<DeployAnswer>) -> DeployAnswer {
     assert_eq!(answers.len(), 1, "{answers:?}");
     answers.into_iter().next().unwrap()
@@ -241,9 +297,13 @@ async fn refused_deploys_change_nothing() {
         "{unknown:?}"
     );
 
-    let not_wasm = Deploy::new("fib", b"not a component".to_vec())
-        .signed_by(SecretKey::read(&trusted_path).unwrap());
-    let not_wasm = only_answer(deploy(&host.queue, not_wasm).await);
+    // The client refuses to send what is not a component; a deployer that
+    // skips its check meets the host's.
+    let not_wasm = b"not a component".to_vec();
+    let sequence = new_sequence();
+    let signature = trusted.sign("fib", &digest(&not_wasm), sequence);
+    let headers = deploy_headers("fib", &not_wasm, sequence, &trusted, &signature);
+    let not_wasm = only_answer(answers_to_raw_deploy(&host.queue, headers, &not_wasm).await);
     assert!(
         !not_wasm.accepted && not_wasm.reason.contains("not a WebAssembly file"),
         "{not_wasm:?}"
@@ -758,4 +818,89 @@ async fn the_deploy_stream_stays_bounded_and_still_holds_every_procedure() {
     }
     late.stop().await;
     keeper.stop().await;
+}
+
+/// `warren deploy` checks the file before it sends anything: what no host
+/// could accept (an empty file, garbage, a core module, a component without
+/// the handler, a file over the limit) is refused with exit 2 and never goes
+/// into the deploy stream, where every host would read it again on every
+/// start.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_refuses_what_no_host_could_accept_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let no_handler = b"\0asm\x0d\0\x01\0".to_vec();
+    let cases: [(&str, Vec<u8>, &[&str], &str); 5] = [
+        ("empty", Vec::new(), &[], "empty"),
+        (
+            "garbage",
+            b"MZ not wasm at all".to_vec(),
+            &[],
+            "not a WebAssembly file",
+        ),
+        ("core", core_module, &[], "core WebAssembly module"),
+        ("no-handler", no_handler, &[], "warren:procedure/handler"),
+        (
+            "big",
+            fib_wasm(),
+            &["--max-module-bytes", "1KiB"],
+            "--max-module-bytes",
+        ),
+    ];
+    let queue = unique_queue("deploy-checked");
+    for (name, bytes, extra, reason) in cases {
+        let path = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&path, &bytes).unwrap();
+        let path = path.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--queue",
+            &queue,
+            "deploy",
+            "fib",
+            &path,
+            "--allow-no-hosts",
+        ];
+        args.extend_from_slice(extra);
+        let out = run_warren(&args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(reason), "{name}: {stderr}");
+    }
+    assert!(
+        queue_state(&deploy_stream(&queue)).await.is_none(),
+        "nothing was published: the deploy stream was never even declared"
+    );
+}
+
+/// `--expect-hosts 0` does not wait for answers, and says so, instead of
+/// claiming that no host consumes the queue while one does.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_expecting_no_answers_says_so_while_a_host_consumes() {
+    let v1 = fib_wasm();
+    let host = TestHost::start_with("deploy-expect-0", &[("fib", &v1)], |config| {
+        config.allow_unsigned_deploys = true;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("fib.wasm");
+    std::fs::write(&module, with_custom_section(&v1, "expect 0")).unwrap();
+    let module = module.to_string_lossy().into_owned();
+    let out = run_warren(&[
+        "--queue",
+        &host.queue,
+        "deploy",
+        "fib",
+        &module,
+        "--expect-hosts",
+        "0",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("not waiting for the 1 consuming hosts"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no host consumes"), "{stderr}");
+    host.stop().await;
 }

@@ -148,3 +148,31 @@ async fn a_host_on_a_queue_declared_the_other_way_says_how_to_fix_it() {
     );
     classic.stop().await;
 }
+
+/// Callers of the other mode are answered, but not as durably as one side
+/// thinks: the host says so, once each way (it used to say nothing while
+/// the README said the modes must agree).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_warns_once_about_callers_of_the_other_mode() {
+    let queue = unique_queue("durable-mismatch");
+    let mut host = HostProcess::start(&queue, &[("fib", &fib_wasm())], &["--durable"], None);
+    host.wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    let plain = RpcClient::connect(&amqp_url(), &queue).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(plain.call(call("10")).await.unwrap().body, b"55");
+    }
+    plain.close().await;
+    let log = host
+        .wait_for_log("a caller without --durable", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        log.matches("a caller without --durable").count(),
+        1,
+        "{log}"
+    );
+    host.signal("TERM");
+    assert_eq!(host.wait_exit(Duration::from_secs(30)).await, Some(0));
+    delete_queues(&queue).await;
+    delete_queues(&dead_letter_queue(&queue)).await;
+}

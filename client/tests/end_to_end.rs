@@ -196,6 +196,40 @@ async fn error_replies_follow_the_wire_contract() {
             assert_eq!(header_text(headers, HEADER_RPC_ERROR), None);
         }
     }
+
+    // An x-procedure header of the wrong AMQP type is named as such (it
+    // used to be read as no header at all: "the request names no procedure").
+    let mut headers = FieldTable::default();
+    headers.insert(
+        HEADER_PROCEDURE.into(),
+        lapin::types::AMQPValue::LongLongInt(5),
+    );
+    channel
+        .basic_publish(
+            "".into(),
+            host.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"7",
+            BasicProperties::default()
+                .with_reply_to(callback.name().clone())
+                .with_headers(headers),
+        )
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(CALL_TIMEOUT, replies.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let body = ErrorBody::from_json(&reply.data).expect("a JSON error body");
+    assert_eq!(body.error.kind, ErrorKind::NoProcedure);
+    assert!(
+        body.error
+            .message
+            .contains("the x-procedure header is an integer; it must be a string"),
+        "{}",
+        body.error.message
+    );
     close_connection(&connection).await;
     host.stop().await;
 }

@@ -34,6 +34,8 @@ struct Language {
     /// raises (the guest turns it into an `err`); JavaScript's fetch, in a
     /// component built without `http`, aborts.
     network: (ErrorKind, &'static str),
+    /// What a handler returning text where bytes belong ends in.
+    returned_text: &'static str,
 }
 
 const PYTHON: Language = Language {
@@ -43,6 +45,7 @@ const PYTHON: Language = Language {
     toolchain: "python3",
     uncaught: "ValueError: bad thing on purpose",
     network: (ErrorKind::ProcedureError, "connect failed"),
+    returned_text: "CastError",
 };
 
 const JAVASCRIPT: Language = Language {
@@ -52,6 +55,7 @@ const JAVASCRIPT: Language = Language {
     toolchain: "node",
     uncaught: "TypeError: bad thing on purpose",
     network: (ErrorKind::Trap, "unreachable"),
+    returned_text: "handle returned a string, not bytes",
 };
 
 /// A first compile of a CPython or SpiderMonkey component takes seconds (in
@@ -173,6 +177,7 @@ async fn is_sandboxed(language: Language) {
         ("memory-bomb", ErrorKind::MemoryLimit, "memory"),
         ("read-file", ErrorKind::ProcedureError, "read failed"),
         ("open-socket", language.network.0, language.network.1),
+        ("return-text", ErrorKind::Trap, language.returned_text),
     ] {
         expect_error(&client, "hostile", misdeed, kind, needle).await;
         expect_body(&client, "fib", "10", "55").await;
@@ -254,5 +259,39 @@ async fn swapping_rust_for_python_and_javascript_under_load_fails_nothing() {
         made += caller.await.expect("a caller failed (it says which call)");
     }
     assert!(made > 0, "no calls were made under load");
+    host.stop().await;
+}
+
+/// A call for a procedure whose module was just dropped in and is still
+/// compiling hears that it is being loaded (it used to hear that no such
+/// procedure exists), then gets its answer once it is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_while_its_module_compiles_hears_that_it_is_being_loaded() {
+    let Some(fib_py) = PYTHON.component(PYTHON.fib) else {
+        return;
+    };
+    let host = TestHost::start("loading", &[("fib", &fib_wasm())]).await;
+    let client = host.client().await;
+    host.install("late", &fib_py);
+    let give_up = std::time::Instant::now() + SLOW;
+    let mut heard = None;
+    loop {
+        match client.call(call("10").procedure("late")).await {
+            Ok(reply) => {
+                assert_eq!(reply.body, b"55");
+                break;
+            }
+            Err(CallError::Rpc { error, .. }) if error.kind == ErrorKind::NoProcedure => {
+                if error.message.contains("is being loaded") {
+                    heard = Some(error.message);
+                }
+            }
+            other => panic!("expected no-procedure or the answer, got {other:?}"),
+        }
+        assert!(std::time::Instant::now() < give_up, "never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let heard = heard.expect("a call made while it compiled heard so");
+    assert!(heard.contains("try again"), "{heard}");
     host.stop().await;
 }

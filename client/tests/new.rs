@@ -31,6 +31,27 @@ async fn create_build_and_serve(lang: &str, toolchain: &str, build: &[&str], com
     assert!(stdout.contains(build.join(" ").as_str()), "{stdout}");
 
     build_in(&dir, build).await;
+    if lang == "rust" {
+        // It built with the versions Warren's own guests build with, and
+        // with the small stack the README recommends.
+        assert!(dir.join("build.rs").is_file(), "no build.rs");
+        let locked = |path: &Path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let versions: Vec<String> = text
+                .split("[[package]]")
+                .filter(|entry| entry.contains("source = "))
+                .map(|entry| entry.lines().take(3).collect::<Vec<_>>().join(" "))
+                .collect();
+            versions
+        };
+        let workspace_lock = locked(&workspace().join("Cargo.lock"));
+        for package in locked(&dir.join("Cargo.lock")) {
+            assert!(
+                workspace_lock.contains(&package),
+                "the project locked {package}, which Warren's own guests do not use"
+            );
+        }
+    }
     let bytes = std::fs::read(dir.join(component))
         .unwrap_or_else(|e| panic!("the build left no {component}: {e}"));
 

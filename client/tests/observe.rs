@@ -378,3 +378,41 @@ async fn the_log_in_a_file_is_plain_and_replayed_refusals_are_not_warnings() {
     assert_eq!(second.wait_exit(Duration::from_secs(30)).await, Some(0));
     delete_queues(&queue).await;
 }
+
+/// The startup log says each thing once (the "2 procedures are loaded"
+/// warning used to come twice), names a --default-procedure that is not
+/// loaded even when nothing is, and a graceful stop ends with a last line
+/// that says the host stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_says_each_thing_once_and_ends_with_stopped() {
+    let fib = fib_wasm();
+    let twin = with_custom_section(&fib, "twin");
+    let queue = unique_queue("log-once");
+    let mut host = HostProcess::start(&queue, &[("fib", &fib), ("twin", &twin)], &[], None);
+    host.wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+    host.signal("TERM");
+    assert_eq!(host.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let log = host.log();
+    assert_eq!(
+        log.matches("2 procedures are loaded").count(),
+        1,
+        "said once:\n{log}"
+    );
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("warren-host stopped"),
+        "last line: {last}\n{log}"
+    );
+
+    let mut empty = HostProcess::start(&queue, &[], &["--default-procedure", "nosuch"], None);
+    empty
+        .wait_for_log(
+            "neither is --default-procedure nosuch",
+            Duration::from_secs(60),
+        )
+        .await;
+    empty.signal("TERM");
+    assert_eq!(empty.wait_exit(Duration::from_secs(30)).await, Some(0));
+    delete_queues(&queue).await;
+}

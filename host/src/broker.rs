@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use lapin::{Connection, ConnectionProperties};
-use warren_protocol::redact_url;
-use warren_protocol::tls::{Connector, certificate_hint};
+use warren_protocol::tls::Connector;
+use warren_protocol::{describe_connect_error, redact_url};
 
 /// How long one connection attempt may take.
 pub const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,7 +73,7 @@ impl Brokers {
                 }
                 Err(error) => {
                     if self.urls.len() > 1 {
-                        tracing::warn!(broker = %redact_url(url), "cannot connect: {error:#}");
+                        tracing::warn!(broker = %redact_url(url), "cannot connect: {}", Causes(&error));
                     }
                     last_error = Some(error);
                 }
@@ -92,10 +92,7 @@ pub async fn connect(url: &str, connector: &Connector) -> anyhow::Result<Connect
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_ATTEMPT_TIMEOUT:?}"))
         .and_then(|connected| {
-            connected.map_err(|error| match certificate_hint(url, &error.to_string()) {
-                Some(hint) => anyhow::anyhow!("{error}; {hint}"),
-                None => anyhow::Error::from(error),
-            })
+            connected.map_err(|error| anyhow::anyhow!(describe_connect_error(url, &error)))
         })
         .with_context(|| format!("connecting to the broker at {}", redact_url(url)))
 }
@@ -128,6 +125,29 @@ impl Default for Backoff {
     }
 }
 
+/// Shows an error and its causes on one line, like `{:#}`, but without a
+/// cause that only repeats what was said (lapin's IO errors show their
+/// cause and then have it as their source: "Connection refused (os error
+/// 111): Connection refused (os error 111)").
+pub struct Causes<'a>(pub &'a anyhow::Error);
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = String::new();
+        for cause in self.0.chain() {
+            let text = cause.to_string();
+            if said.ends_with(&text) {
+                continue;
+            }
+            if !said.is_empty() {
+                said.push_str(": ");
+            }
+            said.push_str(&text);
+        }
+        f.write_str(&said)
+    }
+}
+
 /// Closes best effort: lapin can wait forever for a close-ok that never
 /// comes, and a stopping host must not hang on it.
 pub async fn close_quietly<T, E>(closing: impl Future<Output = Result<T, E>>) {
@@ -137,6 +157,16 @@ pub async fn close_quietly<T, E>(closing: impl Future<Output = Result<T, E>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_are_said_once() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = anyhow::Error::from(lapin::Error::from(refused))
+            .context("connecting to the broker at amqp://127.0.0.1");
+        let shown = Causes(&error).to_string();
+        assert_eq!(shown.matches("refused").count(), 1, "{shown}");
+        assert!(shown.starts_with("connecting to the broker"), "{shown}");
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {

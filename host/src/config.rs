@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use warren_protocol::deploy::StreamRetention;
 use warren_protocol::tls::Connector;
-use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, QueueMode};
+use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, QueueMode, values};
 
 use crate::sandbox::{Inlining, Limits};
 
@@ -32,7 +32,8 @@ pub struct HostConfig {
     /// Durable mode: the queue is a durable quorum queue (replicated over a
     /// cluster; requests survive broker restarts and node loss), replies are
     /// persistent, and a request is acked only once the broker has confirmed
-    /// its reply. Every host and caller of a queue must agree on this.
+    /// its reply. Every host of a queue must agree on this, and callers
+    /// should (`warren --durable`): a host warns when one does not.
     #[arg(long)]
     pub durable: bool,
 
@@ -45,13 +46,13 @@ pub struct HostConfig {
     /// How long to keep trying to reach the broker at startup before giving
     /// up (exit 1), e.g. 30s [default: forever, logging each attempt]. Once
     /// connected, a lost broker is always waited for.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = values::duration, value_name = "DURATION")]
     pub connect_timeout: Option<Duration>,
 
     /// Queue to consume requests from, declared like the tutorial's server
     /// (classic, not durable, not exclusive, not auto-delete), or as a quorum
     /// queue with --durable.
-    #[arg(long, default_value = DEFAULT_QUEUE)]
+    #[arg(long, default_value = DEFAULT_QUEUE, value_parser = values::queue_name)]
     pub queue: String,
 
     /// Folder of procedures: every NAME.wasm in it is procedure NAME. Files
@@ -67,7 +68,7 @@ pub struct HostConfig {
 
     /// Procedure for requests without an `x-procedure` header
     /// [default: the only loaded module, when exactly one is loaded].
-    #[arg(long)]
+    #[arg(long, value_parser = values::procedure_name)]
     pub default_procedure: Option<String>,
 
     /// Requests run at once [default: the number of cores].
@@ -94,20 +95,21 @@ pub struct HostConfig {
     pub prefetch: Option<u16>,
 
     /// Wall-clock budget of one request, e.g. 500ms, 10s, 2m.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = values::duration)]
     pub timeout: Duration,
 
-    /// Linear memory one request may use, e.g. 64MiB, 1GiB.
-    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    /// Linear memory one request may use, e.g. 64MiB, 1GiB; at most 4GiB
+    /// (a 32-bit WebAssembly memory).
+    #[arg(long, default_value = "64MiB", value_parser = memory_size)]
     pub max_memory: u64,
 
     /// Largest request body accepted; larger ones get `request-too-large`
     /// without running the procedure.
-    #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+    #[arg(long, default_value = "4MiB", value_parser = values::nonzero_size)]
     pub max_request_bytes: u64,
 
     /// Largest reply body sent; larger ones become `reply-too-large`.
-    #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+    #[arg(long, default_value = "4MiB", value_parser = values::nonzero_size)]
     pub max_reply_bytes: u64,
 
     /// File of public keys (`ed25519:<hex>`, one per line, `#` comments)
@@ -122,7 +124,7 @@ pub struct HostConfig {
     pub allow_unsigned_deploys: bool,
 
     /// Largest module a remote deploy may carry.
-    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    #[arg(long, default_value = "64MiB", value_parser = values::nonzero_size)]
     pub max_module_bytes: u64,
 
     /// This host's name in deploy answers [default: HOSTNAME-PID].
@@ -172,7 +174,7 @@ pub struct HostConfig {
 
     /// Guest stdout and stderr kept per request (logged at debug level);
     /// the rest is dropped.
-    #[arg(long, default_value = "64KiB", value_parser = parse_bytes)]
+    #[arg(long, default_value = "64KiB", value_parser = values::size)]
     pub max_output_bytes: u64,
 
     /// How the deploy stream is declared when this host creates it. Not an
@@ -264,11 +266,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `64MiB`, `4 MB`, `1048576` into bytes.
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    text.parse::<bytesize::ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|e| format!("{e} (write a size like 64MiB, 4MB or 1048576)"))
+/// The largest linear memory a 32-bit WebAssembly module can have.
+pub const MAX_MEMORY_LIMIT: u64 = 4 << 30;
+
+/// `--max-memory`: a size from 1 byte to [`MAX_MEMORY_LIMIT`].
+fn memory_size(text: &str) -> Result<u64, String> {
+    let bytes = values::nonzero_size(text)?;
+    if bytes > MAX_MEMORY_LIMIT {
+        return Err(format!(
+            "it must be at most 4GiB, the most a 32-bit WebAssembly memory can grow to \
+             (asked for {})",
+            bytesize::ByteSize::b(bytes).display().iec()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The smallest default prefetch, whatever the core count. Measured with
@@ -332,10 +343,21 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse_in_iec_and_si_units() {
-        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_bytes("4MB"), Ok(4_000_000));
-        assert_eq!(parse_bytes("1024"), Ok(1024));
-        assert!(parse_bytes("lots").is_err());
+    fn nonsense_values_are_refused_at_parse_time() {
+        let refused = |args: &[&str]| {
+            let args = std::iter::once("warren-host").chain(args.iter().copied());
+            let error = HostConfig::try_parse_from(args).unwrap_err();
+            assert_eq!(error.exit_code(), 2);
+            error.to_string()
+        };
+        assert!(refused(&["--timeout", "0s"]).contains("at least 1ms"));
+        assert!(refused(&["--max-memory", "0"]).contains("at least 1 byte"));
+        assert!(refused(&["--max-request-bytes", "0"]).contains("at least 1 byte"));
+        assert!(refused(&["--max-memory", "1tb"]).contains("at most 4GiB"));
+        assert!(refused(&["--queue", ""]).contains("empty"));
+        assert!(refused(&["--queue", &"q".repeat(250)]).contains("at most 247"));
+        assert!(refused(&["--default-procedure", "Fib"]).contains("lowercase"));
+        assert_eq!(memory_size("4GiB"), Ok(4 << 30));
+        assert_eq!(memory_size("64MiB"), Ok(64 << 20));
     }
 }

@@ -66,16 +66,25 @@ impl Dispatcher {
     }
 
     /// Answers one request, unless its caller stops waiting at `deadline`
-    /// before it can start. `label` identifies it in the logs.
+    /// before it can start. `requested` is its `x-procedure` header: none,
+    /// a name, or why it could not be read. `label` identifies it in the
+    /// logs.
     pub async fn handle(
         &self,
-        requested: Option<&str>,
+        requested: Result<Option<&str>, &str>,
         body: Vec<u8>,
         label: &str,
         deadline: Option<SystemTime>,
     ) -> Handled {
         let timer = self.metrics.request_started();
-        let handled = self.choose_and_run(requested, body, label, deadline).await;
+        let handled = match requested {
+            Ok(requested) => self.choose_and_run(requested, body, label, deadline).await,
+            Err(unreadable) => Handled::Answered(Reply {
+                procedure: None,
+                digest: None,
+                outcome: Err(RpcError::new(ErrorKind::NoProcedure, unreadable)),
+            }),
+        };
         match &handled {
             Handled::Answered(reply) => {
                 let kind = reply.outcome.as_ref().err().map(|error| error.kind);
@@ -97,10 +106,17 @@ impl Dispatcher {
     ) -> Handled {
         let chosen = match requested {
             Some(name) => self.registry.get(name).ok_or_else(|| {
-                format!(
-                    "no procedure named {name:?} on this host{}",
-                    self.registry.describe()
-                )
+                if self.registry.is_loading(name) {
+                    format!(
+                        "procedure {name:?} is being loaded on this host (its module is being \
+                         compiled); try again in a few seconds"
+                    )
+                } else {
+                    format!(
+                        "no procedure named {name:?} on this host{}",
+                        self.registry.describe()
+                    )
+                }
             }),
             None => self.registry.default_procedure(),
         };

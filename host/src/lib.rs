@@ -155,16 +155,8 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     let watch = watcher::watch(folder.clone(), trigger.subscribe())?;
     folder.load_all().await?;
     let watching = tokio::spawn(watch);
-    let procedures = registry.list();
-    if procedures.is_empty() {
-        tracing::warn!(
-            modules_dir = %config.modules_dir.display(),
-            "no procedures loaded yet; every request gets no-procedure until a NAME.wasm appears"
-        );
-    } else {
-        registry.warn_if_no_default();
-    }
-    for served in &procedures {
+    registry.warn_at_startup(&config.modules_dir);
+    for served in &registry.list() {
         let code = if served.inlining_pending {
             "quick, inlined code on its way"
         } else {

@@ -51,9 +51,12 @@ async fn main() -> std::process::ExitCode {
         }
     }
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::info!("warren-host stopped");
+            std::process::ExitCode::SUCCESS
+        }
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!("{}", warren_host::broker::Causes(&error));
             std::process::ExitCode::FAILURE
         }
     }
@@ -87,7 +90,10 @@ fn init_logging(
 ) -> anyhow::Result<Option<SdkTracerProvider>> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin logs each broken connection as a burst of ERROR lines; the host
+    // says once, in its own words, what it lost and what it does about it.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=off"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = match format {
         LogFormat::Text => logs.with_ansi(colour_on_stderr()).boxed(),

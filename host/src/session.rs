@@ -18,7 +18,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use warren_protocol::QueueMode;
 use warren_protocol::deploy::StreamRetention;
 
-use crate::broker::{Backoff, Brokers, close_quietly};
+use crate::broker::{Backoff, Brokers, Causes, close_quietly};
 use crate::control::{Control, StatusSource};
 use crate::deploy::Deployer;
 use crate::deploy::stream::{DeployStream, StreamState};
@@ -246,7 +246,8 @@ pub async fn connect(
         }
         tracing::warn!(
             brokers = %target.brokers.shown(),
-            "waiting for {waiting_for}: {error:#}; next try in {}",
+            "waiting for {waiting_for}: {}; next try in {}",
+            Causes(&error),
             humantime::format_duration(round_to_ms(delay))
         );
         tokio::time::sleep(delay).await;
@@ -275,7 +276,7 @@ pub async fn serve_forever(
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
-        tracing::warn!("lost the broker: {error:#}; reconnecting");
+        tracing::warn!("lost the broker: {}; reconnecting", Causes(&error));
         let mut backoff = Backoff::new();
         session = loop {
             let delay = backoff.next_delay();
@@ -291,7 +292,8 @@ pub async fn serve_forever(
                     break session;
                 }
                 Err(error) => {
-                    tracing::warn!("reconnect failed: {:#}; trying again", error.into_inner());
+                    let error = error.into_inner();
+                    tracing::warn!("reconnect failed: {}; trying again", Causes(&error));
                 }
             }
         };

@@ -21,10 +21,12 @@
 //! [`ERROR_CONTENT_TYPE`]) and never a bare number, so an old caller that
 //! parses the body as an integer fails loudly instead of reading a wrong answer.
 
+pub mod component;
 pub mod deploy;
 pub mod status;
 pub mod tls;
 pub mod trace;
+pub mod values;
 
 use std::fmt;
 use std::str::FromStr;
@@ -395,6 +397,30 @@ pub fn read_deadline(headers: Option<&FieldTable>) -> Option<std::time::SystemTi
     std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(millis))
 }
 
+/// Like [`header_text`], but a header that is there and not text is an
+/// error saying so (a caller that sent `x-procedure` as an integer should
+/// hear that, not that it named no procedure).
+pub fn header_text_strict(
+    headers: Option<&FieldTable>,
+    name: &str,
+) -> Result<Option<String>, String> {
+    let Some(value) = headers.and_then(|h| h.inner().get(name)) else {
+        return Ok(None);
+    };
+    header_text(headers, name).map(Some).ok_or_else(|| {
+        let kind = match value {
+            AMQPValue::Boolean(_) => "a boolean",
+            AMQPValue::Float(_) | AMQPValue::Double(_) | AMQPValue::DecimalValue(_) => "a number",
+            AMQPValue::FieldArray(_) => "an array",
+            AMQPValue::FieldTable(_) => "a table",
+            AMQPValue::Timestamp(_) => "a timestamp",
+            AMQPValue::Void => "void",
+            _ => "an integer",
+        };
+        format!("the {name} header is {kind}; it must be a string")
+    })
+}
+
 /// Sets a text header, creating the table if needed.
 pub fn set_header_text(headers: &mut FieldTable, name: &str, value: &str) {
     headers.insert(name.into(), AMQPValue::LongString(value.into()));
@@ -418,6 +444,27 @@ pub fn check_amqp_url(url: &str) -> Result<(), String> {
              amqp://user:password@host:5672/vhost (amqps:// for TLS; %2f is the vhost /)",
             redact_url(url)
         )),
+    }
+}
+
+/// Why connecting to `url` failed, in one line: the error (once: lapin's
+/// IO errors repeat their cause), and what to do when the server there is
+/// not an AMQP broker or its TLS certificate is not trusted.
+pub fn describe_connect_error(url: &str, error: &lapin::Error) -> String {
+    match error.kind() {
+        lapin::ErrorKind::ParsingError(_) | lapin::ErrorKind::InvalidProtocolVersion(_) => {
+            "the server there answered, but not as an AMQP 0-9-1 broker: is this the \
+             broker's AMQP port (5672, or 5671 for amqps://) and not, say, its HTTP or \
+             stream port?"
+                .to_owned()
+        }
+        _ => {
+            let said = error.to_string();
+            match tls::certificate_hint(url, &said) {
+                Some(hint) => format!("{said}; {hint}"),
+                None => said,
+            }
+        }
     }
 }
 
@@ -535,5 +582,15 @@ mod tests {
         assert_eq!(header_text(Some(&table), "short").as_deref(), Some("s"));
         assert_eq!(header_text(Some(&table), "missing"), None);
         assert_eq!(header_text(None, HEADER_PROCEDURE), None);
+        table.insert("number".into(), AMQPValue::LongLongInt(7));
+        assert_eq!(
+            header_text_strict(Some(&table), "number"),
+            Err("the number header is an integer; it must be a string".to_owned())
+        );
+        assert_eq!(header_text_strict(Some(&table), "missing"), Ok(None));
+        assert_eq!(
+            header_text_strict(Some(&table), "short"),
+            Ok(Some("s".to_owned()))
+        );
     }
 }

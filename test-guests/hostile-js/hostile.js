@@ -51,6 +51,10 @@ const misdeeds = {
   raise() {
     throw new TypeError("bad thing on purpose");
   },
+  // A common mistake: text where bytes belong.
+  "return-text"() {
+    return "text, not bytes";
+  },
 };
 
 export const handler = {

@@ -57,6 +57,10 @@ def uncaught():
     raise ValueError("bad thing on purpose")
 
 
+def return_text():
+    return "text, not bytes"
+
+
 MISDEEDS = {
     b"spin": spin,
     b"memory-bomb": memory_bomb,
@@ -65,6 +69,7 @@ MISDEEDS = {
     b"read-env": read_env,
     b"counter": counter,
     b"raise": uncaught,
+    b"return-text": return_text,
 }
 
 

@@ -412,6 +412,7 @@ impl Deployer {
             let procedure = self.folder.registry().get(name).expect("served");
             (Procedure::clone(&procedure), module)
         } else {
+            let _loading = self.folder.registry().loading(name);
             // The bytes travel to the compile thread and back: no copy.
             tokio::task::spawn_blocking({
                 let sandbox = self.folder.sandbox().clone();

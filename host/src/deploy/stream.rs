@@ -235,7 +235,13 @@ impl DeployStream {
             let first = match first {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(error)) => {
-                    tracing::warn!(%error, "reading the deploy stream stopped; remote deploys are off until reconnect");
+                    // A lost connection is reported once, by the session;
+                    // only the stream's own failure is news here.
+                    if connection_lost(&error) {
+                        tracing::debug!(%error, "reading the deploy stream stopped with the connection");
+                    } else {
+                        tracing::warn!(%error, "reading the deploy stream stopped; remote deploys are off until reconnect");
+                    }
                     break;
                 }
                 None => break,
@@ -462,6 +468,19 @@ async fn answer_deployer(channel: &Channel, deploy: &BasicProperties, answer: &D
         .await;
     if let Err(error) = published {
         tracing::warn!(%error, "answering the deployer");
+    }
+}
+
+/// Whether `error` ended the whole connection, not just the stream's channel.
+fn connection_lost(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Hard(_))
+        }
+        lapin::ErrorKind::IOError(_)
+        | lapin::ErrorKind::MissingHeartbeatError
+        | lapin::ErrorKind::InvalidConnectionState(_) => true,
+        _ => false,
     }
 }
 

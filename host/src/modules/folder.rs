@@ -188,6 +188,7 @@ impl ModulesFolder {
         let broken = before
             .filter(|seen| !seen.loaded)
             .and_then(|seen| seen.digest);
+        let _loading = self.registry.loading(&name);
         let read = tokio::task::spawn_blocking({
             let (sandbox, stats) = (self.sandbox.clone(), self.stats.clone());
             let (path, name, serving) = (path.to_owned(), name.clone(), serving.clone());

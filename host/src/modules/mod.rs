@@ -88,6 +88,28 @@ pub struct Registry {
     procedures: ArcSwap<BTreeMap<String, Arc<Procedure>>>,
     /// `--default-procedure`, if given.
     default: Option<String>,
+    /// Names whose new module is being read and compiled, how many times
+    /// over (a file and a deploy at once), so a request for one not served
+    /// yet hears that it is on its way.
+    loading: std::sync::Mutex<BTreeMap<String, usize>>,
+}
+
+/// Marks a name as loading until dropped ([`Registry::loading`]).
+pub struct Loading<'r> {
+    registry: &'r Registry,
+    name: String,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.registry.loading_names();
+        if let Some(count) = loading.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                loading.remove(&self.name);
+            }
+        }
+    }
 }
 
 impl Registry {
@@ -97,7 +119,26 @@ impl Registry {
         Registry {
             procedures: ArcSwap::default(),
             default,
+            loading: std::sync::Mutex::default(),
         }
+    }
+
+    /// Marks `name` as being loaded (read, compiled) until the guard drops.
+    pub fn loading(&self, name: &str) -> Loading<'_> {
+        *self.loading_names().entry(name.to_owned()).or_default() += 1;
+        Loading {
+            registry: self,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Whether a new module for `name` is being loaded right now.
+    pub fn is_loading(&self, name: &str) -> bool {
+        self.loading_names().contains_key(name)
+    }
+
+    fn loading_names(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usize>> {
+        self.loading.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current version of procedure `name`.
@@ -202,10 +243,26 @@ impl Registry {
         )
     }
 
-    /// Warns once the host has loaded what it finds at startup, if requests
-    /// without `x-procedure` cannot be answered.
-    pub fn warn_if_no_default(&self) {
-        if let Some(why) = why_no_default(self.default.as_deref(), &self.procedures.load()) {
+    /// Warns once the host has loaded what it finds at startup, if some
+    /// requests cannot be answered: none at all (with the default named, if
+    /// one is set), or those without `x-procedure` because the configured
+    /// default is not loaded. (A second module without a default was warned
+    /// about as it loaded.)
+    pub fn warn_at_startup(&self, modules_dir: &Path) {
+        let procedures = self.procedures.load();
+        if procedures.is_empty() {
+            let default = match &self.default {
+                Some(name) => format!(" (so neither is --default-procedure {name})"),
+                None => String::new(),
+            };
+            tracing::warn!(
+                modules_dir = %modules_dir.display(),
+                "no procedures are loaded yet{default}: every request gets no-procedure until \
+                 NAME.wasm files appear in the modules folder"
+            );
+        } else if self.default.is_some()
+            && let Some(why) = why_no_default(self.default.as_deref(), &procedures)
+        {
             tracing::warn!("{why}");
         }
     }

@@ -38,7 +38,7 @@ use tracing::Instrument as _;
 use warren_protocol::{
     ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
     HEADER_RPC_STATUS, QueueMode, STATUS_ERROR, STATUS_OK, declare_request_queue,
-    explain_queue_mismatch, header_text, read_deadline, set_header_text,
+    explain_queue_mismatch, header_text, header_text_strict, read_deadline, set_header_text,
 };
 
 use warren_protocol::trace::{HEADER_TRACEPARENT, TraceParent};
@@ -141,6 +141,7 @@ impl Requests {
         // Tracks the request tasks without hearing from each as it ends (a
         // JoinSet would wake this loop once per request).
         let in_flight = TaskTracker::new();
+        let mut callers = CallerModes::default();
         let (replies, replying) = Replies::start(self.channel.clone(), self.prefetch);
         let result = loop {
             tokio::select! {
@@ -150,6 +151,7 @@ impl Requests {
                         replies.received();
                         let (dispatcher, replies) = (dispatcher.clone(), replies.clone());
                         let durable = self.durable;
+                        callers.check(&delivery.properties, durable);
                         in_flight.spawn(async move {
                             let tag = delivery.delivery_tag;
                             // Boxed where it starts: the request's future is
@@ -196,6 +198,39 @@ impl Requests {
     }
 }
 
+/// Notices callers whose mode is not the host's: a persistent request (a
+/// `--durable` caller) on a default-mode host, or a transient one on a
+/// durable host. It works, but not as durably as one side thinks: said
+/// once each way.
+#[derive(Default)]
+struct CallerModes {
+    said_durable_caller: bool,
+    said_default_caller: bool,
+}
+
+impl CallerModes {
+    fn check(&mut self, request: &BasicProperties, durable_host: bool) {
+        let persistent = *request.delivery_mode() == Some(PERSISTENT);
+        if persistent && !durable_host && !self.said_durable_caller {
+            self.said_durable_caller = true;
+            tracing::warn!(
+                "a --durable caller sends requests to this host, which is not durable: its \
+                 requests and replies are lost if the broker restarts. Start the hosts with \
+                 --durable (a new queue name, or delete the classic one), or drop --durable \
+                 from the caller"
+            );
+        } else if !persistent && durable_host && !self.said_default_caller {
+            self.said_default_caller = true;
+            tracing::warn!(
+                "a caller without --durable sends requests to this durable host: its requests \
+                 are not persistent and its replies go to a queue that dies with its \
+                 connection, so its calls can be lost in a broker restart; give the caller \
+                 --durable (the seed's rpc_client.py cannot)"
+            );
+        }
+    }
+}
+
 /// Answers one request: runs it and makes the reply message, for
 /// [`replies`] to publish (or says there is no one to reply to).
 async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) -> Answer {
@@ -207,7 +242,7 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
         ..
     } = delivery;
     let correlation_id = properties.correlation_id().clone();
-    let requested = header_text(properties.headers().as_ref(), HEADER_PROCEDURE);
+    let requested = header_text_strict(properties.headers().as_ref(), HEADER_PROCEDURE);
     let span = tracing::info_span!(
         "request",
         trace_id = tracing::field::Empty,
@@ -215,7 +250,7 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
         messaging.system = "rabbitmq",
         messaging.message.conversation_id = correlation_id.as_ref().map(ShortString::as_str),
         messaging.rabbitmq.delivery_tag = delivery_tag,
-        procedure = requested.as_deref(),
+        procedure = requested.as_ref().ok().and_then(Option::as_deref),
         bytes = data.len(),
         redelivered,
     );
@@ -232,7 +267,8 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
             .as_ref()
             .map_or_else(|| format!("delivery-{delivery_tag}"), |id| id.to_string());
         let deadline = read_deadline(properties.headers().as_ref());
-        let reply = match dispatcher.handle(requested.as_deref(), data, &label, deadline).await {
+        let requested = requested.as_ref().map(Option::as_deref).map_err(String::as_str);
+        let reply = match dispatcher.handle(requested, data, &label, deadline).await {
             Handled::Answered(reply) => reply,
             Handled::CallerGone { late, .. } => {
                 tracing::info!(

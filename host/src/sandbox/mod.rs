@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use warren_protocol::component::check_is_component;
 use warren_protocol::{ErrorKind, RpcError};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -254,7 +255,7 @@ impl Sandbox {
     /// CPU-heavy (Cranelift) on a cache miss: call it off the async runtime,
     /// for example in `spawn_blocking`. The error says what is wrong.
     pub fn prepare(&self, wasm: &[u8], digest: &str) -> anyhow::Result<PreparedComponent> {
-        check_is_component(wasm)?;
+        check_is_component(wasm).map_err(anyhow::Error::msg)?;
         // Before the cache or the compiler see it: wasmtime refuses such a
         // module too, but in its own words, and a cached entry refused for
         // this reason would look damaged.
@@ -281,7 +282,7 @@ impl Sandbox {
     /// [`Sandbox::inlining_headroom`] first: for a large module this takes
     /// about 1 GB of memory for a while.
     pub fn prepare_inlined(&self, wasm: &[u8], digest: &str) -> anyhow::Result<PreparedComponent> {
-        check_is_component(wasm)?;
+        check_is_component(wasm).map_err(anyhow::Error::msg)?;
         check_memory_fits(wasm, self.limits.max_memory)?;
         let component = self.compiled(wasm, digest, Tier::Inlined, Cores::One)?;
         self.link(component, Tier::Inlined, false)
@@ -722,22 +723,6 @@ const KEEP_RESIDENT: usize = 16 << 20;
 /// the noise; 200 gained nothing over no inlining. The calls worth inlining
 /// in an interpreter are into its small helpers.
 const INLINING_SUM_SIZE_THRESHOLD: u32 = 500;
-
-/// Refuses bytes that are not a component, with a reason a person can act on.
-fn check_is_component(wasm: &[u8]) -> anyhow::Result<()> {
-    const MAGIC: &[u8; 4] = b"\0asm";
-    if wasm.len() < 8 || &wasm[..4] != MAGIC {
-        bail!("not a WebAssembly file (no \\0asm header)");
-    }
-    // Bytes 4..8: version and layer. Core modules are version 1, layer 0.
-    if wasm[4..8] == [1, 0, 0, 0] {
-        bail!(
-            "this is a core WebAssembly module, not a component: build for \
-             wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
-        );
-    }
-    Ok(())
-}
 
 /// Refuses a component whose own initial memory is larger than
 /// `--max-memory`: it could not even be instantiated. Says what it needs.

@@ -61,12 +61,19 @@ impl CappedOutput {
     pub(super) fn last_line(&self) -> Option<String> {
         let captured = self.inner.lock().expect("output lock");
         let text = String::from_utf8_lossy(&captured.kept);
+        let meaningful = |line: &&str| {
+            !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE")
+        };
+        // SpiderMonkey's last word before any abort, and the stack frames it
+        // prints after an uncaught exception, say nothing of why: quoted
+        // only when the guest said nothing else.
+        let noise = |line: &&str| line.trim() == JAVASCRIPT_ABORT || is_javascript_frame(line);
         let last = text
             .lines()
             .rev()
-            .find(|line| {
-                !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE")
-            })
+            .filter(meaningful)
+            .find(|line| !noise(line))
+            .or_else(|| text.lines().rev().find(meaningful))
             .map(|line| line.trim().chars().take(300).collect::<String>());
         match (exception_line(&text), last) {
             (Some(exception), Some(last)) if exception != last => {
@@ -76,6 +83,23 @@ impl CappedOutput {
             (None, last) => last,
         }
     }
+}
+
+/// What a JavaScript component (SpiderMonkey) prints as it aborts.
+const JAVASCRIPT_ABORT: &str = "Redirecting call to abort() to mozalloc_abort";
+
+/// Whether `line` is a SpiderMonkey stack frame: `function@file:line:column`.
+fn is_javascript_frame(line: &str) -> bool {
+    let Some((_, place)) = line.trim().rsplit_once('@') else {
+        return false;
+    };
+    let mut numbers = place.rsplitn(3, ':');
+    let mut number = || {
+        numbers
+            .next()
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    number() && number()
 }
 
 /// The line in `text` that names an uncaught exception: the exception line
@@ -192,18 +216,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_javascript_uncaught_line_is_quoted_before_the_abort() {
+    async fn a_javascript_uncaught_line_is_quoted_without_the_frames_and_the_abort() {
         let output = CappedOutput::new(4096);
         let mut writer = output.clone();
         writer
             .write_all(
-                b"Uncaught TypeError: bad thing\nRedirecting call to abort() to mozalloc_abort\n",
+                b"Uncaught TypeError: bad thing\n\
+                  export_handler_0_1_0$handle@/tmp/4d791cf2cbcf/sources/initializer.js:158:45\n\
+                  Redirecting call to abort() to mozalloc_abort\n",
             )
             .await
             .unwrap();
         assert_eq!(
             output.last_line().as_deref(),
-            Some("Uncaught TypeError: bad thing; Redirecting call to abort() to mozalloc_abort")
+            Some("Uncaught TypeError: bad thing")
+        );
+        let silent = CappedOutput::new(4096);
+        let mut writer = silent.clone();
+        writer
+            .write_all(b"Redirecting call to abort() to mozalloc_abort\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            silent.last_line().as_deref(),
+            Some("Redirecting call to abort() to mozalloc_abort"),
+            "better than nothing"
         );
     }
 }

@@ -98,10 +98,18 @@ host-cost NAME *ARGS: build-guest broker
     cargo build --release --workspace
     scripts/host-cost {{NAME}} {{ARGS}}
 
-# What a first compile costs warren-host (time, CPU, peak memory; the background inlined compile too): just compile-cost NAME [HOST FLAG...], e.g. fib-py --compiler-inlining=off
+# What a first compile costs warren-host (time, CPU, peak memory): just compile-cost NAME [HOST FLAG...], e.g. fib-py
 compile-cost NAME *ARGS: build-guest broker
     cargo build --release --workspace
     scripts/compile-cost {{NAME}} {{ARGS}}
+
+# Check that vendor/ is the published crates plus vendor/patches/, exactly.
+check-vendor:
+    scripts/check-vendor
+
+# Warren against upstream wasmtime, without vendor/'s patches: just upstream-wasmtime check|test [ARGS]
+upstream-wasmtime *ARGS:
+    scripts/upstream-wasmtime {{ARGS}}
 
 # Formatting and lints, as CI wants them.
 check:

@@ -112,7 +112,7 @@ async fn a_request_that_keeps_failing_is_dead_lettered_and_its_caller_told() {
             error, procedure, ..
         }) => {
             assert_eq!(error.kind, ErrorKind::DeliveryLimit, "{error}");
-            assert!(error.message.contains("delivered 2 times"), "{error}");
+            assert!(error.message.contains("delivered 3 times"), "{error}");
             assert_eq!(procedure, None);
         }
         other => panic!("expected a delivery-limit error, got {other:?}"),
@@ -171,6 +171,109 @@ async fn a_host_warns_once_about_callers_of_the_other_mode() {
         1,
         "{log}"
     );
+    host.signal("TERM");
+    assert_eq!(host.wait_exit(Duration::from_secs(30)).await, Some(0));
+    delete_queues(&queue).await;
+    delete_queues(&dead_letter_queue(&queue)).await;
+}
+
+/// A request that ends every host that takes it does not walk the fleet
+/// in durable mode: after --delivery-limit deliveries the broker
+/// dead-letters it and its caller gets `delivery-limit`; requests beside
+/// it are answered. Here the test itself kills (SIGKILL) each real
+/// `warren-host` process that is running the request, as a runtime crash
+/// would end it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_kills_its_hosts_is_dead_lettered_not_passed_around() {
+    let queue = unique_queue("durable-killer");
+    let modules: [(&str, &[u8]); 2] = [("fib", &fib_wasm()), ("hostile", &hostile_wasm())];
+    let args = [
+        "--durable",
+        "--delivery-limit",
+        "2",
+        "--timeout",
+        "5m",
+        "--default-procedure",
+        "fib",
+    ];
+    let start = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let metrics = format!("127.0.0.1:{port}");
+        let mut all = args.to_vec();
+        all.extend(["--metrics-addr", &metrics]);
+        (HostProcess::start(&queue, &modules, &all, None), metrics)
+    };
+    let (mut host, mut metrics) = start();
+    host.wait_for_log("warren-host ready", Duration::from_secs(60))
+        .await;
+
+    let client = std::sync::Arc::new(durable_client(&queue).await);
+    let killer = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let sleep = call("sleep")
+                .procedure("hostile")
+                .timeout(Duration::from_secs(120));
+            client.call(sleep).await
+        }
+    });
+    // Requests beside it, made while hosts die.
+    let others: Vec<_> = (0..5u64)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300 * n)).await;
+                client
+                    .call(call((10 + n).to_string()).timeout(Duration::from_secs(120)))
+                    .await
+            })
+        })
+        .collect();
+
+    let mut killed = 0;
+    let outcome = loop {
+        // Once the host runs the request, it dies.
+        let address: std::net::SocketAddr = metrics.parse().unwrap();
+        let give_up = std::time::Instant::now() + Duration::from_secs(30);
+        let mut running = false;
+        while std::time::Instant::now() < give_up && !killer.is_finished() {
+            let (_, text) = http_get(address, "/metrics").await;
+            if text.contains("warren_requests_in_flight 1") {
+                running = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !running {
+            break killer.await.unwrap();
+        }
+        host.signal("KILL");
+        host.wait_exit(Duration::from_secs(10)).await;
+        killed += 1;
+        assert!(killed <= 3, "the request went on killing hosts: {killed}");
+        (host, metrics) = start();
+        host.wait_for_log("warren-host ready", Duration::from_secs(60))
+            .await;
+    };
+    match outcome {
+        Err(CallError::Rpc { error, .. }) => {
+            assert_eq!(error.kind, ErrorKind::DeliveryLimit, "{error}");
+        }
+        other => panic!("expected a delivery-limit error, got {other:?}"),
+    }
+    // --delivery-limit 2: two redeliveries, so three hosts die.
+    assert_eq!(killed, 3, "one host per delivery, up to the limit");
+    for (n, other) in (10u64..).zip(others) {
+        let reply = other
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("fib({n}): {e}"));
+        assert_eq!(String::from_utf8(reply.body).unwrap(), fib(n).to_string());
+    }
     host.signal("TERM");
     assert_eq!(host.wait_exit(Duration::from_secs(30)).await, Some(0));
     delete_queues(&queue).await;

@@ -81,7 +81,7 @@ async fn metrics_count_known_traffic_and_health_says_consuming() {
         ("warren_spare_instances_used_total", 0.0),
         (
             &format!(
-                r#"warren_procedure_info{{procedure="fib",digest="{}",code="inlined",inlining_pending="false"}}"#,
+                r#"warren_procedure_info{{procedure="fib",digest="{}"}}"#,
                 digest(&fib)
             ),
             1.0,

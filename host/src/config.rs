@@ -8,7 +8,7 @@ use warren_protocol::deploy::StreamRetention;
 use warren_protocol::tls::Connector;
 use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, QueueMode, values};
 
-use crate::sandbox::{Inlining, Limits};
+use crate::sandbox::Limits;
 
 /// Runs RPC requests from a RabbitMQ queue through sandboxed WebAssembly
 /// components, and replies to each caller's `reply_to` queue.
@@ -37,9 +37,11 @@ pub struct HostConfig {
     #[arg(long)]
     pub durable: bool,
 
-    /// Durable mode: deliveries of one request (a request that crashes or
-    /// stalls its hosts is redelivered) before the broker moves it to
-    /// QUEUE.dead; its caller then gets a delivery-limit error.
+    /// Durable mode: how many times one request may go back to the queue
+    /// unanswered (its host crashed, or stalled and lost its connection)
+    /// and be delivered again; the next time, the broker moves it to
+    /// QUEUE.dead instead, and its caller gets a delivery-limit error. So a
+    /// request that kills every host that runs it ends at most N + 1 hosts.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub delivery_limit: u32,
 
@@ -138,23 +140,12 @@ pub struct HostConfig {
     #[arg(long)]
     pub perf_map: bool,
 
-    /// When to compile procedures with Cranelift's inliner. It makes Python
-    /// procedures 5-10 % faster (JavaScript ones little if at all, Rust ones
-    /// not: LLVM has inlined them already) and a large module's compile
-    /// about twice as long and 1 GB large (CPython's 18 MB component: 11 s
-    /// and 1 GB instead of 5 s and 0.35 GB). The compiled-code cache keeps
-    /// both kinds of code, so a restart loads them in milliseconds.
-    /// `--compiler-inlining` alone means `on`.
-    #[arg(
-        long,
-        env = "WARREN_COMPILER_INLINING",
-        value_enum,
-        value_name = "WHEN",
-        default_value = "background",
-        num_args = 0..=1,
-        default_missing_value = "on"
-    )]
-    pub compiler_inlining: Inlining,
+    /// No longer does anything (procedures are compiled without Cranelift's
+    /// inliner, as wasmtime does by default); accepted, with a warning, so a
+    /// host started with it still starts.
+    #[arg(long, env = "WARREN_COMPILER_INLINING", value_name = "WHEN", hide = true,
+          num_args = 0..=1, default_missing_value = "on")]
+    pub compiler_inlining: Option<String>,
 
     /// Log lines as readable text, or as JSON objects, one a line, for log
     /// shippers. RUST_LOG picks what is logged either way.
@@ -295,6 +286,7 @@ pub const MIN_DEFAULT_PREFETCH: u16 = 32;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory as _;
 
     #[test]
     fn default_prefetch_is_eight_per_slot_and_at_least_the_floor() {
@@ -320,26 +312,20 @@ mod tests {
     }
 
     #[test]
-    fn inlining_is_in_the_background_by_default_and_the_bare_flag_means_on() {
+    fn the_old_inlining_option_is_accepted_and_hidden() {
         let parse = |args: &[&str]| {
             let args = std::iter::once("warren-host").chain(args.iter().copied());
             HostConfig::try_parse_from(args).map(|config| config.compiler_inlining)
         };
-        assert_eq!(parse(&[]).unwrap(), Inlining::Background);
-        assert_eq!(parse(&["--compiler-inlining"]).unwrap(), Inlining::On);
-        let then_a_flag = parse(&["--compiler-inlining", "--perf-map"]);
-        assert_eq!(then_a_flag.unwrap(), Inlining::On);
-        assert_eq!(parse(&["--compiler-inlining=off"]).unwrap(), Inlining::Off);
-        // What the flag took when it was a switch.
+        assert_eq!(parse(&[]).unwrap(), None);
         assert_eq!(
-            parse(&["--compiler-inlining", "true"]).unwrap(),
-            Inlining::On
+            parse(&["--compiler-inlining"]).unwrap().as_deref(),
+            Some("on")
         );
-        assert_eq!(
-            parse(&["--compiler-inlining", "false"]).unwrap(),
-            Inlining::Off
-        );
-        assert!(parse(&["--compiler-inlining", "sometimes"]).is_err());
+        assert!(parse(&["--compiler-inlining", "--perf-map"]).is_ok());
+        assert!(parse(&["--compiler-inlining=background"]).is_ok());
+        let help = HostConfig::command().render_long_help().to_string();
+        assert!(!help.contains("--compiler-inlining"), "{help}");
     }
 
     #[test]

@@ -70,8 +70,6 @@ impl StatusSource {
                 .map(|served| ProcedureStatus {
                     name: served.name,
                     digest: served.digest,
-                    code: Some(served.tier.name().to_owned()),
-                    inlining_pending: served.inlining_pending,
                 })
                 .collect(),
         }

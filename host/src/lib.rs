@@ -16,8 +16,7 @@
 //! - [`sandbox`]: wasmtime only: compile components, run one request in a
 //!   fresh, capability-free instance under time and memory limits.
 //! - [`modules`]: which procedure versions are served, the modules folder
-//!   and the watcher that swaps them, and the background thread that swaps
-//!   in inlined code for large modules serving from a quick compile.
+//!   and the watcher that swaps them.
 //! - [`shutdown`]: the graceful-shutdown signal every task listens to.
 //! - [`telemetry`]: trace context on requests and replies, OTLP export.
 //! - [`metrics`]: what the host counts about itself; [`admin`] serves it
@@ -59,7 +58,7 @@ use deploy::{DeployPolicy, Deployer};
 use dispatch::Dispatcher;
 use metrics::Metrics;
 use modules::{LoadStats, ModulesFolder, Registry, watcher};
-use sandbox::{EngineOptions, Inlining, Sandbox};
+use sandbox::{EngineOptions, Sandbox};
 use session::Target;
 use shutdown::ShutdownTrigger;
 
@@ -103,22 +102,16 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
             Some(&config.cache_dir()),
             EngineOptions {
                 perf_map: config.perf_map,
-                compiler_inlining: config.compiler_inlining,
+                ..EngineOptions::default()
             },
         )
         .context("setting up the sandbox")?,
     );
-    match config.compiler_inlining {
-        Inlining::On => tracing::info!(
-            "compiling with inlining (--compiler-inlining on): a large module not in the \
-             compiled-code cache takes up to about 1 GB of memory to compile; large ones compile one at a time"
-        ),
-        Inlining::Background => tracing::info!(
-            "large modules serve from a quick compile first and are recompiled with inlining \
-             in the background when {} of memory is available (--compiler-inlining background)",
-            sandbox::format_bytes(sandbox::INLINING_HEADROOM)
-        ),
-        Inlining::Off => {}
+    if config.compiler_inlining.is_some() {
+        tracing::warn!(
+            "--compiler-inlining (WARREN_COMPILER_INLINING) is ignored: procedures are compiled \
+             without Cranelift's inliner, as wasmtime does by default; the option will go"
+        );
     }
     if config.perf_map {
         tracing::info!(
@@ -157,12 +150,7 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     let watching = tokio::spawn(watch);
     registry.warn_at_startup(&config.modules_dir);
     for served in &registry.list() {
-        let code = if served.inlining_pending {
-            "quick, inlined code on its way"
-        } else {
-            served.tier.name()
-        };
-        tracing::info!(procedure = %served.name, digest = %served.digest, code, "serving procedure");
+        tracing::info!(procedure = %served.name, digest = %served.digest, "serving procedure");
     }
 
     let deployer = Arc::new(Deployer::new(

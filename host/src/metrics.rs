@@ -42,11 +42,6 @@ struct ProcedureLabels {
 struct ProcedureInfoLabels {
     procedure: String,
     digest: String,
-    /// How its code was compiled: `quick` or `inlined`.
-    code: &'static str,
-    /// `true` while inlined code is being made to replace quick code,
-    /// else `false`.
-    inlining_pending: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,8 +137,7 @@ impl Metrics {
         let procedures = Family::default();
         registry.register(
             "warren_procedure_info",
-            "1 for each procedure served, with the digest of the version served, how its code \
-             was compiled (quick|inlined) and whether inlined code is on its way",
+            "1 for each procedure served, with the digest of the version served",
             Family::clone(&procedures),
         );
         let swaps = Family::default();
@@ -314,12 +308,6 @@ impl Metrics {
                 .get_or_create(&ProcedureInfoLabels {
                     procedure: procedure.name.clone(),
                     digest: procedure.digest.clone(),
-                    code: procedure.tier.name(),
-                    inlining_pending: if procedure.inlining_pending {
-                        "true"
-                    } else {
-                        "false"
-                    },
                 })
                 .set(1);
         }
@@ -425,7 +413,6 @@ impl ProcessStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::Tier;
 
     #[test]
     fn buckets_run_from_100_microseconds_past_the_timeout() {
@@ -449,8 +436,6 @@ mod tests {
         let served = Served {
             name: "fib".into(),
             digest: "sha256:ab".into(),
-            tier: Tier::Quick,
-            inlining_pending: true,
         };
         let text = metrics.encode(&[served], 7);
         for line in [
@@ -460,7 +445,7 @@ mod tests {
             r#"warren_request_duration_seconds_bucket{le="0.0001",procedure="fib"}"#,
             "warren_requests_in_flight 0",
             "warren_concurrency_slots 4",
-            r#"warren_procedure_info{procedure="fib",digest="sha256:ab",code="quick",inlining_pending="true"} 1"#,
+            r#"warren_procedure_info{procedure="fib",digest="sha256:ab"} 1"#,
             r#"warren_swaps_total{procedure="fib"} 1"#,
             r#"warren_deploys_total{result="accepted"} 1"#,
             "warren_module_load_failures_total 1",

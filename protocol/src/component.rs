@@ -13,13 +13,67 @@ pub const HANDLER_INTERFACE: &str = "warren:procedure/handler@0.1.0";
 /// (`warren-host --max-module-bytes`).
 pub const DEFAULT_MAX_MODULE_BYTES: u64 = 64 << 20;
 
-/// Checks that `wasm` is a valid component exporting [`HANDLER_INTERFACE`];
-/// the error says what it is instead and what to do.
+/// The WebAssembly proposals a procedure may use: those the toolchains
+/// Warren supports emit (Rust for `wasm32-wasip2`, componentize-py,
+/// componentize-js; `wasmparser` found the Rust, Python and JavaScript fibs
+/// to need component-model, reference-types, bulk-memory, extended-const
+/// and the 1.0 proposals, and Rust's target enables multi-value too), and no
+/// more. Hosts compile with exactly these and refuse a module that uses any
+/// other (SIMD, threads, GC, function references, tail calls, exceptions,
+/// memory64, multi-memory, component-model async, …): each proposal turned
+/// on is more of wasmtime that untrusted code can reach.
+pub const PROCEDURE_FEATURES: WasmFeatures = WasmFeatures::MUTABLE_GLOBAL
+    .union(WasmFeatures::SATURATING_FLOAT_TO_INT)
+    .union(WasmFeatures::SIGN_EXTENSION)
+    .union(WasmFeatures::FLOATS)
+    .union(WasmFeatures::MULTI_VALUE)
+    .union(WasmFeatures::REFERENCE_TYPES)
+    .union(WasmFeatures::BULK_MEMORY)
+    .union(WasmFeatures::EXTENDED_CONST)
+    .union(WasmFeatures::COMPONENT_MODEL);
+
+pub use wasmparser::WasmFeatures;
+
+/// Checks that `wasm` is valid WebAssembly using only
+/// [`PROCEDURE_FEATURES`]. A module that is valid but uses another proposal
+/// is refused with the validator's words, which name the proposal.
+pub fn check_features(wasm: &[u8]) -> Result<(), String> {
+    let error =
+        match wasmparser::Validator::new_with_features(PROCEDURE_FEATURES).validate_all(wasm) {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+    if wasmparser::Validator::new_with_features(WasmFeatures::all())
+        .validate_all(wasm)
+        .is_ok()
+    {
+        Err(format!(
+            "it uses a WebAssembly proposal Warren does not enable ({}); Warren runs \
+             procedures with the proposals {}: build it without the others (for Rust, \
+             without extra `target-feature`s such as +simd128)",
+            error.message(),
+            enabled_proposals()
+        ))
+    } else {
+        Err(format!("not a valid WebAssembly component: {error}"))
+    }
+}
+
+/// The proposals in [`PROCEDURE_FEATURES`], for messages and docs.
+pub fn enabled_proposals() -> String {
+    PROCEDURE_FEATURES
+        .iter_names()
+        .map(|(name, _)| name.to_ascii_lowercase().replace('_', "-"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that `wasm` is a valid component exporting [`HANDLER_INTERFACE`]
+/// and using only [`PROCEDURE_FEATURES`]; the error says what it is instead
+/// and what to do.
 pub fn check_procedure_component(wasm: &[u8]) -> Result<(), String> {
     check_is_component(wasm)?;
-    wasmparser::Validator::new()
-        .validate_all(wasm)
-        .map_err(|error| format!("not a valid WebAssembly component: {error}"))?;
+    check_features(wasm)?;
     if exports_handler(wasm) {
         Ok(())
     } else {
@@ -89,5 +143,22 @@ mod tests {
         let component_without_handler = b"\0asm\x0d\0\x01\0";
         assert!(said(component_without_handler).contains(HANDLER_INTERFACE));
         assert!(said(b"\0asm\x0d\0\x01\0\xff").contains("not a valid WebAssembly component"));
+    }
+
+    #[test]
+    fn a_proposal_warren_does_not_enable_is_named() {
+        let simd =
+            wat::parse_str("(component (core module (func (result v128) v128.const i64x2 0 0)))")
+                .unwrap();
+        let why = check_features(&simd).unwrap_err();
+        assert!(why.contains("SIMD"), "{why}");
+        assert!(why.contains("does not enable"), "{why}");
+        assert!(
+            why.contains("reference-types"),
+            "lists what is enabled: {why}"
+        );
+        let plain =
+            wat::parse_str("(component (core module (func (result i32) i32.const 1)))").unwrap();
+        assert_eq!(check_features(&plain), Ok(()));
     }
 }

@@ -77,26 +77,12 @@ pub struct ProcedureStatus {
     pub name: String,
     /// `sha256:<hex>` of the version served.
     pub digest: String,
-    /// How the code serving it was compiled: `quick` or `inlined` (hosts
-    /// older than `--compiler-inlining background` do not say).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    /// Whether inlined code is being compiled to replace quick code.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub inlining_pending: bool,
 }
 
 impl ProcedureStatus {
-    /// `name=digest`, and how its code was compiled unless inlined (the
-    /// default's end state): ` (quick code)`, ` (quick code, inlined code
-    /// on its way)`.
+    /// `name=digest`.
     pub fn summary(&self) -> String {
-        let code = match (self.code.as_deref(), self.inlining_pending) {
-            (Some("quick"), true) => " (quick code, inlined code on its way)",
-            (Some("quick"), false) => " (quick code)",
-            _ => "",
-        };
-        format!("{}={}{code}", self.name, self.digest)
+        format!("{}={}", self.name, self.digest)
     }
 }
 
@@ -169,33 +155,24 @@ mod tests {
                 ProcedureStatus {
                     name: "fib".into(),
                     digest: fib.into(),
-                    code: Some("inlined".into()),
-                    inlining_pending: false,
                 },
                 ProcedureStatus {
                     name: "echo".into(),
                     digest: "sha256:ec".into(),
-                    code: None,
-                    inlining_pending: false,
                 },
             ],
         }
     }
 
     #[test]
-    fn a_procedure_says_how_its_code_was_compiled_unless_inlined() {
-        let mut fib = host("a", "sha256:1").procedures.remove(0);
+    fn a_procedure_is_its_name_and_digest() {
+        let fib = host("a", "sha256:1").procedures.remove(0);
         assert_eq!(fib.summary(), "fib=sha256:1");
-        fib.code = Some("quick".into());
-        assert_eq!(fib.summary(), "fib=sha256:1 (quick code)");
-        fib.inlining_pending = true;
-        assert_eq!(
-            fib.summary(),
-            "fib=sha256:1 (quick code, inlined code on its way)"
-        );
-        // What an older host sends still reads.
-        let old: ProcedureStatus =
-            serde_json::from_str(r#"{"name":"fib","digest":"sha256:1"}"#).unwrap();
+        // What an older host sends (how its code was compiled) still reads.
+        let old: ProcedureStatus = serde_json::from_str(
+            r#"{"name":"fib","digest":"sha256:1","code":"quick","inlining_pending":true}"#,
+        )
+        .unwrap();
         assert_eq!(old.summary(), "fib=sha256:1");
     }
 

@@ -11,11 +11,6 @@
 #   scratch_host_wait_ready SECONDS
 #       until the host logs "warren-host ready"; exits 1 with its log if it
 #       dies or is not ready by then.
-#   scratch_host_wait_inlined SECONDS
-#       if the module serves quick code with inlined code on its way
-#       (--compiler-inlining background, the default), until the host says
-#       it swapped the inlined code in or why it will not; exits 1 with its
-#       log if neither comes by then. Returns 1 if nothing was pending.
 
 bin=${BIN_DIR:-target/release}
 amqp_url=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
@@ -47,12 +42,6 @@ scratch_host_cleanup() {
 
 scratch_host_wait_ready() {
   scratch_host_wait_for "warren-host ready" "$1" "get ready"
-}
-
-scratch_host_wait_inlined() {
-  grep -q "inlined code on its way" "$log" || return 1
-  scratch_host_wait_for "now runs code compiled with inlining|keeps its quick code" "$1" \
-    "finish its inlined compile"
 }
 
 # Until the host's log matches PATTERN (grep -E); exits 1 with the log,

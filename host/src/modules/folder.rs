@@ -17,7 +17,6 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::Context as _;
 
-use super::inliner::Inliner;
 use super::{
     MODULE_EXTENSION, Procedure, Registry, digest, misnamed_module, module_files, procedure_name,
 };
@@ -97,7 +96,6 @@ pub struct ModulesFolder {
     seen: SeenFiles,
     stats: Arc<LoadStats>,
     metrics: Arc<Metrics>,
-    inliner: Inliner,
 }
 
 impl ModulesFolder {
@@ -110,7 +108,6 @@ impl ModulesFolder {
         metrics: Arc<Metrics>,
     ) -> Self {
         ModulesFolder {
-            inliner: Inliner::new(dir.clone(), sandbox.clone(), registry.clone()),
             dir,
             sandbox,
             registry,
@@ -271,22 +268,17 @@ impl ModulesFolder {
         Ok(())
     }
 
-    /// Swaps `procedure` in and logs it; its inlined code follows later if
-    /// it serves from a quick compile (`inliner`).
+    /// Swaps `procedure` in and logs it.
     fn serve(&self, procedure: Procedure, started: Instant) {
         let (name, digest) = (procedure.name.clone(), procedure.digest.clone());
         let took = format!("{}ms", started.elapsed().as_millis());
         self.stats.loaded.fetch_add(1, Ordering::Relaxed);
-        let inline_later = procedure.component.inlining_pending();
         match self.registry.install(procedure) {
             Some(old) => {
                 self.metrics.swapped(&name);
                 tracing::info!(procedure = %name, from = %old.digest, to = %digest, took, "procedure swapped")
             }
             None => tracing::info!(procedure = %name, %digest, took, "procedure loaded"),
-        }
-        if inline_later {
-            self.inliner.request(name, digest);
         }
     }
 

@@ -11,11 +11,9 @@
 //! is ready (make-before-break); a file that fails to load is logged once and
 //! the last good version keeps serving; a deleted file retires its procedure.
 //! Deploys save through it too, so the folder and the registry never
-//! disagree. [`watcher`] tells it which files changed, and `inliner` swaps
-//! in inlined code for large modules that serve from a quick compile.
+//! disagree. [`watcher`] tells it which files changed.
 
 mod folder;
-mod inliner;
 pub mod watcher;
 
 pub use folder::{LoadStats, ModulesFolder};
@@ -29,7 +27,7 @@ use arc_swap::ArcSwap;
 use warren_protocol::check_procedure_name;
 pub use warren_protocol::module_digest as digest;
 
-use crate::sandbox::{PreparedComponent, Sandbox, Tier};
+use crate::sandbox::{PreparedComponent, Sandbox};
 
 /// The file extension that marks a procedure in the modules folder.
 pub const MODULE_EXTENSION: &str = "wasm";
@@ -72,10 +70,6 @@ pub struct Served {
     pub name: String,
     /// The digest of the version served.
     pub digest: String,
-    /// How the code serving it was compiled.
-    pub tier: Tier,
-    /// Whether inlined code is on its way to replace it (`inliner`).
-    pub inlining_pending: bool,
 }
 
 /// The procedures being served, by name; cheap to read from any thread.
@@ -178,8 +172,6 @@ impl Registry {
             .map(|p| Served {
                 name: p.name.clone(),
                 digest: p.digest.clone(),
-                tier: p.component.tier(),
-                inlining_pending: p.component.inlining_pending(),
             })
             .collect()
     }
@@ -197,24 +189,6 @@ impl Registry {
             self.change(|procedures| procedures.insert(procedure.name.clone(), procedure.clone()));
         self.warn_about_default(&before);
         replaced
-    }
-
-    /// Serves `procedure`, the same version as the one serving under its
-    /// name but compiled better, in its place; `false` (and nothing
-    /// changes) when that version no longer serves or already has code
-    /// compiled with inlining.
-    pub fn upgrade(&self, procedure: Procedure) -> bool {
-        let procedure = Arc::new(procedure);
-        let (_, upgraded) = self.change(|procedures| {
-            let waiting = procedures.get(&procedure.name).is_some_and(|serving| {
-                serving.digest == procedure.digest && serving.component.inlining_pending()
-            });
-            if waiting {
-                procedures.insert(procedure.name.clone(), procedure.clone());
-            }
-            waiting
-        });
-        upgraded
     }
 
     /// Stops serving `name`; returns the version retired, if any.

@@ -103,9 +103,11 @@ impl DeadLetters {
                     ErrorKind::DeliveryLimit,
                     format!(
                         "the request was delivered {} times without being answered (it may \
-                         crash or stall the hosts that run it); it was dead-lettered and is \
-                         not run again",
-                        self.delivery_limit
+                         crash or stall the hosts that run it; --delivery-limit {} allows {} \
+                         redeliveries); it was dead-lettered and is not run again",
+                        u64::from(self.delivery_limit) + 1,
+                        self.delivery_limit,
+                        self.delivery_limit,
                     ),
                 )),
             };

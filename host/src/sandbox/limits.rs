@@ -90,7 +90,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 pub fn format_bytes(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
         if bytes >= size {
-            return if bytes % size == 0 {
+            return if bytes.is_multiple_of(size) {
                 format!("{} {unit}", bytes / size)
             } else {
                 format!("{:.2} {unit} ({bytes} bytes)", bytes as f64 / size as f64)

@@ -27,12 +27,10 @@
 //!   instance is started in the background ([`spare`]), still one instance
 //!   per request. The epoch clock itself is [`ticker`].
 //! - **Each compile gets an engine of its own**, thrown away afterwards, so
-//!   the serving engine keeps no compiler state ([`compiler`]). Cranelift's
-//!   inliner makes Python procedures 5-10 % faster and their compile twice
-//!   as long and about 1 GB large, so by default ([`Inlining::Background`])
-//!   a large module serves from a quick compile first and its inlined code,
-//!   made in the background when memory allows, is swapped in after
-//!   ([`Sandbox::prepare_inlined`], called by `modules`).
+//!   the serving engine keeps no compiler state ([`compiler`]).
+//! - **Only the WebAssembly proposals procedures need** are enabled
+//!   ([`PROCEDURE_FEATURES`]); a module that uses another is refused at
+//!   load, naming it.
 //! - **WASI with nothing granted.** No files, environment, arguments or
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
 //!   logged at debug level.
@@ -40,7 +38,6 @@
 mod cache;
 mod compiler;
 mod limits;
-mod memory;
 mod output;
 mod spare;
 mod ticker;
@@ -52,15 +49,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use warren_protocol::component::check_is_component;
+use warren_protocol::component::{PROCEDURE_FEATURES, check_features, check_is_component};
 use warren_protocol::{ErrorKind, RpcError};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use cache::CompiledCache;
-use compiler::{Compiler, Cores};
-pub use compiler::{Inlining, Tier};
+use compiler::Compiler;
 use limits::MemoryLimiter;
 pub use limits::{Limits, format_bytes};
 use output::CappedOutput;
@@ -81,25 +77,8 @@ mod bindings {
 #[derive(Clone)]
 pub struct PreparedComponent {
     pre: bindings::ProcedurePre<GuestState>,
-    /// How its code was compiled.
-    tier: Tier,
-    /// Whether the host means to swap in an inlined compile of it.
-    inlining_pending: bool,
     /// Its spare instance, when it is slow to start (see [`spare`]).
     spares: Arc<Spares>,
-}
-
-impl PreparedComponent {
-    /// How its code was compiled.
-    pub fn tier(&self) -> Tier {
-        self.tier
-    }
-
-    /// Whether it serves from a quick compile that an inlined one is meant
-    /// to replace ([`Inlining::Background`], a large module).
-    pub fn inlining_pending(&self) -> bool {
-        self.inlining_pending
-    }
 }
 
 /// Per-request store data: the guest's WASI context and its limits.
@@ -136,38 +115,33 @@ pub struct Sandbox {
     cache: Option<CompiledCache>,
     /// Where modules not in the cache are compiled.
     compiler: Compiler,
-    inlining: Inlining,
 }
 
-/// How the engine is built beyond the [`Limits`]: what an operator turns on
-/// for profiling or speed. The default is wasmtime's: no perf map, no
-/// inlining (`warren-host`'s own default inlines in the background).
+/// How the engine is built beyond the [`Limits`].
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     /// Write `/tmp/perf-PID.map` (the format `perf` reads for code
     /// generated at run time) as modules load, so a profile of the host
-    /// names the procedures' own functions (`--perf-map`).
+    /// names the procedures' own functions (`--perf-map`). Off by default.
     pub perf_map: bool,
-    /// When to compile with Cranelift's inliner (`--compiler-inlining`):
-    /// Python procedures run 5-10 % faster, and each inlined compile of one
-    /// takes about 1 GB of memory for about 11 s ([`compiler`]).
-    pub compiler_inlining: Inlining,
+    /// Find the pages a request wrote with the kernel's `PAGEMAP_SCAN`
+    /// (Linux 6.7+) and reset only those; without it, the pool resets the
+    /// resident part of a memory with `memset` and hands the rest back to
+    /// the kernel. On by default, and where the kernel lacks the ioctl
+    /// wasmtime falls back by itself; off in a build against upstream
+    /// wasmtime (`upstream-wasmtime`), whose scan leaves dirty pages the
+    /// kernel swapped out unreset (see `vendor/README.md`).
+    pub pagemap_scan: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             perf_map: false,
-            compiler_inlining: Inlining::Off,
+            pagemap_scan: cfg!(not(feature = "upstream-wasmtime")),
         }
     }
 }
-
-/// Memory that must be available (to the machine and the host's cgroup)
-/// before a large module is recompiled with inlining in the background:
-/// the compile peaks near 1 GB (0.8 GB above a serving host for CPython's
-/// component, 0.9 GB for SpiderMonkey's), with room to spare.
-pub const INLINING_HEADROOM: u64 = 1536 << 20;
 
 impl Sandbox {
     /// Builds the engine (pooling allocator sized for `limits.concurrency`),
@@ -183,11 +157,11 @@ impl Sandbox {
         cache_dir: Option<&Path>,
         options: EngineOptions,
     ) -> anyhow::Result<Self> {
-        let mut config = engine_config(&limits);
+        let mut config = engine_config(&limits, options.pagemap_scan);
         // Before the profiler: the throwaway engines need not write a map,
         // the serving engine writes one as it loads their code. The serving
-        // engine compiles nothing itself and loads code of either tier.
-        let compiler = Compiler::new(config.clone(), INLINING_SUM_SIZE_THRESHOLD)?;
+        // engine compiles nothing itself.
+        let compiler = Compiler::new(config.clone())?;
         if options.perf_map {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
@@ -218,7 +192,6 @@ impl Sandbox {
         Ok(Sandbox {
             cache,
             compiler,
-            inlining: options.compiler_inlining,
             engine,
             linker,
             slots: Arc::new(Semaphore::new(limits.concurrency)),
@@ -240,17 +213,9 @@ impl Sandbox {
         self.spares_used.load(Ordering::Relaxed)
     }
 
-    /// When this sandbox compiles with the inliner.
-    pub fn inlining(&self) -> Inlining {
-        self.inlining
-    }
-
     /// Compiles `wasm` (whose digest is `digest`) and checks that it is a
     /// component this host can run; compiled code comes from and goes to the
-    /// cache when there is one. With [`Inlining::Background`], a large
-    /// module not yet in the cache with inlining comes back quickly compiled
-    /// and [`PreparedComponent::inlining_pending`]: the caller may then
-    /// swap in [`Sandbox::prepare_inlined`]'s when it is ready.
+    /// cache when there is one.
     ///
     /// CPU-heavy (Cranelift) on a cache miss: call it off the async runtime,
     /// for example in `spawn_blocking`. The error says what is wrong.
@@ -260,84 +225,35 @@ impl Sandbox {
         // module too, but in its own words, and a cached entry refused for
         // this reason would look damaged.
         check_memory_fits(wasm, self.limits.max_memory)?;
-        let large = wasm.len() > compiler::LARGE_MODULE;
-        let (tier, inlining_pending) = match self.inlining {
-            Inlining::Off => (Tier::Quick, false),
-            Inlining::On => (Tier::Inlined, false),
-            Inlining::Background if !large => (Tier::Inlined, false),
-            Inlining::Background => {
-                if let Some(component) = self.cached(digest, Tier::Inlined) {
-                    return self.link(component, Tier::Inlined, false);
-                }
-                (Tier::Quick, true)
-            }
+        let component = match self.cached(digest) {
+            Some(component) => component,
+            None => self.compile(wasm, digest)?,
         };
-        let component = self.compiled(wasm, digest, tier, Cores::All)?;
-        self.link(component, tier, inlining_pending)
+        self.link(component)
     }
 
-    /// [`Sandbox::prepare`] with Cranelift's inliner, whatever this
-    /// sandbox's [`Inlining`], compiling on the calling thread only (not on
-    /// every core), for a module already serving from a quick compile. Call
-    /// [`Sandbox::inlining_headroom`] first: for a large module this takes
-    /// about 1 GB of memory for a while.
-    pub fn prepare_inlined(&self, wasm: &[u8], digest: &str) -> anyhow::Result<PreparedComponent> {
-        check_is_component(wasm).map_err(anyhow::Error::msg)?;
-        check_memory_fits(wasm, self.limits.max_memory)?;
-        let component = self.compiled(wasm, digest, Tier::Inlined, Cores::One)?;
-        self.link(component, Tier::Inlined, false)
-    }
-
-    /// `Ok` when there is memory enough to recompile a large module with
-    /// inlining ([`INLINING_HEADROOM`]); otherwise why not.
-    pub fn inlining_headroom(&self) -> Result<(), String> {
-        match memory::available() {
-            Some(available) if available < INLINING_HEADROOM => Err(format!(
-                "that takes up to {} of memory and {} are available",
-                format_bytes(INLINING_HEADROOM),
-                format_bytes(available)
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// `tier`'s code for `wasm` from the cache, or compiled on `cores` and
-    /// cached.
-    fn compiled(
-        &self,
-        wasm: &[u8],
-        digest: &str,
-        tier: Tier,
-        cores: Cores,
-    ) -> anyhow::Result<Component> {
-        if let Some(component) = self.cached(digest, tier) {
-            return Ok(component);
-        }
+    /// Compiles `wasm` and keeps the code in the cache.
+    fn compile(&self, wasm: &[u8], digest: &str) -> anyhow::Result<Component> {
+        // Refused here, the reason names the proposal; wasmtime would
+        // only say where in the bytes its validator stopped.
+        check_features(wasm).map_err(anyhow::Error::msg)?;
         let artifact = self
             .compiler
-            .precompile(wasm, tier, cores)
-            .with_context(|| match tier {
-                Tier::Quick => "compiling the component",
-                Tier::Inlined => "compiling the component with inlining",
-            })?;
+            .precompile(wasm)
+            .context("compiling the component")?;
         if let Some(cache) = &self.cache {
-            cache.store(digest, self.compiler.cache_tag(tier), &artifact);
+            cache.store(digest, self.compiler.cache_tag(), &artifact);
         }
         compiler::load(&self.engine, &artifact)
     }
 
-    fn cached(&self, digest: &str, tier: Tier) -> Option<Component> {
+    fn cached(&self, digest: &str) -> Option<Component> {
         let cache = self.cache.as_ref()?;
-        cache.load(&self.engine, digest, self.compiler.cache_tag(tier))
+        cache.load(&self.engine, digest, self.compiler.cache_tag())
     }
 
     /// Links `component` against WASI and checks its exports.
-    fn link(
-        &self,
-        component: Component,
-        tier: Tier,
-        inlining_pending: bool,
-    ) -> anyhow::Result<PreparedComponent> {
+    fn link(&self, component: Component) -> anyhow::Result<PreparedComponent> {
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -354,8 +270,6 @@ impl Sandbox {
             )?;
         Ok(PreparedComponent {
             pre,
-            tier,
-            inlining_pending,
             spares: Arc::default(),
         })
     }
@@ -682,10 +596,10 @@ fn no_capabilities(stdout: &CappedOutput, stderr: &CappedOutput) -> WasiCtx {
 /// a fresh instance + call of fib(1) 20 → 8.5 µs. Copy-on-write memory
 /// images stay on: without them instantiation copies the data segments and
 /// peak RSS grew (measured 24 → 34 MiB) for no gain.
-fn engine_config(limits: &Limits) -> wasmtime::Config {
+fn engine_config(limits: &Limits, pagemap_scan: bool) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
-    config.wasm_component_model(true);
+    enable_only_procedure_features(&mut config);
 
     // Enough pool slots for every concurrent request plus slack for stores
     // being torn down while the next request starts, and the spares.
@@ -701,9 +615,22 @@ fn engine_config(limits: &Limits) -> wasmtime::Config {
         .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(keep_resident)
         .async_stack_keep_resident(keep_resident)
-        .pagemap_scan(wasmtime::Enabled::Auto);
+        .pagemap_scan(if pagemap_scan {
+            wasmtime::Enabled::Auto
+        } else {
+            wasmtime::Enabled::No
+        });
     config.allocation_strategy(pool);
     config
+}
+
+/// Turns on exactly the proposals of [`PROCEDURE_FEATURES`] and off every
+/// other that wasmtime 48 enables by default or could: what untrusted code
+/// can reach of the runtime.
+fn enable_only_procedure_features(config: &mut wasmtime::Config) {
+    config
+        .wasm_features(wasmtime::WasmFeatures::all(), false)
+        .wasm_features(PROCEDURE_FEATURES, true);
 }
 
 /// Where wasmtime writes the perf map of this process (`--perf-map`): the
@@ -714,15 +641,6 @@ pub fn perf_map_path() -> PathBuf {
 
 /// Most of a memory, table or stack the pool keeps resident per slot.
 const KEEP_RESIDENT: usize = 16 << 20;
-
-/// With `--compiler-inlining`: the largest function, in Cranelift IR values,
-/// inlining may make (wasmtime's default: 2,000; settable through a patch of
-/// ours, `vendor/README.md`). Measured compiling CPython's component and
-/// running fib(25) in it (BENCHMARKS.md): 2,000 took 18-25 s and 1.85 GB and
-/// made 72 MB of code; 500, 11-12 s, 0.97 GB, 41 MB, fib(25) as fast within
-/// the noise; 200 gained nothing over no inlining. The calls worth inlining
-/// in an interpreter are into its small helpers.
-const INLINING_SUM_SIZE_THRESHOLD: u32 = 500;
 
 /// Refuses a component whose own initial memory is larger than
 /// `--max-memory`: it could not even be instantiated. Says what it needs.
@@ -755,4 +673,56 @@ fn first_line(text: &str) -> String {
 
 fn format_elapsed(elapsed: Duration) -> String {
     format!("{:.2}s", elapsed.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One core module in a component, each using a proposal procedures do
+    /// not need.
+    const DISABLED: [(&str, &str); 10] = [
+        ("simd", "(func (result v128) v128.const i64x2 0 0)"),
+        ("threads", "(memory 1 1 shared)"),
+        ("gc", "(type (struct))"),
+        (
+            "function references",
+            "(type $t (func)) (func (param (ref $t)))",
+        ),
+        ("tail calls", "(func return_call 0)"),
+        ("exceptions", "(tag)"),
+        ("memory64", "(memory i64 1)"),
+        ("multi-memory", "(memory 1) (memory 1)"),
+        ("custom page sizes", "(memory 1 (pagesize 1))"),
+        (
+            "wide arithmetic",
+            "(func (param i64 i64 i64 i64) (result i64 i64) \
+             local.get 0 local.get 1 local.get 2 local.get 3 i64.add128)",
+        ),
+    ];
+
+    /// The engine itself, not only Warren's check before it, refuses each
+    /// proposal that is off, so a compiled-code cache entry cannot slip one
+    /// past the check either; and what procedures use still compiles.
+    #[test]
+    fn the_engine_refuses_every_proposal_procedures_do_not_need() {
+        let compiler = Compiler::new(engine_config(&Limits::default(), true)).unwrap();
+        for (proposal, module) in DISABLED {
+            let wasm = wat::parse_str(format!("(component (core module {module}))"))
+                .unwrap_or_else(|e| panic!("{proposal}: {e}"));
+            assert!(compiler.precompile(&wasm).is_err(), "{proposal} compiled");
+            let why = check_features(&wasm).unwrap_err();
+            assert!(why.contains("does not enable"), "{proposal}: {why}");
+        }
+        let enabled = wat::parse_str(
+            "(component (core module (memory 1) (table 1 funcref) (global i32 (i32.const 1)) \
+             (func (result i32 i32) i32.const 1 i32.const 2) \
+             (func (param i32) local.get 0 i32.extend8_s drop \
+              i32.const 0 i32.const 0 i32.const 1 memory.copy ref.null func drop)))",
+        )
+        .unwrap();
+        compiler
+            .precompile(&enabled)
+            .expect("enabled proposals compile");
+    }
 }

@@ -15,6 +15,7 @@
 //! | `lookup` | resolve `localhost` | `procedure-error` (the lookup fails) |
 //! | `huge-reply` | return 5 MB | `reply-too-large` |
 //! | `print-flood` | print forever | `timeout` |
+//! | `empty-write-flood` | write empty buffers to stdout and stderr forever (wasmtime-wasi advisory GHSA-5m8g-xhq4-4h93) | `timeout`, the host's memory flat |
 //! | `counter` | increment a global and return it | `ok`, always `1` |
 //! | `say-hello` | print a line to stdout and one to stderr | `ok`; both lines in the host log |
 //! | anything else | echo it | `ok` |
@@ -86,6 +87,15 @@ mod component {
                     println!("flooding the host's log, line after line after line");
                     eprintln!("and its stderr too");
                 },
+                b"empty-write-flood" => {
+                    // Straight to WASI: std skips empty writes.
+                    let stdout = wasip2::cli::stdout::get_stdout();
+                    let stderr = wasip2::cli::stderr::get_stderr();
+                    loop {
+                        let _ = stdout.write(&[]);
+                        let _ = stderr.write(&[]);
+                    }
+                }
                 b"say-hello" => {
                     println!("hello from the guest's stdout");
                     eprintln!("hello from the guest's stderr");

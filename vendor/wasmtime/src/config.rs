@@ -2390,17 +2390,6 @@ impl Config {
         self
     }
 
-    /// Warren patch: the largest function, in Cranelift IR values, that
-    /// inlining may make: a callee is inlined into a caller only while the
-    /// two sizes sum to at most this. Smaller compiles faster, in less
-    /// memory, into less code; larger inlines more.
-    ///
-    /// The default value for this is 2000.
-    pub fn compiler_inlining_sum_size_threshold(&mut self, threshold: u32) -> &mut Self {
-        self.tunables.inlining_sum_size_threshold = Some(threshold);
-        self
-    }
-
     /// Returns the set of features that the currently selected compiler backend
     /// does not support at all and may panic on.
     ///
@@ -2652,6 +2641,10 @@ impl Config {
 
         if !cfg!(feature = "gc") && features.contains(WasmFeatures::EXCEPTIONS) {
             bail!("exceptions support requires garbage collection (GC) to be enabled in the build");
+        }
+
+        if !cfg!(feature = "threads") && features.threads() {
+            bail!("support for threads was disabled at compile time")
         }
 
         match &self.rr_config {

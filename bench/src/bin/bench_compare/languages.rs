@@ -72,7 +72,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             &["-p", name, "-n", "1", "-c", "1", "1"],
         )?;
     }
-    host.wait_for_inlining()?;
     let seed = start_seed(options)
         .inspect_err(|why| eprintln!("bench-compare: the seed's Python server is skipped: {why:#}"))
         .ok();

@@ -62,7 +62,7 @@ struct Options {
     /// The fib component warren-host serves.
     #[arg(long, default_value = "target/wasm32-wasip2/release/guest_fib.wasm")]
     fib_wasm: PathBuf,
-    /// A flag for warren-host, e.g. --host-arg=--compiler-inlining=off;
+    /// A flag for warren-host, e.g. --host-arg=--spare-instances=0;
     /// repeat for more. The reports name them.
     #[arg(long = "host-arg", value_name = "ARG", allow_hyphen_values = true)]
     host_args: Vec<String>,
@@ -232,7 +232,7 @@ fn main() -> anyhow::Result<()> {
     }
     let modules = tempfile_dir(&options.out.join(format!("modules-{run_id}")))?;
     std::fs::copy(&options.fib_wasm, modules.join("fib.wasm"))?;
-    workers.push(start_host(&options, run_id, &modules)?.worker);
+    workers.push(start_host(&options, run_id, &modules)?);
     for worker in &workers {
         wait_for_consumer(&warren, &options, &worker.queue)?;
     }
@@ -410,10 +410,8 @@ fn start_seed(options: &Options) -> anyhow::Result<Worker> {
     })
 }
 
-fn start_host(options: &Options, run_id: u32, modules: &Path) -> anyhow::Result<Host> {
+fn start_host(options: &Options, run_id: u32, modules: &Path) -> anyhow::Result<Worker> {
     let queue = format!("warren-bench-host-{run_id}");
-    // Where to ask the host whether it is still making inlined code.
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let child = Command::new(options.bin_dir.join("warren-host"))
         .args([
             "--queue",
@@ -423,14 +421,13 @@ fn start_host(options: &Options, run_id: u32, modules: &Path) -> anyhow::Result<
             "--modules-dir",
         ])
         .arg(modules)
-        .arg(format!("--metrics-addr={metrics}"))
         .args(&options.host_args)
         .env("AMQP_URL", &options.amqp_url)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()
         .context("starting warren-host")?;
-    let worker = Worker {
+    Ok(Worker {
         name: "warren",
         leaves: vec![
             queue.clone(),
@@ -439,65 +436,7 @@ fn start_host(options: &Options, run_id: u32, modules: &Path) -> anyhow::Result<
         queue,
         child,
         amqp_url: options.amqp_url.clone(),
-    };
-    Ok(Host { worker, metrics })
-}
-
-/// A `warren-host` under test.
-struct Host {
-    worker: Worker,
-    /// Its `--metrics-addr`.
-    metrics: std::net::SocketAddr,
-}
-
-impl std::ops::Deref for Host {
-    type Target = Worker;
-    fn deref(&self) -> &Worker {
-        &self.worker
-    }
-}
-
-impl Host {
-    /// Waits until no procedure of the host awaits its inlined code
-    /// (`--compiler-inlining background`, the default, recompiles large
-    /// modules after they start serving): what is measured is the code
-    /// that serves from then on, on cores no compile is using.
-    fn wait_for_inlining(&self) -> anyhow::Result<()> {
-        let give_up = Instant::now() + Duration::from_secs(600);
-        let mut said = false;
-        loop {
-            let text = http_get(self.metrics, "/metrics")
-                .with_context(|| format!("reading the host's metrics at {}", self.metrics))?;
-            if !text.contains("inlining_pending=\"true\"") {
-                return Ok(());
-            }
-            if !said {
-                eprintln!("bench-compare: waiting for the host to swap in inlined code");
-                said = true;
-            }
-            if Instant::now() > give_up {
-                bail!("the host was still making inlined code after 10 minutes");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-/// The body of `GET path` from the HTTP server at `addr`.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    match response.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
-        _ => bail!("unexpected answer: {response:.200}"),
-    }
+    })
 }
 
 /// Waits until exactly one consumer serves `queue`, by asking `warren bench`

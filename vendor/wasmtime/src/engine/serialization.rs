@@ -407,9 +407,16 @@ impl Metadata<'_> {
             other.memory_init_cow,
             "memory initialization with CoW",
         )?;
-        // Warren patch: the inliner's size limits only steer the compiler;
-        // the code they give runs in any engine (see `check_inlining`).
-        let _ = (inlining_small_callee_size, inlining_sum_size_threshold);
+        Self::check_int(
+            inlining_small_callee_size,
+            other.inlining_small_callee_size,
+            "function inlining small-callee size",
+        )?;
+        Self::check_int(
+            inlining_sum_size_threshold,
+            other.inlining_sum_size_threshold,
+            "function inlining sum-size threshold",
+        )?;
         Self::check_bool(
             concurrency_support,
             other.concurrency_support,
@@ -478,22 +485,6 @@ impl Metadata<'_> {
         host: wasmtime_environ::Inlining,
     ) -> Result<()> {
         if module == host {
-            return Ok(());
-        }
-
-        // Warren patch: intra-module inlining changes only how the bodies
-        // of a module's own functions were compiled, not what the runtime
-        // expects of the code (its ABI, trampolines, metadata), so code
-        // compiled with and without it loads into either engine. An
-        // embedder can then serve a module at once from a quick compile
-        // and swap in an inlined one when it is ready.
-        if matches!(
-            (module, host),
-            (
-                wasmtime_environ::Inlining::No | wasmtime_environ::Inlining::Yes,
-                wasmtime_environ::Inlining::No | wasmtime_environ::Inlining::Yes
-            )
-        ) {
             return Ok(());
         }
 

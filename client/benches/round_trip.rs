@@ -26,10 +26,7 @@ use lapin::{BasicProperties, Connection};
 use warren_client::protocol::declare_request_queue;
 use warren_client::{Call, RpcClient};
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::{amqp_url, fib_wasm, wait_for_consumer, workspace};
+use warren_testing::{amqp_url, fib_wasm, wait_for_consumer, workspace};
 
 fn queue(worker: &str) -> String {
     format!("warren-bench-{worker}-{}", uuid::Uuid::new_v4())
@@ -125,7 +122,7 @@ async fn start_workers() -> Workers {
     std::fs::write(modules.path().join("fib.wasm"), fib_wasm()).unwrap();
     let warren = queue("warren");
     let mut config = warren_host::HostConfig::new(&warren, modules.path());
-    config.amqp_urls = vec![amqp_url()];
+    config.broker.amqp_urls = vec![amqp_url()];
     let host = warren_host::start(config).await.unwrap();
     clients.push((
         "warren",

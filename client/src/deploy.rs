@@ -11,8 +11,9 @@ use warren_protocol::deploy::{
     DeployAnswer, DeployHeaders, SecretKey, StreamRetention, declare_deploy_stream,
 };
 
-use crate::link::{broker, close_quietly};
+use crate::link::broker;
 use crate::{CallError, DEFAULT_TIMEOUT, RpcClient};
+use warren_protocol::broker::close_quietly;
 use warren_protocol::component::{DEFAULT_MAX_MODULE_BYTES, check_procedure_component};
 
 /// One module to publish to every host of a queue.

@@ -53,16 +53,14 @@ use warren_protocol::{
 };
 
 pub use deploy::{Deploy, DeployReport};
-use link::{Brokers, CallbackQueue, Link, Pending, broker, close_quietly};
+use link::{CallbackQueue, Link, Pending, broker};
+use warren_protocol::broker::{Brokers, ConnectError, PERSISTENT, close_quietly};
 
 /// How long [`RpcClient::connect`] waits for the broker.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// AMQP `delivery_mode` of a message the broker keeps on disk.
-const PERSISTENT: u8 = 2;
 
 /// One request to make: a body, optionally a procedure, and a timeout.
 #[derive(Debug, Clone)]
@@ -204,6 +202,15 @@ pub enum CallError {
     Disconnected,
 }
 
+impl From<ConnectError> for CallError {
+    fn from(error: ConnectError) -> Self {
+        match error {
+            ConnectError::Timeout { url, waited } => CallError::ConnectTimeout { url, waited },
+            ConnectError::Failed { url, source } => CallError::Connect { url, source },
+        }
+    }
+}
+
 /// Where and how a client connects.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -277,7 +284,8 @@ impl RpcClient {
             None => Connector::new(),
         };
         warren_protocol::values::check_queue_name(&options.queue).map_err(CallError::Invalid)?;
-        let brokers = Brokers::parse(&options.urls, connector)?;
+        let brokers =
+            Brokers::parse(&options.urls, connector, "warren").map_err(CallError::Invalid)?;
         let callback = if options.durable {
             CallbackQueue::Durable(format!("warren.replies.{}", uuid::Uuid::new_v4()))
         } else {

@@ -14,7 +14,6 @@
 //!   while the client reconnects to it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,11 +22,10 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use warren_protocol::redact_url;
-use warren_protocol::tls::Connector;
+use warren_protocol::broker::{Brokers, close_quietly};
 
 use crate::CallError;
 
@@ -47,76 +45,6 @@ pub(crate) enum CallbackQueue {
     Private,
     /// A durable quorum queue of this name, kept across reconnections.
     Durable(String),
-}
-
-/// The broker nodes a client may use, tried in order from the one after
-/// the node it last lost.
-#[derive(Debug)]
-pub(crate) struct Brokers {
-    urls: Vec<String>,
-    /// TLS roots for `amqps://` URLs.
-    connector: Connector,
-    next: AtomicUsize,
-}
-
-impl Brokers {
-    /// `urls`: one URL, or several separated by commas (a cluster's nodes).
-    pub(crate) fn parse(urls: &str, connector: Connector) -> Result<Self, CallError> {
-        let urls: Vec<String> = urls
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if urls.is_empty() {
-            return Err(CallError::Invalid("no broker URL given".to_owned()));
-        }
-        for url in &urls {
-            warren_protocol::check_amqp_url(url).map_err(CallError::Invalid)?;
-        }
-        Ok(Brokers {
-            urls,
-            connector,
-            next: AtomicUsize::new(0),
-        })
-    }
-
-    /// Connects to the first node that answers, each within `timeout`;
-    /// the error is the last node's.
-    async fn connect(&self, timeout: Duration) -> Result<(Connection, String), CallError> {
-        let first = self.next.load(Ordering::Relaxed);
-        let mut last_error = None;
-        for offset in 0..self.urls.len() {
-            let index = (first + offset) % self.urls.len();
-            let url = &self.urls[index];
-            let properties = ConnectionProperties::default().with_connection_name("warren".into());
-            // lapin can wait forever when the broker refuses the connection
-            // after the handshake (an unknown vhost, say); give up in time.
-            let connected = tokio::time::timeout(timeout, self.connector.connect(url, properties))
-                .await
-                .map_err(|_| CallError::ConnectTimeout {
-                    url: redact_url(url),
-                    waited: timeout,
-                })
-                .and_then(|connected| {
-                    connected.map_err(|source| CallError::Connect {
-                        url: redact_url(url),
-                        source,
-                    })
-                });
-            match connected {
-                Ok(connection) => {
-                    self.next.store(index + 1, Ordering::Relaxed);
-                    return Ok((connection, redact_url(url)));
-                }
-                Err(error) => {
-                    tracing::debug!("{error}");
-                    last_error = Some(error);
-                }
-            }
-        }
-        Err(last_error.expect("at least one URL"))
-    }
 }
 
 /// A live connection with its channel and reply router.
@@ -139,7 +67,10 @@ impl Link {
         callback: &CallbackQueue,
         pending: Pending,
     ) -> Result<Self, CallError> {
-        let (connection, node) = brokers.connect(timeout).await?;
+        let (connection, node) = brokers
+            .connect(timeout, |error| tracing::debug!("{error}"))
+            .await
+            .map_err(CallError::from)?;
         let opened = async {
             let channel = connection
                 .create_channel()
@@ -311,10 +242,4 @@ async fn route_replies(
 /// Maps a lapin error to [`CallError::Broker`], saying what the client was doing.
 pub(crate) fn broker(context: &'static str) -> impl FnOnce(lapin::Error) -> CallError {
     move |source| CallError::Broker { context, source }
-}
-
-/// Closes best effort: lapin can wait forever for a close-ok that never
-/// comes, and closing must not hang the caller.
-pub(crate) async fn close_quietly<T, E>(closing: impl Future<Output = Result<T, E>>) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
 }

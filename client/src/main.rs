@@ -19,7 +19,7 @@ use warren_client::{
     Call, CallError, ClientOptions, Deploy, DeployAnswer, Reply, RpcClient, SecretKey, TraceParent,
 };
 
-/// Exit codes, as documented in `--help` and README.md.
+/// Exit codes, as documented in `--help` and docs/client.md.
 mod new;
 
 mod exit {

@@ -10,8 +10,9 @@ use lapin::{BasicProperties, Confirmation};
 use warren_protocol::status::{CONTROL_STATUS, HEADER_CONTROL, HostStatus, control_exchange};
 use warren_protocol::{broker_said, set_header_text};
 
-use crate::link::{broker, close_quietly};
+use crate::link::broker;
 use crate::{CallError, RpcClient};
+use warren_protocol::broker::close_quietly;
 
 impl RpcClient {
     /// Asks every host listening on the queue's control exchange for its

@@ -1,12 +1,12 @@
 //! The `warren` command line as a script would use it: stdout, stderr and
 //! exit codes.
 
-mod common;
-
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use warren_client::SecretKey;
+use warren_client::protocol::deploy::public_key_path;
+use warren_testing::*;
 
 fn warren(args: &[&str]) -> Output {
     warren_with_stdin(args, None)
@@ -410,4 +410,68 @@ async fn bench_reports_no_more_in_flight_than_calls() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("with 3 in flight"), "{stdout}");
     host.stop().await;
+}
+
+#[test]
+fn keygen_writes_a_private_secret_and_a_one_line_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deployer");
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("keygen")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(public_key_path(&path)).unwrap();
+    assert_eq!(public.lines().count(), 1);
+    assert!(public.starts_with("ed25519:"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        public,
+        "stdout shows the public key"
+    );
+    SecretKey::read(&path).expect("the secret key reads back");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let again = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("keygen")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "an existing key is never overwritten"
+    );
+
+    // Nor an existing FILE.pub: nothing is written at all.
+    let other = dir.path().join("other");
+    std::fs::write(public_key_path(&other), "keep me\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("keygen")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("other.pub already exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!other.exists());
+    assert_eq!(
+        std::fs::read_to_string(public_key_path(&other)).unwrap(),
+        "keep me\n"
+    );
 }

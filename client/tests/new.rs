@@ -2,14 +2,12 @@
 //! with the command its README gives, and the component it leaves is served
 //! as the procedure it is named after.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use warren_client::CallError;
 use warren_client::protocol::ErrorKind;
+use warren_testing::*;
 
 /// Runs `warren new NAME --lang LANG DIR`, then `build` in DIR, then serves
 /// the component (`component`, relative to DIR) and calls it.

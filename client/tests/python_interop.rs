@@ -7,15 +7,13 @@
 //! hold [`RPC_QUEUE`] and never run beside each other; each starts by
 //! deleting `rpc_queue` so leftovers from an earlier run cannot answer.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use lapin::options::QueueDeleteOptions;
 use warren_client::{Call, RpcClient};
+use warren_testing::*;
 
 /// Serialises the tests that need the literal `rpc_queue`.
 static RPC_QUEUE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -173,7 +171,7 @@ async fn the_seed_rpc_client_gets_fib_30_from_the_host() {
     let _rpc_queue = RPC_QUEUE.lock().await;
     fresh_rpc_queue().await;
     let host = TestHost::start_with("seed-client", &[("fib", &fib_wasm())], |config| {
-        config.queue = SEED_QUEUE.into();
+        config.broker.queue = SEED_QUEUE.into();
     })
     .await;
     let script = seed.join("rpc_client.py").display().to_string();

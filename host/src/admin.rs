@@ -20,14 +20,14 @@ use axum::routing::get;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::modules::Registry;
+use crate::modules::Serving;
 use crate::sandbox::Sandbox;
 use crate::shutdown::Shutdown;
 
 /// What the endpoint reads from.
 struct Observed {
     metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
+    serving: Arc<Serving>,
     sandbox: Arc<Sandbox>,
     queue: String,
 }
@@ -43,7 +43,7 @@ pub struct Admin {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
+    serving: Arc<Serving>,
     sandbox: Arc<Sandbox>,
     queue: String,
     mut shutdown: Shutdown,
@@ -54,7 +54,7 @@ pub async fn serve(
     let addr = listener.local_addr().context("reading the bound address")?;
     let observed = Arc::new(Observed {
         metrics,
-        registry,
+        serving,
         sandbox,
         queue,
     });
@@ -77,7 +77,7 @@ pub async fn serve(
 async fn metrics_text(State(observed): State<Arc<Observed>>) -> impl IntoResponse {
     let text = observed
         .metrics
-        .encode(&observed.registry.list(), observed.sandbox.spares_used());
+        .encode(&observed.serving.list(), observed.sandbox.spares_used());
     (
         [(
             header::CONTENT_TYPE,
@@ -104,7 +104,7 @@ async fn healthz(State(observed): State<Arc<Observed>>) -> (StatusCode, String) 
 
 async fn readyz(State(observed): State<Arc<Observed>>) -> (StatusCode, String) {
     let ready = health(&observed).and_then(|healthy| {
-        let served = observed.registry.list().len();
+        let served = observed.serving.list().len();
         if served == 0 {
             Err(format!(
                 "{healthy}, but no procedure is loaded (every request gets no-procedure)"

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser};
+use warren_protocol::broker::Brokers;
 use warren_protocol::deploy::StreamRetention;
 use warren_protocol::tls::Connector;
 use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, QueueMode, values};
@@ -15,11 +16,38 @@ use crate::sandbox::Limits;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "warren-host", version, about, long_about = None)]
 pub struct HostConfig {
+    #[command(flatten)]
+    pub broker: BrokerOptions,
+    #[command(flatten)]
+    pub procedures: ProcedureOptions,
+    #[command(flatten)]
+    pub limits: LimitOptions,
+    #[command(flatten)]
+    pub deploys: DeployOptions,
+    #[command(flatten)]
+    pub observability: ObservabilityOptions,
+    #[command(flatten)]
+    pub tuning: TuningOptions,
+
+    /// How the deploy stream is declared when this host creates it. Not an
+    /// option: every host and deployer of a queue must agree, and the
+    /// default suits any fleet whose procedures' newest versions together
+    /// stay under half a gigabyte. Tests set a small one to see the stream
+    /// drop old deploys.
+    #[arg(skip = StreamRetention::DEFAULT)]
+    pub deploy_retention: StreamRetention,
+}
+
+/// Which broker, which queue, and how it is declared.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Broker")]
+pub struct BrokerOptions {
     /// Broker to connect to, like amqp://user:password@host:5672/vhost.
     /// Give it more than once (or comma-separated in AMQP_URL) for the nodes
     /// of a cluster: the host uses the first that answers and moves to the
     /// next when it loses one. Passwords are never logged.
-    // Checked by `start`, not by clap: clap would echo the password.
+    // Checked by `HostConfig::brokers`, not by clap: clap would echo the
+    // password.
     #[arg(long = "amqp-url", env = "AMQP_URL", value_name = "URL", value_delimiter = ',',
           default_value = DEFAULT_AMQP_URL)]
     pub amqp_urls: Vec<String>,
@@ -28,6 +56,18 @@ pub struct HostConfig {
     /// system's (a broker whose certificate a private CA issued).
     #[arg(long, env = "AMQP_CA_FILE", value_name = "FILE")]
     pub amqp_ca_file: Option<PathBuf>,
+
+    /// How long to keep trying to reach the broker at startup before giving
+    /// up (exit 1), e.g. 30s [default: forever, logging each attempt]. Once
+    /// connected, a lost broker is always waited for.
+    #[arg(long, value_parser = values::duration, value_name = "DURATION")]
+    pub connect_timeout: Option<Duration>,
+
+    /// Queue to consume requests from, declared like the tutorial's server
+    /// (classic, not durable, not exclusive, not auto-delete), or as a quorum
+    /// queue with --durable.
+    #[arg(long, default_value = DEFAULT_QUEUE, value_parser = values::queue_name)]
+    pub queue: String,
 
     /// Durable mode: the queue is a durable quorum queue (replicated over a
     /// cluster; requests survive broker restarts and node loss), replies are
@@ -44,19 +84,12 @@ pub struct HostConfig {
     /// request that kills every host that runs it ends at most N + 1 hosts.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub delivery_limit: u32,
+}
 
-    /// How long to keep trying to reach the broker at startup before giving
-    /// up (exit 1), e.g. 30s [default: forever, logging each attempt]. Once
-    /// connected, a lost broker is always waited for.
-    #[arg(long, value_parser = values::duration, value_name = "DURATION")]
-    pub connect_timeout: Option<Duration>,
-
-    /// Queue to consume requests from, declared like the tutorial's server
-    /// (classic, not durable, not exclusive, not auto-delete), or as a quorum
-    /// queue with --durable.
-    #[arg(long, default_value = DEFAULT_QUEUE, value_parser = values::queue_name)]
-    pub queue: String,
-
+/// Where procedures come from.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Procedures")]
+pub struct ProcedureOptions {
     /// Folder of procedures: every NAME.wasm in it is procedure NAME. Files
     /// created, replaced or deleted there take effect within a second.
     #[arg(long, default_value = "modules")]
@@ -72,29 +105,15 @@ pub struct HostConfig {
     /// [default: the only loaded module, when exactly one is loaded].
     #[arg(long, value_parser = values::procedure_name)]
     pub default_procedure: Option<String>,
+}
 
+/// What one request may use, and how many run at once.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitOptions {
     /// Requests run at once [default: the number of cores].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: Option<u16>,
-
-    /// Instances started ahead, in all, for procedures slow to start (Python
-    /// and JavaScript ones take 0.2-0.7 ms): when a request finishes, the
-    /// next one's fresh instance starts in the background. Each still serves
-    /// one request only. 0 turns this off.
-    #[arg(
-        long,
-        env = "WARREN_SPARE_INSTANCES",
-        default_value_t = 4,
-        value_name = "N"
-    )]
-    pub spare_instances: u16,
-
-    /// Unacked requests this host holds at once: enough that a freed slot
-    /// finds its next request already here (no round trip to the broker in
-    /// between), few enough not to hoard work other hosts could do
-    /// [default: 8 × concurrency, at least 32].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    pub prefetch: Option<u16>,
 
     /// Wall-clock budget of one request, e.g. 500ms, 10s, 2m.
     #[arg(long, default_value = "10s", value_parser = values::duration)]
@@ -114,6 +133,16 @@ pub struct HostConfig {
     #[arg(long, default_value = "4MiB", value_parser = values::nonzero_size)]
     pub max_reply_bytes: u64,
 
+    /// Guest stdout and stderr kept per request (logged at debug level);
+    /// the rest is dropped.
+    #[arg(long, default_value = "64KiB", value_parser = values::size)]
+    pub max_output_bytes: u64,
+}
+
+/// Which remote deploys this host accepts.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Deploys")]
+pub struct DeployOptions {
     /// File of public keys (`ed25519:<hex>`, one per line, `#` comments)
     /// whose signed deploys (`warren deploy --key`) this host accepts.
     #[arg(long, value_name = "FILE")]
@@ -132,30 +161,16 @@ pub struct HostConfig {
     /// This host's name in deploy answers [default: HOSTNAME-PID].
     #[arg(long)]
     pub host_id: Option<String>,
+}
 
-    /// Write /tmp/perf-PID.map as procedures load, so that `perf record -p
-    /// PID` and `perf report` name the procedures' own functions instead of
-    /// bare addresses. For profiling a procedure: the file grows with every
-    /// module loaded and is left behind.
-    #[arg(long)]
-    pub perf_map: bool,
-
-    /// No longer does anything (procedures are compiled without Cranelift's
-    /// inliner, as wasmtime does by default); accepted, with a warning, so a
-    /// host started with it still starts.
-    #[arg(long, env = "WARREN_COMPILER_INLINING", value_name = "WHEN", hide = true,
-          num_args = 0..=1, default_missing_value = "on")]
-    pub compiler_inlining: Option<String>,
-
+/// What the host tells operators, and how.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Observability")]
+pub struct ObservabilityOptions {
     /// Log lines as readable text, or as JSON objects, one a line, for log
     /// shippers. RUST_LOG picks what is logged either way.
     #[arg(long, value_enum, env = "WARREN_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-
-    /// Export request spans over OTLP/HTTP to this collector, e.g.
-    /// http://localhost:4318 (/v1/traces is appended) [default: no export].
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
 
     /// Serve Prometheus metrics on http://ADDR/metrics and health checks on
     /// /healthz (connected and consuming) and /readyz (and a procedure
@@ -163,18 +178,48 @@ pub struct HostConfig {
     #[arg(long, env = "WARREN_METRICS_ADDR", value_name = "HOST:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
-    /// Guest stdout and stderr kept per request (logged at debug level);
-    /// the rest is dropped.
-    #[arg(long, default_value = "64KiB", value_parser = values::size)]
-    pub max_output_bytes: u64,
+    /// Export request spans over OTLP/HTTP to this collector, e.g.
+    /// http://localhost:4318 (/v1/traces is appended) [default: no export].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 
-    /// How the deploy stream is declared when this host creates it. Not an
-    /// option: every host and deployer of a queue must agree, and the
-    /// default suits any fleet whose procedures' newest versions together
-    /// stay under half a gigabyte. Tests set a small one to see the stream
-    /// drop old deploys.
-    #[arg(skip = StreamRetention::DEFAULT)]
-    pub deploy_retention: StreamRetention,
+    /// Write /tmp/perf-PID.map as procedures load, so that `perf record -p
+    /// PID` and `perf report` name the procedures' own functions instead of
+    /// bare addresses. For profiling a procedure: the file grows with every
+    /// module loaded and is left behind.
+    #[arg(long)]
+    pub perf_map: bool,
+}
+
+/// Speed and memory trade-offs; the defaults suit most hosts.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Tuning")]
+pub struct TuningOptions {
+    /// Instances started ahead, in all, for procedures slow to start (Python
+    /// and JavaScript ones take a fraction of a millisecond): when a request
+    /// finishes, the next one's fresh instance starts in the background.
+    /// Each still serves one request only. 0 turns this off.
+    #[arg(
+        long,
+        env = "WARREN_SPARE_INSTANCES",
+        default_value_t = 4,
+        value_name = "N"
+    )]
+    pub spare_instances: u16,
+
+    /// Unacked requests this host holds at once: enough that a freed slot
+    /// finds its next request already here (no round trip to the broker in
+    /// between), few enough not to hoard work other hosts could do
+    /// [default: 8 × concurrency, at least 32].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: Option<u16>,
+
+    /// No longer does anything (procedures are compiled without Cranelift's
+    /// inliner, as wasmtime does by default); accepted, with a warning, so a
+    /// host started with it still starts.
+    #[arg(long, env = "WARREN_COMPILER_INLINING", value_name = "WHEN", hide = true,
+          num_args = 0..=1, default_missing_value = "on")]
+    pub compiler_inlining: Option<String>,
 }
 
 impl HostConfig {
@@ -182,22 +227,35 @@ impl HostConfig {
     /// Handy for tests and embedding.
     pub fn new(queue: impl Into<String>, modules_dir: impl Into<PathBuf>) -> Self {
         let mut config = HostConfig::parse_from(["warren-host"]);
-        config.queue = queue.into();
-        config.modules_dir = modules_dir.into();
+        config.broker.queue = queue.into();
+        config.procedures.modules_dir = modules_dir.into();
         config
+    }
+
+    /// What clap cannot check, checked once, as [`crate::start`] begins:
+    /// the broker URLs (clap would echo their passwords) and the CA file.
+    /// Every other option was checked as it was parsed.
+    pub fn brokers(&self) -> Result<Brokers, ConfigError> {
+        let connector = match &self.broker.amqp_ca_file {
+            Some(path) => Connector::with_ca_file(path).map_err(ConfigError)?,
+            None => Connector::new(),
+        };
+        Brokers::new(self.broker.amqp_urls.clone(), connector, "warren-host")
+            .map_err(|why| ConfigError(format!("--amqp-url: {why}")))
     }
 
     /// The compiled-code cache folder.
     pub fn cache_dir(&self) -> PathBuf {
-        self.cache_dir
+        self.procedures
+            .cache_dir
             .clone()
-            .unwrap_or_else(|| self.modules_dir.join(".cache"))
+            .unwrap_or_else(|| self.procedures.modules_dir.join(".cache"))
     }
 
     /// The prefetch count for a host running `concurrency` requests at once:
     /// `--prefetch`, or 8 per slot and at least [`MIN_DEFAULT_PREFETCH`].
     pub fn prefetch(&self, concurrency: usize) -> u16 {
-        self.prefetch.unwrap_or_else(|| {
+        self.tuning.prefetch.unwrap_or_else(|| {
             u16::try_from(concurrency.saturating_mul(8))
                 .unwrap_or(u16::MAX)
                 .max(MIN_DEFAULT_PREFETCH)
@@ -206,47 +264,36 @@ impl HostConfig {
 
     /// How the request queue is declared.
     pub fn queue_mode(&self) -> QueueMode {
-        if self.durable {
+        if self.broker.durable {
             QueueMode::Durable {
-                delivery_limit: self.delivery_limit,
+                delivery_limit: self.broker.delivery_limit,
             }
         } else {
             QueueMode::Tutorial
         }
     }
 
-    /// Checks the broker URLs (clap cannot without echoing passwords).
-    pub fn check_urls(&self) -> Result<(), String> {
-        if self.amqp_urls.is_empty() {
-            return Err("give at least one --amqp-url".to_owned());
-        }
-        self.amqp_urls
-            .iter()
-            .try_for_each(|url| warren_protocol::check_amqp_url(url))
-    }
-
-    /// How to connect: TLS roots from --amqp-ca-file, if given.
-    pub fn connector(&self) -> Result<Connector, String> {
-        match &self.amqp_ca_file {
-            Some(path) => Connector::with_ca_file(path),
-            None => Ok(Connector::new()),
-        }
-    }
-
     /// The sandbox limits these options describe.
-    pub fn limits(&self) -> Limits {
+    pub fn sandbox_limits(&self) -> Limits {
         let defaults = Limits::default();
+        let limits = &self.limits;
         Limits {
-            timeout: self.timeout,
-            max_memory: self.max_memory,
-            max_request_bytes: usize::try_from(self.max_request_bytes).unwrap_or(usize::MAX),
-            max_reply_bytes: usize::try_from(self.max_reply_bytes).unwrap_or(usize::MAX),
-            max_output_bytes: usize::try_from(self.max_output_bytes).unwrap_or(usize::MAX),
-            concurrency: self.concurrency.map_or(defaults.concurrency, usize::from),
-            spare_instances: usize::from(self.spare_instances),
+            timeout: limits.timeout,
+            max_memory: limits.max_memory,
+            max_request_bytes: usize::try_from(limits.max_request_bytes).unwrap_or(usize::MAX),
+            max_reply_bytes: usize::try_from(limits.max_reply_bytes).unwrap_or(usize::MAX),
+            max_output_bytes: usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX),
+            concurrency: limits.concurrency.map_or(defaults.concurrency, usize::from),
+            spare_instances: usize::from(self.tuning.spare_instances),
         }
     }
 }
+
+/// Options that cannot work together or at all: bad usage (`warren-host`
+/// exits 2). The message names the option.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -273,12 +320,10 @@ fn memory_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// The smallest default prefetch, whatever the core count. Measured with
-/// fib(1) at 64 in flight on 2 cores (concurrency 2): prefetch 16 served
-/// 14.2 k requests/s, 24 16.1 k, 32 16.7 k, 128 17.1 k. Below about 32 a
-/// fast host drains what it holds and waits for the broker's next
+/// The smallest default prefetch, whatever the core count: below about 32
+/// a fast host drains what it holds and waits for the broker's next
 /// deliveries, and the broker, the caller and the host all spend more CPU
-/// per request (host 43 → 38 µs, broker 56 → 50 µs). The cost of a larger
+/// per request (BENCHMARKS.md has the measurements). The cost of a larger
 /// window is that one host may hold requests a less busy one could have
 /// taken; `--prefetch` sets it for slow procedures.
 pub const MIN_DEFAULT_PREFETCH: u16 = 32;
@@ -295,14 +340,14 @@ mod tests {
         assert_eq!(config.prefetch(2), MIN_DEFAULT_PREFETCH);
         assert_eq!(config.prefetch(16), 128);
         assert_eq!(config.prefetch(100_000), u16::MAX);
-        config.prefetch = Some(1);
+        config.tuning.prefetch = Some(1);
         assert_eq!(config.prefetch(16), 1, "--prefetch wins");
     }
 
     #[test]
     fn defaults_match_the_documented_ones() {
         let config = HostConfig::new("q", "m");
-        let limits = config.limits();
+        let limits = config.sandbox_limits();
         assert_eq!(limits.timeout, Duration::from_secs(10));
         assert_eq!(limits.max_memory, 64 << 20);
         assert_eq!(limits.max_request_bytes, 4 << 20);
@@ -315,7 +360,7 @@ mod tests {
     fn the_old_inlining_option_is_accepted_and_hidden() {
         let parse = |args: &[&str]| {
             let args = std::iter::once("warren-host").chain(args.iter().copied());
-            HostConfig::try_parse_from(args).map(|config| config.compiler_inlining)
+            HostConfig::try_parse_from(args).map(|config| config.tuning.compiler_inlining)
         };
         assert_eq!(parse(&[]).unwrap(), None);
         assert_eq!(
@@ -345,5 +390,29 @@ mod tests {
         assert!(refused(&["--default-procedure", "Fib"]).contains("lowercase"));
         assert_eq!(memory_size("4GiB"), Ok(4 << 30));
         assert_eq!(memory_size("64MiB"), Ok(64 << 20));
+    }
+
+    #[test]
+    fn the_help_reads_in_groups_for_an_operator() {
+        let help = HostConfig::command().render_help().to_string();
+        let mut at = 0;
+        for heading in [
+            "Broker:",
+            "Procedures:",
+            "Limits:",
+            "Deploys:",
+            "Observability:",
+            "Tuning:",
+        ] {
+            let found = help[at..]
+                .find(heading)
+                .unwrap_or_else(|| panic!("{heading} missing or out of order:\n{help}"));
+            at += found;
+        }
+        let config = HostConfig::new("q", "m");
+        assert!(config.brokers().is_ok());
+        let mut bad = config.clone();
+        bad.broker.amqp_urls = vec!["http://x".into()];
+        assert!(bad.brokers().unwrap_err().0.starts_with("--amqp-url: "));
     }
 }

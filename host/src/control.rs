@@ -18,11 +18,10 @@ use warren_protocol::status::{
     CONTROL_STATUS, HEADER_CONTROL, HostStatus, ProcedureStatus, declare_control_exchange,
 };
 
-use crate::broker::close_quietly;
 use crate::metrics::Metrics;
-use crate::modules::Registry;
-use crate::requests::publish_to;
+use crate::modules::Serving;
 use crate::shutdown::Shutdown;
+use warren_protocol::broker::{close_quietly, publish_to};
 
 /// What a host reports about itself; the same for every session.
 pub struct StatusSource {
@@ -35,7 +34,7 @@ pub struct StatusSource {
     /// Counts, the connected node and the uptime.
     pub metrics: Arc<Metrics>,
     /// What is served.
-    pub registry: Arc<Registry>,
+    pub serving: Arc<Serving>,
 }
 
 impl std::fmt::Debug for StatusSource {
@@ -64,7 +63,7 @@ impl StatusSource {
             served,
             failed,
             procedures: self
-                .registry
+                .serving
                 .list()
                 .into_iter()
                 .map(|served| ProcedureStatus {

@@ -3,7 +3,7 @@
 //! The AMQP layer hands over the requested procedure name, the body and
 //! when its caller stops waiting; the [`Dispatcher`] picks the procedure,
 //! checks the size, waits for a slot, skips the request if its caller has
-//! given up by then, runs the sandbox and returns a [`Reply`] that the AMQP
+//! given up by then, runs the sandbox and returns an [`Outcome`] that the AMQP
 //! layer turns into a message. Keeping this apart from the broker keeps
 //! every rule about *what* is answered in one small place.
 
@@ -13,25 +13,25 @@ use std::time::{Duration, SystemTime};
 use warren_protocol::{ErrorKind, RpcError};
 
 use crate::metrics::Metrics;
-use crate::modules::Registry;
+use crate::modules::Serving;
 use crate::sandbox::Sandbox;
 
 /// What to send back for one request.
 #[derive(Debug)]
-pub struct Reply {
+pub struct Outcome {
     /// The procedure that answered, or the one asked for if none could.
     pub procedure: Option<String>,
     /// Digest of the module that ran, when one did (or would have).
     pub digest: Option<String>,
-    /// The reply body, or why there is none.
-    pub outcome: Result<Vec<u8>, RpcError>,
+    // The reply body, or why there is none.
+    pub result: Result<Vec<u8>, RpcError>,
 }
 
 /// What became of one request.
 #[derive(Debug)]
 pub enum Handled {
     /// It ran, or was refused: send this back.
-    Answered(Reply),
+    Answered(Outcome),
     /// It was not started: its caller had stopped waiting (`x-deadline`)
     /// this long before a slot was free. There is no one to answer.
     CallerGone {
@@ -44,17 +44,17 @@ pub enum Handled {
 
 /// Routes requests to procedures and runs them.
 pub struct Dispatcher {
-    registry: Arc<Registry>,
+    serving: Arc<Serving>,
     sandbox: Arc<Sandbox>,
     metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `registry` (which knows the default procedure),
+    /// A dispatcher over `serving` (which knows the default procedure),
     /// counting every request's outcome and duration in `metrics`.
-    pub fn new(registry: Arc<Registry>, sandbox: Arc<Sandbox>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(serving: Arc<Serving>, sandbox: Arc<Sandbox>, metrics: Arc<Metrics>) -> Self {
         Dispatcher {
-            registry,
+            serving,
             sandbox,
             metrics,
         }
@@ -79,15 +79,15 @@ impl Dispatcher {
         let timer = self.metrics.request_started();
         let handled = match requested {
             Ok(requested) => self.choose_and_run(requested, body, label, deadline).await,
-            Err(unreadable) => Handled::Answered(Reply {
+            Err(unreadable) => Handled::Answered(Outcome {
                 procedure: None,
                 digest: None,
-                outcome: Err(RpcError::new(ErrorKind::NoProcedure, unreadable)),
+                result: Err(RpcError::new(ErrorKind::NoProcedure, unreadable)),
             }),
         };
         match &handled {
             Handled::Answered(reply) => {
-                let kind = reply.outcome.as_ref().err().map(|error| error.kind);
+                let kind = reply.result.as_ref().err().map(|error| error.kind);
                 timer.finish(reply.procedure.as_deref(), kind);
             }
             Handled::CallerGone { procedure, .. } => {
@@ -105,8 +105,8 @@ impl Dispatcher {
         deadline: Option<SystemTime>,
     ) -> Handled {
         let chosen = match requested {
-            Some(name) => self.registry.get(name).ok_or_else(|| {
-                if self.registry.is_loading(name) {
+            Some(name) => self.serving.get(name).ok_or_else(|| {
+                if self.serving.is_loading(name) {
                     format!(
                         "procedure {name:?} is being loaded on this host (its module is being \
                          compiled); try again in a few seconds"
@@ -114,27 +114,27 @@ impl Dispatcher {
                 } else {
                     format!(
                         "no procedure named {name:?} on this host{}",
-                        self.registry.describe()
+                        self.serving.describe()
                     )
                 }
             }),
-            None => self.registry.default_procedure(),
+            None => self.serving.default_procedure(),
         };
         let procedure = match chosen {
             Ok(procedure) => procedure,
             Err(message) => {
-                return Handled::Answered(Reply {
+                return Handled::Answered(Outcome {
                     procedure: requested.map(str::to_owned),
                     digest: None,
-                    outcome: Err(RpcError::new(ErrorKind::NoProcedure, message)),
+                    result: Err(RpcError::new(ErrorKind::NoProcedure, message)),
                 });
             }
         };
-        let reply = |outcome| {
-            Handled::Answered(Reply {
+        let reply = |result| {
+            Handled::Answered(Outcome {
                 procedure: Some(procedure.name.clone()),
                 digest: Some(procedure.digest.clone()),
-                outcome,
+                result,
             })
         };
         let max_request_bytes = self.sandbox.limits().max_request_bytes;

@@ -1,209 +1,144 @@
 //! `warren-host`: a RabbitMQ RPC worker whose procedures are sandboxed
-//! WebAssembly components, hot-swapped from a folder.
+//! WebAssembly components, hot-swapped from a folder or deployed through
+//! the broker.
 //!
 //! # Layout
 //!
-//! - [`config`]: the command-line options and their defaults.
-//! - [`session`]: one connection's life in order (connect, declare, catch
-//!   up with deploys, consume) and reconnecting when it fails.
-//! - [`requests`]: the request path: consume, answer, reply, ack.
-//! - [`broker`]: one connection attempt, backoff, closing without hanging.
-//! - [`deploy`]: remote deploys: check signature, size and digest, save and
-//!   swap the module in; [`deploy::stream`] reads them from the broker.
-//! - [`control`]: the host's answer to `warren status` (fleet status).
-//! - [`dispatch`]: one request from body to [`dispatch::Reply`]: choose the
-//!   procedure, check sizes, run it. No AMQP, no wasmtime.
-//! - [`sandbox`]: wasmtime only: compile components, run one request in a
-//!   fresh, capability-free instance under time and memory limits.
-//! - [`modules`]: which procedure versions are served, the modules folder
-//!   and the watcher that swaps them.
-//! - [`shutdown`]: the graceful-shutdown signal every task listens to.
-//! - [`telemetry`]: trace context on requests and replies, OTLP export.
-//! - [`metrics`]: what the host counts about itself; [`admin`] serves it
-//!   and the health checks over HTTP (`--metrics-addr`).
+//! Three floors; each module uses only those below it (and
+//! `warren-protocol`, the wire contract and the broker layer shared with
+//! the client).
 //!
-//! The wire contract (header names, error kinds, error bodies) is defined
-//! once, in the `warren-protocol` crate, and shared with the client.
+//! - **Running the host** — [`start`] (below) and [`RunningHost`];
+//!   [`config`]: the command-line options, in groups.
+//! - **Talking to the broker** — `session`: one connection's life in order
+//!   (connect, declare, catch up with deploys, consume) and reconnecting;
+//!   `requests`: consume, answer, reply, ack (`requests::dead` answers what
+//!   durable mode dead-letters); `deploy`: remote deploys, checked and
+//!   applied (`deploy::stream` reads them, `deploy::keeper` keeps each
+//!   procedure's newest one in the stream); `control`: the answer to
+//!   `warren status`; `admin`: `/metrics` and the health checks over HTTP.
+//! - **Deciding and running** — `dispatch`: one request to one outcome
+//!   (which procedure, sizes, the caller's deadline), no AMQP; `modules`:
+//!   which procedure versions serve, the modules folder and its watcher;
+//!   [`sandbox`]: wasmtime only (engine, compiling and the compiled-code
+//!   cache, one request in a fresh instance under its limits).
+//! - Beside them: `shutdown` (the signal every task listens to),
+//!   `telemetry` (trace context, OTLP export), `metrics` (what the host
+//!   counts; `admin` serves it) and `causes` (errors in log lines).
 //!
 //! # Embedding
 //!
-//! [`start`] brings a host up (modules loaded, deploy history applied, queue
-//! consumed) and returns a [`RunningHost`]; `main.rs` is a thin layer that
-//! adds signals and logging, and the integration tests start hosts the same
-//! way.
+//! [`start`] brings a host up (modules loaded, deploy history applied,
+//! queue consumed) and returns a [`RunningHost`]; `main.rs` is a thin layer
+//! that adds signals and logging, and the tests start hosts the same way.
+//! [`sandbox`] is public too: it runs a component without any broker.
 
-pub mod admin;
-pub mod broker;
+mod admin;
+mod causes;
 pub mod config;
-pub mod control;
-pub mod deploy;
-pub mod dispatch;
-pub mod metrics;
-pub mod modules;
-pub mod requests;
+mod control;
+mod deploy;
+mod dispatch;
+mod metrics;
+mod modules;
+mod requests;
 pub mod sandbox;
-pub mod session;
-pub mod shutdown;
-pub mod telemetry;
+mod session;
+mod shutdown;
+mod telemetry;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::task::JoinHandle;
+use warren_protocol::broker::Brokers;
 
-use broker::Brokers;
-pub use config::HostConfig;
+pub use causes::Causes;
+pub use config::{ConfigError, HostConfig};
 use deploy::stream::StreamState;
 use deploy::{DeployPolicy, Deployer};
 use dispatch::Dispatcher;
 use metrics::Metrics;
-use modules::{LoadStats, ModulesFolder, Registry, watcher};
+pub use modules::Served;
+use modules::{ModulesFolder, Serving, watcher};
 use sandbox::{EngineOptions, Sandbox};
 use session::Target;
 use shutdown::ShutdownTrigger;
+pub use telemetry::otlp_layer;
+
+/// Why a host did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The options cannot work (a malformed broker URL, an unreadable CA
+    /// file): bad usage, which `warren-host` exits 2 for.
+    #[error(transparent)]
+    Usage(#[from] ConfigError),
+    /// Anything else (no modules folder, the broker not reached within
+    /// `--connect-timeout`, …), with what the host was doing.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
 
 /// A host that is up and answering requests.
 pub struct RunningHost {
     trigger: ShutdownTrigger,
-    folder: Arc<ModulesFolder>,
-    serving: JoinHandle<anyhow::Result<()>>,
+    serving: Arc<Serving>,
+    session: JoinHandle<anyhow::Result<()>>,
     watching: JoinHandle<()>,
     metrics: Arc<Metrics>,
+    sandbox: Arc<Sandbox>,
     admin: Option<admin::Admin>,
 }
 
-/// Starts a host: builds the sandbox, loads every module in the modules
-/// folder, starts watching it, connects to the broker (waiting for it as
-/// long as `--connect-timeout` allows), applies the deploy history and
-/// starts consuming. When this returns `Ok`, requests on the queue are being
-/// answered.
-pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
-    // Check before anything creates the cache folder inside it.
-    anyhow::ensure!(
-        config.modules_dir.is_dir(),
-        "the modules folder {} does not exist (create it, or pass --modules-dir)",
-        config.modules_dir.display()
-    );
-    config.check_urls().map_err(anyhow::Error::msg)?;
-    let connector = config.connector().map_err(anyhow::Error::msg)?;
-    let policy = DeployPolicy {
-        trusted_keys: match &config.trusted_keys {
-            Some(path) => warren_protocol::deploy::read_trusted_keys(path)?,
-            None => Vec::new(),
-        },
-        allow_unsigned: config.allow_unsigned_deploys,
-        max_module_bytes: usize::try_from(config.max_module_bytes).unwrap_or(usize::MAX),
-    };
-    let limits = config.limits();
-    let concurrency = limits.concurrency;
-    let sandbox = Arc::new(
-        Sandbox::with_options(
-            limits,
-            Some(&config.cache_dir()),
-            EngineOptions {
-                perf_map: config.perf_map,
-                ..EngineOptions::default()
-            },
-        )
-        .context("setting up the sandbox")?,
-    );
-    if config.compiler_inlining.is_some() {
-        tracing::warn!(
-            "--compiler-inlining (WARREN_COMPILER_INLINING) is ignored: procedures are compiled \
-             without Cranelift's inliner, as wasmtime does by default; the option will go"
-        );
-    }
-    if config.perf_map {
-        tracing::info!(
-            "writing {}: `perf report` names procedures' functions (--perf-map)",
-            sandbox::perf_map_path().display()
-        );
-    }
-    let registry = Arc::new(Registry::new(config.default_procedure.clone()));
-    let metrics = Arc::new(Metrics::new(concurrency, config.timeout));
+/// Starts a host: checks the options, builds the sandbox, loads every
+/// module in the modules folder and starts watching it, connects to the
+/// broker (waiting for it as long as `--connect-timeout` allows), applies
+/// the deploy history and starts consuming. When this returns `Ok`,
+/// requests on the queue are being answered.
+pub async fn start(config: HostConfig) -> Result<RunningHost, StartError> {
+    let brokers = config.brokers()?;
+    let sandbox = build_sandbox(&config)?;
+    let trigger = ShutdownTrigger::new();
+    let serving = Arc::new(Serving::new(config.procedures.default_procedure.clone()));
+    let metrics = Arc::new(Metrics::new(
+        sandbox.limits().concurrency,
+        config.limits.timeout,
+    ));
+    // Up before the broker is reached, so /healthz says what it waits for.
+    let admin = serve_admin(&config, &metrics, &serving, &sandbox, &trigger).await?;
     let folder = Arc::new(ModulesFolder::new(
-        config.modules_dir.clone(),
+        config.procedures.modules_dir.clone(),
         sandbox.clone(),
-        registry.clone(),
+        serving.clone(),
         metrics.clone(),
     ));
-    let trigger = ShutdownTrigger::new();
-    // Up before the broker is reached, so /healthz says what it waits for.
-    let admin = match config.metrics_addr {
-        Some(addr) => Some(
-            admin::serve(
-                addr,
-                metrics.clone(),
-                registry.clone(),
-                sandbox.clone(),
-                config.queue.clone(),
-                trigger.subscribe(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-
-    // Watch first, so a file changed while the others load is not missed.
-    let watch = watcher::watch(folder.clone(), trigger.subscribe())?;
-    folder.load_all().await?;
-    let watching = tokio::spawn(watch);
-    registry.warn_at_startup(&config.modules_dir);
-    for served in &registry.list() {
-        tracing::info!(procedure = %served.name, digest = %served.digest, "serving procedure");
-    }
-
-    let deployer = Arc::new(Deployer::new(
-        config
-            .host_id
-            .clone()
-            .unwrap_or_else(deploy::default_host_id),
-        policy,
-        folder.clone(),
-    ));
-    tracing::info!(
-        host_id = deployer.host_id(),
-        trusted_keys = deployer_keys_summary(&config),
-        "remote deploys"
-    );
-    let target = Target {
-        brokers: Brokers::new(config.amqp_urls.clone(), connector),
-        queue: config.queue.clone(),
-        mode: config.queue_mode(),
-        prefetch: config.prefetch(concurrency),
-        retention: config.deploy_retention,
-        status: Arc::new(control::StatusSource {
-            host_id: deployer.host_id().to_owned(),
-            queue: config.queue.clone(),
-            durable: config.durable,
-            metrics: metrics.clone(),
-            registry: registry.clone(),
-        }),
-    };
+    let watching = load_modules(&config, &folder, &trigger).await?;
+    let deployer = Arc::new(deployer(&config, &folder)?);
+    let target = target(&config, brokers, &deployer, &metrics, &serving);
     let stream_state = StreamState::new(config.deploy_retention);
-    let session =
-        match session::connect(&target, &deployer, &stream_state, config.connect_timeout).await {
-            Ok(session) => session,
-            Err(error) => {
-                trigger.trigger();
-                let _ = watching.await;
-                return Err(error);
-            }
-        };
-    tracing::info!(
-        broker = %session.broker(),
-        queue = %target.queue,
-        durable = config.durable,
-        concurrency,
-        prefetch = target.prefetch,
-        timeout = %humantime::format_duration(config.timeout),
-        max_memory = %sandbox::format_bytes(config.max_memory),
-        "warren-host ready"
-    );
-
+    let connected = session::connect(
+        &target,
+        &deployer,
+        &stream_state,
+        config.broker.connect_timeout,
+    )
+    .await;
+    let session = match connected {
+        Ok(session) => session,
+        Err(error) => {
+            trigger.trigger();
+            let _ = watching.await;
+            return Err(error.into());
+        }
+    };
+    log_ready(&config, &target, session.broker(), &sandbox);
     metrics.connected(session.broker());
-    let dispatcher = Arc::new(Dispatcher::new(registry, sandbox, metrics.clone()));
-    let serving = tokio::spawn(session::serve_forever(
+    let dispatcher = Arc::new(Dispatcher::new(
+        serving.clone(),
+        sandbox.clone(),
+        metrics.clone(),
+    ));
+    let session = tokio::spawn(session::serve_forever(
         session,
         target,
         dispatcher,
@@ -213,32 +148,179 @@ pub async fn start(config: HostConfig) -> anyhow::Result<RunningHost> {
     ));
     Ok(RunningHost {
         trigger,
-        folder,
         serving,
+        session,
         watching,
         metrics,
+        sandbox,
         admin,
     })
 }
 
+/// The sandbox the options describe, and what it says at startup.
+fn build_sandbox(config: &HostConfig) -> anyhow::Result<Arc<Sandbox>> {
+    // Checked before anything creates the cache folder inside it.
+    anyhow::ensure!(
+        config.procedures.modules_dir.is_dir(),
+        "the modules folder {} does not exist (create it, or pass --modules-dir)",
+        config.procedures.modules_dir.display()
+    );
+    let perf_map = config.observability.perf_map;
+    let sandbox = Sandbox::with_options(
+        config.sandbox_limits(),
+        Some(&config.cache_dir()),
+        EngineOptions {
+            perf_map,
+            ..EngineOptions::default()
+        },
+    )
+    .context("setting up the sandbox")?;
+    if config.tuning.compiler_inlining.is_some() {
+        tracing::warn!(
+            "--compiler-inlining (WARREN_COMPILER_INLINING) is ignored: procedures are compiled \
+             without Cranelift's inliner, as wasmtime does by default; the option will go"
+        );
+    }
+    if perf_map {
+        tracing::info!(
+            "writing {}: `perf report` names procedures' functions (--perf-map)",
+            sandbox::perf_map_path().display()
+        );
+    }
+    Ok(Arc::new(sandbox))
+}
+
+/// `/metrics` and the health checks, when `--metrics-addr` asks for them.
+async fn serve_admin(
+    config: &HostConfig,
+    metrics: &Arc<Metrics>,
+    serving: &Arc<Serving>,
+    sandbox: &Arc<Sandbox>,
+    trigger: &ShutdownTrigger,
+) -> anyhow::Result<Option<admin::Admin>> {
+    let Some(addr) = config.observability.metrics_addr else {
+        return Ok(None);
+    };
+    let admin = admin::serve(
+        addr,
+        metrics.clone(),
+        serving.clone(),
+        sandbox.clone(),
+        config.broker.queue.clone(),
+        trigger.subscribe(),
+    )
+    .await?;
+    Ok(Some(admin))
+}
+
+/// Loads every module in the folder and starts watching it (first, so a
+/// file changed while the others load is not missed); says what serves.
+async fn load_modules(
+    config: &HostConfig,
+    folder: &Arc<ModulesFolder>,
+    trigger: &ShutdownTrigger,
+) -> anyhow::Result<JoinHandle<()>> {
+    let watch = watcher::watch(folder.clone(), trigger.subscribe())?;
+    folder.load_all().await?;
+    let watching = tokio::spawn(watch);
+    let serving = folder.serving();
+    serving.warn_at_startup(&config.procedures.modules_dir);
+    for served in &serving.list() {
+        tracing::info!(procedure = %served.name, digest = %served.digest, "serving procedure");
+    }
+    Ok(watching)
+}
+
+/// Who applies remote deploys here, under which policy.
+fn deployer(config: &HostConfig, folder: &Arc<ModulesFolder>) -> anyhow::Result<Deployer> {
+    let options = &config.deploys;
+    let policy = DeployPolicy {
+        trusted_keys: match &options.trusted_keys {
+            Some(path) => warren_protocol::deploy::read_trusted_keys(path)?,
+            None => Vec::new(),
+        },
+        allow_unsigned: options.allow_unsigned_deploys,
+        max_module_bytes: usize::try_from(options.max_module_bytes).unwrap_or(usize::MAX),
+    };
+    let host_id = options
+        .host_id
+        .clone()
+        .unwrap_or_else(deploy::default_host_id);
+    let deployer = Deployer::new(host_id, policy, folder.clone());
+    tracing::info!(
+        host_id = deployer.host_id(),
+        trusted_keys = deployer_keys_summary(config),
+        "remote deploys"
+    );
+    Ok(deployer)
+}
+
 /// How this host treats remote deploys, for the startup log.
 fn deployer_keys_summary(config: &HostConfig) -> String {
-    match (&config.trusted_keys, config.allow_unsigned_deploys) {
+    match (
+        &config.deploys.trusted_keys,
+        config.deploys.allow_unsigned_deploys,
+    ) {
         (_, true) => "any (--allow-unsigned-deploys)".to_owned(),
         (Some(path), false) => format!("from {}", path.display()),
         (None, false) => "none: every remote deploy is refused".to_owned(),
     }
 }
 
+/// Where and how every session connects.
+fn target(
+    config: &HostConfig,
+    brokers: Brokers,
+    deployer: &Deployer,
+    metrics: &Arc<Metrics>,
+    serving: &Arc<Serving>,
+) -> Target {
+    let queue = config.broker.queue.clone();
+    Target {
+        brokers,
+        mode: config.queue_mode(),
+        prefetch: config.prefetch(config.sandbox_limits().concurrency),
+        retention: config.deploy_retention,
+        status: Arc::new(control::StatusSource {
+            host_id: deployer.host_id().to_owned(),
+            queue: queue.clone(),
+            durable: config.broker.durable,
+            metrics: metrics.clone(),
+            serving: serving.clone(),
+        }),
+        queue,
+    }
+}
+
+fn log_ready(config: &HostConfig, target: &Target, broker: &str, sandbox: &Sandbox) {
+    let limits = sandbox.limits();
+    tracing::info!(
+        broker = %broker,
+        queue = %target.queue,
+        durable = config.broker.durable,
+        concurrency = limits.concurrency,
+        prefetch = target.prefetch,
+        timeout = %humantime::format_duration(limits.timeout),
+        max_memory = %sandbox::format_bytes(limits.max_memory),
+        "warren-host ready"
+    );
+}
+
 impl RunningHost {
-    /// The procedures this host serves.
-    pub fn registry(&self) -> &Arc<Registry> {
-        self.folder.registry()
+    /// The procedures this host serves now, in name order.
+    pub fn served(&self) -> Vec<Served> {
+        self.serving.list()
     }
 
-    /// What the host has counted (requests, swaps, deploys, the broker link).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    /// The digest of the version of `procedure` serving now, if any.
+    pub fn digest_of(&self, procedure: &str) -> Option<String> {
+        self.serving.get(procedure).map(|p| p.digest.clone())
+    }
+
+    /// What `/metrics` would answer now (Prometheus text format).
+    pub fn metrics_text(&self) -> String {
+        self.metrics
+            .encode(&self.serving.list(), self.sandbox.spares_used())
     }
 
     /// Where `--metrics-addr` listens, if given (the port chosen for port 0).
@@ -246,27 +328,10 @@ impl RunningHost {
         self.admin.as_ref().map(|admin| admin.addr)
     }
 
-    /// What the modules folder has done: reads, loads, failures.
-    pub fn module_stats(&self) -> &Arc<LoadStats> {
-        self.folder.stats()
-    }
-
     /// Stops taking requests, finishes those in flight, disconnects.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.trigger.trigger();
-        self.wait().await
-    }
-
-    /// Waits until the host stops: after [`RunningHost::stop`], or when
-    /// `signal` completes (for example Ctrl-C).
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        signal.await;
-        tracing::info!("shutting down: finishing requests in flight");
-        self.stop().await
-    }
-
-    async fn wait(self) -> anyhow::Result<()> {
-        let served = self.serving.await.context("the AMQP task panicked")?;
+        let served = self.session.await.context("the AMQP task panicked")?;
         let _ = self.watching.await;
         if let Some(admin) = self.admin {
             let _ = admin.task.await;

@@ -6,27 +6,23 @@ use std::io::IsTerminal as _;
 use clap::Parser as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{EnvFilter, Layer as _};
-use warren_host::HostConfig;
 use warren_host::config::LogFormat;
+use warren_host::{HostConfig, StartError};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = HostConfig::parse();
-    let exporter = match init_logging(config.log_format, config.otlp_endpoint.as_deref()) {
+    let observability = &config.observability;
+    let exporter = match init_logging(
+        observability.log_format,
+        observability.otlp_endpoint.as_deref(),
+    ) {
         Ok(exporter) => exporter,
         Err(error) => {
             eprintln!("error: --otlp-endpoint: {error:#}");
             return std::process::ExitCode::from(2);
         }
     };
-    if let Err(why) = config.check_urls() {
-        eprintln!("error: --amqp-url: {why}");
-        return std::process::ExitCode::from(2);
-    }
-    if let Err(why) = config.connector() {
-        eprintln!("error: {why}");
-        return std::process::ExitCode::from(2);
-    }
     // A signal while the host is still waiting for the broker stops it too.
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -36,7 +32,11 @@ async fn main() -> std::process::ExitCode {
                 (&mut signal).await;
                 stop_gracefully_unless_signalled_again(host).await
             }
-            Err(error) => Err(error),
+            Err(StartError::Usage(why)) => {
+                eprintln!("error: {why}");
+                return std::process::ExitCode::from(2);
+            }
+            Err(StartError::Failed(error)) => Err(error),
         },
         () = &mut signal => {
             tracing::info!("stopped before the host was ready");
@@ -56,7 +56,7 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(error) => {
-            tracing::error!("{}", warren_host::broker::Causes(&error));
+            tracing::error!("{}", warren_host::Causes(&error));
             std::process::ExitCode::FAILURE
         }
     }
@@ -105,7 +105,7 @@ fn init_logging(
     };
     let (provider, export) = match otlp_endpoint {
         Some(endpoint) => {
-            let (provider, layer) = warren_host::telemetry::otlp_layer(endpoint)?;
+            let (provider, layer) = warren_host::otlp_layer(endpoint)?;
             (Some(provider), Some(layer))
         }
         None => (None, None),

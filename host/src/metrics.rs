@@ -6,7 +6,7 @@
 //! lookup: nothing next to running a request); `--metrics-addr` only decides
 //! whether [`crate::admin`] serves it. Metric names, labels and help texts
 //! follow Prometheus conventions (`prometheus-client` writes the text
-//! format), and are documented in README.md: keep the two in step.
+//! format), and are documented in docs/observability.md: keep the two in step.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -18,7 +18,9 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use warren_protocol::QueueMode;
 use warren_protocol::deploy::StreamRetention;
 
-use crate::broker::{Backoff, Brokers, Causes, close_quietly};
+use warren_protocol::broker::{Backoff, Brokers, close_quietly};
+
+use crate::causes::Causes;
 use crate::control::{Control, StatusSource};
 use crate::deploy::Deployer;
 use crate::deploy::stream::{DeployStream, StreamState};
@@ -135,9 +137,13 @@ impl Session {
     ) -> Result<Self, OpenError> {
         let (connection, broker) = target
             .brokers
-            .connect()
+            .connect(CONNECT_ATTEMPT_TIMEOUT, |error| {
+                if target.brokers.len() > 1 {
+                    tracing::warn!("cannot connect: {error}");
+                }
+            })
             .await
-            .map_err(OpenError::Unreachable)?;
+            .map_err(|error| OpenError::Unreachable(error.into()))?;
         let set_up = async {
             let queue =
                 RequestQueue::declare(&connection, &target.queue, target.mode, target.prefetch)
@@ -205,6 +211,9 @@ impl Session {
         result
     }
 }
+
+/// How long one connection attempt may take.
+const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long to wait before trying again a setup the broker refused: it
 /// takes a person to fix it.

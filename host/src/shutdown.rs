@@ -46,11 +46,6 @@ impl Default for ShutdownTrigger {
 }
 
 impl Shutdown {
-    /// Whether the signal has fired.
-    pub fn is_shutdown(&self) -> bool {
-        *self.receiver.borrow()
-    }
-
     /// Waits for the signal; returns at once if it already fired. Also
     /// returns if the trigger is dropped, which only happens on the way out.
     pub async fn recv(&mut self) {

@@ -3,10 +3,8 @@
 
 use std::path::Path;
 
-mod common;
-
-use warren_host::modules::digest;
 use warren_host::sandbox::{Limits, Sandbox};
+use warren_protocol::module_digest as digest;
 
 fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -19,7 +17,7 @@ fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn compiled_code_is_cached_by_digest_and_survives_a_damaged_entry() {
-    let wasm = common::fib_wasm();
+    let wasm = warren_testing::fib_wasm();
     let sha = digest(&wasm);
     let cache = tempfile::tempdir().unwrap();
 
@@ -57,7 +55,7 @@ fn compiled_code_is_cached_by_digest_and_survives_a_damaged_entry() {
 /// larger limit) made for it is kept, not dropped as damaged.
 #[test]
 fn a_module_too_big_for_max_memory_is_refused_plainly_and_its_cache_entry_kept() {
-    let wasm = common::fib_wasm();
+    let wasm = warren_testing::fib_wasm();
     let sha = digest(&wasm);
     let cache = tempfile::tempdir().unwrap();
     Sandbox::new(Limits::default(), Some(cache.path()))

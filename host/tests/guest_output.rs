@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use warren_host::modules::digest;
 use warren_host::sandbox::{Limits, Sandbox};
+use warren_protocol::module_digest as digest;
 
 /// Collects everything the log subscriber writes.
 #[derive(Clone, Default)]

@@ -5,10 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-mod common;
-
-use warren_host::modules::digest;
 use warren_host::sandbox::{EngineOptions, Limits, Sandbox, perf_map_path};
+use warren_protocol::module_digest as digest;
 
 /// Addresses the map names the guest's `fib` function at, mangled
 /// (`wasm[0]::function[24]::_ZN9guest_fib3fib17h…E`) as wasmtime names code
@@ -26,7 +24,7 @@ fn fib_addresses(map: &Path) -> BTreeSet<String> {
 
 #[test]
 fn procedures_functions_are_named_for_perf_compiled_or_cached() {
-    let wasm = common::fib_wasm();
+    let wasm = warren_testing::fib_wasm();
     let sha = digest(&wasm);
     let cache = tempfile::tempdir().unwrap();
     // One map per process, appended to by every engine in it; this test is

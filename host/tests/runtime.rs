@@ -2,14 +2,12 @@
 //! modules built to hit known wasmtime advisories, run through the sandbox
 //! beside an honest procedure that must go on answering. No broker needed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{fib_wasm, hostile_wasm};
-use warren_host::modules::digest;
 use warren_host::sandbox::{EngineOptions, Limits, Sandbox};
 use warren_protocol::ErrorKind;
+use warren_protocol::module_digest as digest;
+use warren_testing::{fib_wasm, hostile_wasm};
 
 /// A procedure written by hand: a core module whose exported `handle`
 /// runs `body` (instructions leaving nothing on the stack) and answers `ok`

@@ -21,6 +21,7 @@
 //! [`ERROR_CONTENT_TYPE`]) and never a bare number, so an old caller that
 //! parses the body as an integer fails loudly instead of reading a wrong answer.
 
+pub mod broker;
 pub mod component;
 pub mod deploy;
 pub mod status;

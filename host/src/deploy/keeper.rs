@@ -104,7 +104,7 @@ impl Keeper {
                     stream_keeps = self.retention.max_bytes,
                     "the newest deploys of all procedures together are too large for the deploy \
                      stream to keep them all: hosts started later may miss some. Keep them under \
-                     {} (see \"Deploying to a fleet\" in the docs)",
+                     {} (docs/deploying.md)",
                     limit
                 );
             }

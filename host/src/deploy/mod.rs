@@ -405,14 +405,14 @@ impl Deployer {
     /// it. Nothing changes unless every step succeeds.
     async fn install(&self, verified: &Verified, module: Vec<u8>) -> anyhow::Result<()> {
         let Verified { name, digest, .. } = verified;
-        let serving = self.folder.registry().get(name).map(|p| p.digest.clone());
+        let serving = self.folder.serving().get(name).map(|p| p.digest.clone());
         let (procedure, module) = if serving.as_ref() == Some(digest) {
             // Served already (a replayed history, a repeated deploy): make
             // sure the folder holds it too.
-            let procedure = self.folder.registry().get(name).expect("served");
+            let procedure = self.folder.serving().get(name).expect("served");
             (Procedure::clone(&procedure), module)
         } else {
-            let _loading = self.folder.registry().loading(name);
+            let _loading = self.folder.serving().loading(name);
             // The bytes travel to the compile thread and back: no copy.
             tokio::task::spawn_blocking({
                 let sandbox = self.folder.sandbox().clone();

@@ -40,9 +40,9 @@ use warren_protocol::{header_text, set_header_text};
 
 use super::keeper::{Keeper, Kept, MESSAGE_OVERHEAD};
 use super::{DeployRequest, Deployer, Settled};
-use crate::broker::close_quietly;
 use crate::modules::{MODULE_EXTENSION, digest};
 use crate::shutdown::Shutdown;
+use warren_protocol::broker::close_quietly;
 
 /// Stream messages delivered ahead of the one being read. Each is acked
 /// (which, on a stream, only asks for the next) as soon as it is read, so a

@@ -1,4 +1,4 @@
-//! The modules folder and the registry kept in step with it.
+//! The modules folder, and what is served kept in step with it.
 //!
 //! Every change to what is served goes through [`ModulesFolder`]: a file the
 //! watcher reports, the folder read at startup, a module a deploy saves. It
@@ -18,12 +18,12 @@ use std::time::{Instant, SystemTime};
 use anyhow::Context as _;
 
 use super::{
-    MODULE_EXTENSION, Procedure, Registry, digest, misnamed_module, module_files, procedure_name,
+    MODULE_EXTENSION, Procedure, Serving, digest, misnamed_module, module_files, procedure_name,
 };
 use crate::sandbox::Sandbox;
 
-/// Counts of what the folder has done since the host started; tests and
-/// operators use them to see that an idle host stays idle.
+/// Counts of what the folder has done since the host started; the tests use
+/// them to see that an idle host stays idle.
 #[derive(Debug, Default)]
 pub struct LoadStats {
     reads: AtomicU64,
@@ -31,6 +31,7 @@ pub struct LoadStats {
     failed: AtomicU64,
 }
 
+#[cfg(test)]
 impl LoadStats {
     /// Module files read (and hashed) from the folder.
     pub fn reads(&self) -> u64 {
@@ -87,30 +88,30 @@ struct Seen {
 
 type SeenFiles = Arc<Mutex<HashMap<PathBuf, Seen>>>;
 
-/// The modules folder: loads its `NAME.wasm` files into the registry and
+/// The modules folder: serves its `NAME.wasm` files (through [`Serving`]) and
 /// saves deployed modules into it.
 pub struct ModulesFolder {
     dir: PathBuf,
     sandbox: Arc<Sandbox>,
-    registry: Arc<Registry>,
+    serving: Arc<Serving>,
     seen: SeenFiles,
     stats: Arc<LoadStats>,
     metrics: Arc<Metrics>,
 }
 
 impl ModulesFolder {
-    /// The folder `dir`, loading into `registry` through `sandbox`, counting
+    /// The folder `dir`, loading into `serving` through `sandbox`, counting
     /// swaps and failures in `metrics`.
     pub fn new(
         dir: PathBuf,
         sandbox: Arc<Sandbox>,
-        registry: Arc<Registry>,
+        serving: Arc<Serving>,
         metrics: Arc<Metrics>,
     ) -> Self {
         ModulesFolder {
             dir,
             sandbox,
-            registry,
+            serving,
             seen: SeenFiles::default(),
             stats: Arc::default(),
             metrics,
@@ -127,9 +128,9 @@ impl ModulesFolder {
         &self.dir
     }
 
-    /// The registry this folder keeps up to date.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    /// What is served, which this folder keeps up to date.
+    pub fn serving(&self) -> &Arc<Serving> {
+        &self.serving
     }
 
     /// The sandbox modules are compiled in.
@@ -138,6 +139,7 @@ impl ModulesFolder {
     }
 
     /// What the folder has done so far.
+    #[cfg(test)]
     pub fn stats(&self) -> &Arc<LoadStats> {
         &self.stats
     }
@@ -151,7 +153,7 @@ impl ModulesFolder {
         Ok(())
     }
 
-    /// Brings the registry in line with one file: load or swap it if it
+    /// Brings what is served in line with one file: load or swap it if it
     /// changed since last read, retire its procedure if it is gone. Logs
     /// what it did; says nothing when the file did not change.
     pub async fn reload(&self, path: &Path) {
@@ -164,7 +166,7 @@ impl ModulesFolder {
             Ok(_) => return,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 self.forget(path);
-                if let Some(retired) = self.registry.retire(&name) {
+                if let Some(retired) = self.serving.retire(&name) {
                     tracing::info!(procedure = %name, digest = %retired.digest, "module file removed; procedure retired");
                 }
                 return;
@@ -181,11 +183,11 @@ impl ModulesFolder {
         }
 
         let started = Instant::now();
-        let serving = self.registry.get(&name).map(|p| p.digest.clone());
+        let serving = self.serving.get(&name).map(|p| p.digest.clone());
         let broken = before
             .filter(|seen| !seen.loaded)
             .and_then(|seen| seen.digest);
-        let _loading = self.registry.loading(&name);
+        let _loading = self.serving.loading(&name);
         let read = tokio::task::spawn_blocking({
             let (sandbox, stats) = (self.sandbox.clone(), self.stats.clone());
             let (path, name, serving) = (path.to_owned(), name.clone(), serving.clone());
@@ -260,7 +262,7 @@ impl ModulesFolder {
                 self.dir.display()
             )
         })?;
-        if self.registry.get(&procedure.name).map(|p| p.digest.clone())
+        if self.serving.get(&procedure.name).map(|p| p.digest.clone())
             != Some(procedure.digest.clone())
         {
             self.serve(procedure, started);
@@ -273,7 +275,7 @@ impl ModulesFolder {
         let (name, digest) = (procedure.name.clone(), procedure.digest.clone());
         let took = format!("{}ms", started.elapsed().as_millis());
         self.stats.loaded.fetch_add(1, Ordering::Relaxed);
-        match self.registry.install(procedure) {
+        match self.serving.install(procedure) {
             Some(old) => {
                 self.metrics.swapped(&name);
                 tracing::info!(procedure = %name, from = %old.digest, to = %digest, took, "procedure swapped")
@@ -397,4 +399,92 @@ fn save_atomically(
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::modules::watcher;
+    use crate::sandbox::Limits;
+    use crate::shutdown::ShutdownTrigger;
+
+    fn fib_wasm() -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/wasm32-wasip2/release/guest_fib.wasm");
+        std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; build it first: `just build-guest`",
+                path.display()
+            )
+        })
+    }
+
+    /// Waits until `done` holds, or panics after `within` saying `what`.
+    async fn eventually(within: Duration, what: &str, done: impl Fn() -> bool) {
+        let give_up = Instant::now() + within;
+        while !done() {
+            assert!(
+                Instant::now() < give_up,
+                "{what} did not happen within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An idle host used to read, hash and (for a broken file) recompile and
+    /// log its modules about ten times a second: the watcher reacted to its own
+    /// reads. Now nothing happens until a file changes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_idle_folder_is_read_once_and_a_broken_file_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("fib.wasm"), fib_wasm()).unwrap();
+        std::fs::write(dir.path().join("bad.wasm"), b"junk\n").unwrap();
+        std::fs::write(dir.path().join("Misnamed.wasm"), b"ignored").unwrap();
+        let sandbox = Arc::new(Sandbox::new(Limits::default(), None).unwrap());
+        let serving = Arc::new(Serving::new(None));
+        let metrics = Arc::new(Metrics::new(2, Duration::from_secs(10)));
+        let folder = Arc::new(ModulesFolder::new(
+            dir.path().to_owned(),
+            sandbox,
+            serving.clone(),
+            metrics,
+        ));
+        let trigger = ShutdownTrigger::new();
+        let watching = tokio::spawn(watcher::watch(folder.clone(), trigger.subscribe()).unwrap());
+        folder.load_all().await.unwrap();
+        let stats = folder.stats().clone();
+        assert_eq!((stats.reads(), stats.loaded(), stats.failed()), (2, 1, 1));
+        assert_eq!(serving.list().len(), 1, "only fib serves");
+
+        // Idle: however long, nothing is read again.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            (stats.reads(), stats.failed()),
+            (2, 1),
+            "an idle folder was read again"
+        );
+
+        // The same broken bytes written again: read once more, not reported again.
+        std::fs::write(dir.path().join("bad.wasm"), b"junk\n").unwrap();
+        eventually(Duration::from_secs(5), "re-reading bad.wasm", || {
+            stats.reads() == 3
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!((stats.reads(), stats.failed()), (3, 1));
+
+        // New broken bytes are news.
+        std::fs::write(dir.path().join("bad.wasm"), b"other junk\n").unwrap();
+        eventually(Duration::from_secs(5), "reporting the new bad.wasm", || {
+            stats.failed() == 2
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!((stats.reads(), stats.failed()), (4, 2));
+
+        trigger.trigger();
+        watching.await.unwrap();
+    }
 }

@@ -1,22 +1,22 @@
 //! Procedures: which components this host serves, and loading new versions.
 //!
 //! Every `NAME.wasm` in the modules folder is the procedure `NAME`. The
-//! [`Registry`] maps names to the [`Procedure`] currently serving them. It
+//! [`Serving`] maps names to the [`Procedure`] currently serving them. It
 //! is swapped as a whole (`arc-swap`), so a request takes an `Arc` to the
 //! version it starts with and finishes on it however many swaps happen
 //! meanwhile, and readers never wait on a writer.
 //!
-//! [`ModulesFolder`] keeps the registry in step with the folder: a created or
+//! [`ModulesFolder`] keeps [`Serving`] in step with the folder: a created or
 //! replaced file is compiled off the request path and swapped in only once it
 //! is ready (make-before-break); a file that fails to load is logged once and
 //! the last good version keeps serving; a deleted file retires its procedure.
-//! Deploys save through it too, so the folder and the registry never
+//! Deploys save through it too, so the folder and what is served never
 //! disagree. [`watcher`] tells it which files changed.
 
 mod folder;
 pub mod watcher;
 
-pub use folder::{LoadStats, ModulesFolder};
+pub use folder::ModulesFolder;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,7 +63,7 @@ impl Procedure {
     }
 }
 
-/// What [`Registry::list`] says of one procedure served.
+/// What [`Serving::list`] says of one procedure served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
     /// The procedure's name.
@@ -78,7 +78,7 @@ pub struct Served {
 /// leaves requests without `x-procedure` unanswerable, because that is the
 /// moment an operator can still do something about it.
 #[derive(Default)]
-pub struct Registry {
+pub struct Serving {
     procedures: ArcSwap<BTreeMap<String, Arc<Procedure>>>,
     /// `--default-procedure`, if given.
     default: Option<String>,
@@ -88,15 +88,15 @@ pub struct Registry {
     loading: std::sync::Mutex<BTreeMap<String, usize>>,
 }
 
-/// Marks a name as loading until dropped ([`Registry::loading`]).
+/// Marks a name as loading until dropped ([`Serving::loading`]).
 pub struct Loading<'r> {
-    registry: &'r Registry,
+    serving: &'r Serving,
     name: String,
 }
 
 impl Drop for Loading<'_> {
     fn drop(&mut self) {
-        let mut loading = self.registry.loading_names();
+        let mut loading = self.serving.loading_names();
         if let Some(count) = loading.get_mut(&self.name) {
             *count -= 1;
             if *count == 0 {
@@ -106,11 +106,11 @@ impl Drop for Loading<'_> {
     }
 }
 
-impl Registry {
-    /// An empty registry; `default` answers requests that name no procedure
+impl Serving {
+    /// Nothing served yet; `default` answers requests that name no procedure
     /// (when `None`, the only loaded procedure does).
     pub fn new(default: Option<String>) -> Self {
-        Registry {
+        Serving {
             procedures: ArcSwap::default(),
             default,
             loading: std::sync::Mutex::default(),
@@ -121,7 +121,7 @@ impl Registry {
     pub fn loading(&self, name: &str) -> Loading<'_> {
         *self.loading_names().entry(name.to_owned()).or_default() += 1;
         Loading {
-            registry: self,
+            serving: self,
             name: name.to_owned(),
         }
     }
@@ -255,7 +255,7 @@ impl Registry {
 
 /// Why a request without `x-procedure` would get `no-procedure` with these
 /// procedures loaded and this `--default-procedure`, or `None` if it would
-/// be answered. An empty registry without a configured default is not worth
+/// be answered. Nothing served without a configured default is not worth
 /// a warning here: the host says so itself.
 fn why_no_default<V>(default: Option<&str>, procedures: &BTreeMap<String, V>) -> Option<String> {
     match default {

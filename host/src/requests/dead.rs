@@ -16,10 +16,10 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, Consumer};
 use warren_protocol::{ErrorKind, HEADER_PROCEDURE, RpcError, dead_letter_queue, header_text};
 
-use super::{PERSISTENT, caller_trace, publish_to, reply_message};
-use crate::broker::close_quietly;
-use crate::dispatch::Reply;
+use super::{caller_trace, reply_message};
+use crate::dispatch::Outcome;
 use crate::shutdown::Shutdown;
+use warren_protocol::broker::{PERSISTENT, close_quietly, publish_to};
 
 /// The dead-letter queue of one request queue, being read.
 pub struct DeadLetters {
@@ -96,10 +96,10 @@ impl DeadLetters {
             "a request reached the delivery limit and was dead-lettered; its caller is told and it is dropped"
         );
         if let Some(reply_to) = properties.reply_to().clone() {
-            let reply = Reply {
+            let reply = Outcome {
                 procedure,
                 digest: None,
-                outcome: Err(RpcError::new(
+                result: Err(RpcError::new(
                     ErrorKind::DeliveryLimit,
                     format!(
                         "the request was delivered {} times without being answered (it may \

@@ -25,8 +25,7 @@ use anyhow::Context as _;
 use futures_lite::StreamExt as _;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -44,10 +43,10 @@ use warren_protocol::{
 use warren_protocol::trace::{HEADER_TRACEPARENT, TraceParent};
 
 use self::replies::{Answer, Replies};
-use crate::broker::close_quietly;
-use crate::dispatch::{Dispatcher, Handled, Reply};
+use crate::dispatch::{Dispatcher, Handled, Outcome};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
+use warren_protocol::broker::{PERSISTENT, close_quietly};
 
 /// The request queue, declared and ready to be consumed.
 pub struct RequestQueue {
@@ -279,7 +278,7 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
             }
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match &reply.outcome {
+        match &reply.result {
             Ok(body) => tracing::debug!(elapsed_ms, reply_bytes = body.len(), "answered"),
             Err(error) => tracing::info!(elapsed_ms, kind = %error.kind, "answered with error: {}", error.message),
         }
@@ -306,41 +305,12 @@ pub(crate) fn caller_trace(properties: &BasicProperties) -> Option<TraceParent> 
         .and_then(|text| TraceParent::parse(&text))
 }
 
-/// AMQP `delivery_mode` of a message the broker keeps on disk.
-pub(crate) const PERSISTENT: u8 = 2;
-
-/// Publishes through the default exchange to queue `to` and waits until the
-/// frames are written, or, on a channel with publisher confirms, until the
-/// broker confirms it (a nack is an error).
-pub(crate) async fn publish_to(
-    channel: &Channel,
-    to: ShortString,
-    body: &[u8],
-    properties: BasicProperties,
-) -> anyhow::Result<()> {
-    let confirmation = channel
-        .basic_publish(
-            ShortString::default(),
-            to,
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await?
-        .await?;
-    anyhow::ensure!(
-        !confirmation.is_nack(),
-        "the broker did not take the reply (a publisher nack)"
-    );
-    Ok(())
-}
-
 /// The body and properties of a reply message, as the wire contract says,
 /// carrying `trace` (this host's span) as its `traceparent`. Takes the
 /// reply by value so a success body (up to --max-reply-bytes) goes out
 /// without a copy.
 pub(crate) fn reply_message(
-    reply: Reply,
+    reply: Outcome,
     correlation_id: Option<ShortString>,
     trace: &TraceParent,
 ) -> (Vec<u8>, BasicProperties) {
@@ -356,7 +326,7 @@ pub(crate) fn reply_message(
     if let Some(id) = correlation_id {
         properties = properties.with_correlation_id(id);
     }
-    let body = match reply.outcome {
+    let body = match reply.result {
         Ok(body) => {
             set_header_text(&mut headers, HEADER_RPC_STATUS, STATUS_OK);
             body
@@ -377,10 +347,10 @@ mod tests {
 
     #[test]
     fn error_replies_carry_kind_and_json() {
-        let reply = Reply {
+        let reply = Outcome {
             procedure: Some("fib".into()),
             digest: Some("sha256:00".into()),
-            outcome: Err(warren_protocol::RpcError::new(
+            result: Err(warren_protocol::RpcError::new(
                 warren_protocol::ErrorKind::ProcedureError,
                 "bad",
             )),

@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use super::publish_to;
+use warren_protocol::broker::publish_to;
 
 /// What became of one request, as its task hands it over.
 #[allow(

@@ -30,8 +30,8 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
-use super::Guest;
 use super::bindings::Procedure;
+use super::run::Guest;
 
 /// A start slower than this counts as slow. A Rust component starts in under
 /// 10 µs, Python and JavaScript ones in 200 µs or more.

@@ -8,15 +8,13 @@
 //! (no python3, no node), its tests say SKIPPED and pass; where it is, a
 //! missing component fails the test with the command that builds it.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::*;
 use warren_client::protocol::ErrorKind;
 use warren_client::{CallError, RpcClient};
+use warren_testing::*;
 
 /// A guest language and where its components are.
 struct Language {
@@ -131,7 +129,7 @@ async fn answers_like_the_rust_one(language: Language) {
     let host = TestHost::start_with(
         &format!("{}-fib", language.fib),
         &[("fib", &fib_wasm()), (language.fib, &fib_lang)],
-        |config| config.default_procedure = Some("fib".into()),
+        |config| config.procedures.default_procedure = Some("fib".into()),
     )
     .await;
     let client = host.client().await;
@@ -164,8 +162,8 @@ async fn is_sandboxed(language: Language) {
         &format!("{}-sandbox", language.hostile),
         &[("hostile", &hostile), ("fib", &fib_wasm())],
         |config| {
-            config.timeout = Duration::from_secs(2);
-            config.default_procedure = Some("fib".into());
+            config.limits.timeout = Duration::from_secs(2);
+            config.procedures.default_procedure = Some("fib".into());
         },
     )
     .await;
@@ -227,8 +225,8 @@ async fn swapping_rust_for_python_and_javascript_under_load_fails_nothing() {
         return;
     }
     let host = TestHost::start_with("swap-languages", &[("fib", &fib_wasm())], |config| {
-        config.default_procedure = Some("fib".into());
-        config.concurrency = Some(4);
+        config.procedures.default_procedure = Some("fib".into());
+        config.limits.concurrency = Some(4);
     })
     .await;
     let client = Arc::new(host.client().await);

@@ -1,12 +1,10 @@
 //! What operators see: Prometheus metrics and health checks
 //! (`--metrics-addr`) after known traffic.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use warren_client::protocol::ErrorKind;
+use warren_testing::*;
 
 /// The value of the sample line that starts with `series` in `text`.
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -22,9 +20,9 @@ async fn metrics_count_known_traffic_and_health_says_consuming() {
         "metrics",
         &[("fib", &fib), ("hostile", &hostile)],
         |config| {
-            config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
-            config.timeout = Duration::from_secs(1);
-            config.default_procedure = Some("fib".into());
+            config.observability.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+            config.limits.timeout = Duration::from_secs(1);
+            config.procedures.default_procedure = Some("fib".into());
         },
     )
     .await;
@@ -118,7 +116,7 @@ async fn metrics_count_known_traffic_and_health_says_consuming() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_without_procedures_is_healthy_but_not_ready() {
     let host = TestHost::start_with("not-ready", &[], |config| {
-        config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+        config.observability.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
     let addr = host.host.as_ref().unwrap().metrics_addr().unwrap();
@@ -211,11 +209,11 @@ async fn status_lists_every_host_and_flags_different_versions() {
     let v1 = fib_wasm();
     let v2 = with_custom_section(&v1, "v2");
     let first = TestHost::start_with("status", &[("fib", &v1)], |config| {
-        config.host_id = Some("status-a".into());
+        config.deploys.host_id = Some("status-a".into());
     })
     .await;
     let second = TestHost::join(&first.queue, &[("fib", &v2)], |config| {
-        config.host_id = Some("status-b".into());
+        config.deploys.host_id = Some("status-b".into());
     })
     .await;
     first.client().await.call(call("10")).await.unwrap();

@@ -3,14 +3,12 @@
 //!
 //! The guest is `test-guests/hostile`; the request body picks the misdeed.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use warren_client::protocol::ErrorKind;
 use warren_client::{CallError, RpcClient};
+use warren_testing::*;
 
 /// Short budget so the timeout cases finish quickly.
 const BUDGET: Duration = Duration::from_secs(1);
@@ -26,8 +24,8 @@ async fn hostile_host_with_budget(test: &str, budget: Duration) -> TestHost {
         test,
         &[("hostile", &hostile_wasm()), ("fib", &fib_wasm())],
         |config| {
-            config.timeout = budget;
-            config.default_procedure = Some("hostile".into());
+            config.limits.timeout = budget;
+            config.procedures.default_procedure = Some("hostile".into());
         },
     )
     .await

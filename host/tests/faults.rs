@@ -1,14 +1,12 @@
 //! Faults a host must ride out, against the real broker.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use tokio::net::{TcpListener, TcpStream};
 use warren_client::{Call, RpcClient};
+use warren_testing::*;
 
 /// The broker's address, from the test URL (host:port).
 fn broker_address() -> String {
@@ -54,7 +52,7 @@ async fn a_host_started_before_the_broker_waits_for_it_and_serves() {
     let late_url = amqp_url().replacen(&broker_address(), &format!("127.0.0.1:{port}"), 1);
     assert_ne!(late_url, amqp_url(), "the test URL names host:port");
     let host = TestHost::start_with("late-broker", &[("fib", &fib_wasm())], |config| {
-        config.amqp_urls = vec![late_url];
+        config.broker.amqp_urls = vec![late_url];
     })
     .await;
     let reply = host.client().await.call(call("12")).await.unwrap();
@@ -177,8 +175,8 @@ async fn a_second_signal_exits_at_once_and_returns_unfinished_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_whose_callers_gave_up_are_not_started() {
     let host = TestHost::start_with("caller-gone", &[("hostile", &hostile_wasm())], |config| {
-        config.concurrency = Some(1);
-        config.timeout = Duration::from_secs(3);
+        config.limits.concurrency = Some(1);
+        config.limits.timeout = Duration::from_secs(3);
     })
     .await;
     let client = Arc::new(host.client().await);
@@ -202,10 +200,9 @@ async fn requests_whose_callers_gave_up_are_not_started() {
     }
     // One ran to the host's 3 s budget; the other two waited for its slot
     // past their callers' deadline.
-    let metrics = host.host.as_ref().unwrap().metrics().clone();
     let give_up = Instant::now() + Duration::from_secs(15);
     let text = loop {
-        let text = metrics.encode(&[], 0);
+        let text = host.host.as_ref().unwrap().metrics_text();
         if text.contains(r#"warren_requests_not_started_total{procedure="hostile"} 2"#)
             || Instant::now() > give_up
         {

@@ -8,14 +8,12 @@
 //! node names, ports and data folder, never the broker on 5672 or a cluster
 //! started by hand, and is always stopped at the end, whatever happens.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
 use warren_client::{Call, CallError, ClientOptions, RpcClient};
+use warren_testing::*;
 
 /// The test's own cluster; stopped and removed when dropped.
 struct Cluster {

@@ -2,18 +2,16 @@
 //! delivery limit and the dead-letter queue, and what a host says when a
 //! queue was declared the other way.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures_lite::StreamExt as _;
 use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use warren_client::protocol::{ErrorKind, dead_letter_queue};
 use warren_client::{CallError, ClientOptions, RpcClient};
+use warren_testing::*;
 
 fn durable(config: &mut warren_host::HostConfig) {
-    config.durable = true;
+    config.broker.durable = true;
 }
 
 async fn durable_client(queue: &str) -> RpcClient {
@@ -46,8 +44,8 @@ async fn a_durable_host_answers_a_durable_client() {
 async fn a_request_that_keeps_failing_is_dead_lettered_and_its_caller_told() {
     let wasm = fib_wasm();
     let mut first = TestHost::start_with("dead-letter", &[("fib", &wasm)], |config| {
-        config.durable = true;
-        config.delivery_limit = 2;
+        config.broker.durable = true;
+        config.broker.delivery_limit = 2;
     })
     .await;
     let queue = first.queue.clone();
@@ -103,8 +101,8 @@ async fn a_request_that_keeps_failing_is_dead_lettered_and_its_caller_told() {
 
     // A durable host reads QUEUE.dead and tells the caller.
     let second = TestHost::join(&queue, &[("fib", &wasm)], |config| {
-        config.durable = true;
-        config.delivery_limit = 2;
+        config.broker.durable = true;
+        config.broker.delivery_limit = 2;
     })
     .await;
     match waiting.await.unwrap() {
@@ -129,9 +127,9 @@ async fn a_request_that_keeps_failing_is_dead_lettered_and_its_caller_told() {
 async fn a_host_on_a_queue_declared_the_other_way_says_how_to_fix_it() {
     let classic = TestHost::start("mismatch", &[("fib", &fib_wasm())]).await;
     let mut config = warren_host::HostConfig::new(&classic.queue, classic.modules.path());
-    config.amqp_urls = vec![amqp_url()];
-    config.durable = true;
-    config.connect_timeout = Some(Duration::from_secs(1));
+    config.broker.amqp_urls = vec![amqp_url()];
+    config.broker.durable = true;
+    config.broker.connect_timeout = Some(Duration::from_secs(1));
     let why = match warren_host::start(config).await {
         Ok(_) => panic!("a durable host started on a classic queue"),
         Err(error) => format!("{error:#}"),

@@ -1,12 +1,9 @@
 //! The whole path over the real broker: client → queue → host → fib
 //! component → reply, including every error reply and hot swapping.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use futures_lite::StreamExt as _;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -16,6 +13,7 @@ use warren_client::protocol::{
     ERROR_CONTENT_TYPE, ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST,
     HEADER_RPC_ERROR, HEADER_RPC_STATUS, header_text,
 };
+use warren_testing::*;
 
 fn seed_fib(n: u64) -> u64 {
     if n < 2 {
@@ -322,7 +320,7 @@ async fn with_two_modules_and_no_default_a_request_must_name_one() {
     host.stop().await;
 
     let host = TestHost::start_with("two-default", &[("fib", &wasm), ("twin", &twin)], |c| {
-        c.default_procedure = Some("twin".into());
+        c.procedures.default_procedure = Some("twin".into());
     })
     .await;
     let reply = host.client().await.call(call("6")).await.unwrap();

@@ -1,0 +1,342 @@
+//! Running one request: a concurrency slot, a fresh instance (or the spare
+//! started ahead) under the deadline and the memory limit, the guest's
+//! output, and what a failure means for the caller.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedSemaphorePermit;
+use warren_protocol::{ErrorKind, RpcError};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::limits::{self, MemoryLimiter};
+use super::output::CappedOutput;
+use super::spare::Spare;
+use super::{Limits, PreparedComponent, Sandbox, Slot};
+
+impl Sandbox {
+    /// Runs one request through a fresh instance of `component`.
+    ///
+    /// Waits for a free concurrency slot, then runs the guest in the calling
+    /// task under the deadline and memory limit. `label` tags the guest's
+    /// output in the log. Never panics on guest behaviour: every outcome is
+    /// a reply body or an [`RpcError`] of the right kind.
+    pub async fn run(
+        &self,
+        component: &PreparedComponent,
+        request: Vec<u8>,
+        label: &str,
+    ) -> Result<Vec<u8>, RpcError> {
+        let slot = self.slot().await?;
+        self.run_in(slot, component, request, label).await
+    }
+
+    /// Waits for a free concurrency slot, for [`Sandbox::run_in`]: a caller
+    /// that has something to decide once the request may start (is its
+    /// caller still waiting?) decides it between the two.
+    pub async fn slot(&self) -> Result<Slot, RpcError> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map(Slot)
+            .map_err(|_| RpcError::new(ErrorKind::Internal, "the host is shutting down; retry"))
+    }
+
+    /// [`Sandbox::run`] in a slot already taken.
+    pub async fn run_in(
+        &self,
+        slot: Slot,
+        component: &PreparedComponent,
+        request: Vec<u8>,
+        label: &str,
+    ) -> Result<Vec<u8>, RpcError> {
+        let _ticking = self.ticker.handle().running();
+        self.run_fresh(component, &request, label, slot.0).await
+    }
+
+    async fn run_fresh(
+        &self,
+        component: &PreparedComponent,
+        request: &[u8],
+        label: &str,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Vec<u8>, RpcError> {
+        let limits = &self.limits;
+        let started = Instant::now();
+        let deadline = started + limits.timeout;
+        let timeout_error = || {
+            RpcError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the procedure ran past the {} budget (stopped after {})",
+                    humantime::format_duration(limits.timeout),
+                    format_elapsed(started.elapsed())
+                ),
+            )
+        };
+
+        // The spare, if one was started ahead (waiting for it counts against
+        // this request's deadline); a spare that failed to start means
+        // starting one here, which reports why.
+        let spare = match component.spares.take() {
+            Some(starting) => match tokio::time::timeout_at(deadline.into(), starting).await {
+                Ok(made) => made.ok().flatten(),
+                Err(_elapsed) => return Err(timeout_error()),
+            },
+            None => None,
+        };
+        let (mut guest, started_ahead) = match spare {
+            Some(spare) => {
+                self.spares_used.fetch_add(1, Ordering::Relaxed);
+                let (guest, procedure) = spare.into_parts();
+                (guest, Some(procedure))
+            }
+            None => (Guest::new(&self.engine, limits), None),
+        };
+        guest.set_deadline(deadline);
+        // The next request's instance starts now, beside this one's call and
+        // the round trip to the caller, when this component starts slowly.
+        self.start_spare(component);
+
+        let store = &mut guest.store;
+        let call = async {
+            let procedure = match started_ahead {
+                Some(procedure) => procedure,
+                None => {
+                    let starting = Instant::now();
+                    let procedure = component.pre.instantiate_async(&mut *store).await?;
+                    component.spares.record_start(starting.elapsed());
+                    procedure
+                }
+            };
+            procedure
+                .warren_procedure_handler()
+                .call_handle(&mut *store, request)
+                .await
+        };
+        // The timer covers what epochs cannot: a guest blocked in a host call.
+        let outcome = tokio::time::timeout_at(deadline.into(), call).await;
+
+        let Guest {
+            store,
+            stdout,
+            stderr,
+        } = guest;
+        stdout.log(label, "stdout");
+        stderr.log(label, "stderr");
+        let memory_limit_hit = store.data().limiter.limit_hit();
+        tear_down(store, slot, component.spares.starts_slowly());
+
+        match outcome {
+            Err(_elapsed) => Err(timeout_error()),
+            Ok(Err(error)) => Err(classify_failure(&error, memory_limit_hit, limits, &stderr)
+                .unwrap_or_else(timeout_error)),
+            // A runtime that turns a refused memory.grow into an exception
+            // of its own (SpiderMonkey's "out of memory", CPython's
+            // MemoryError caught by the procedure) ends up here: the limit is
+            // still why it failed, and that is what the caller is told.
+            Ok(Ok(Err(message))) if memory_limit_hit => Err(RpcError::new(
+                ErrorKind::MemoryLimit,
+                format!(
+                    "{} (the procedure then failed: {message})",
+                    memory_limit_message(limits)
+                ),
+            )),
+            Ok(Ok(Err(message))) => Err(RpcError::new(ErrorKind::ProcedureError, message)),
+            Ok(Ok(Ok(reply))) if reply.len() > limits.max_reply_bytes => Err(RpcError::new(
+                ErrorKind::ReplyTooLarge,
+                format!(
+                    "the procedure returned {} bytes; this host sends at most {} (--max-reply-bytes)",
+                    reply.len(),
+                    limits.max_reply_bytes
+                ),
+            )),
+            Ok(Ok(Ok(reply))) => Ok(reply),
+        }
+    }
+
+    /// Starts `component`'s next instance in the background when it starts
+    /// slowly, none is ready or starting, and `--spare-instances` allows
+    /// another (see [`spare`]).
+    fn start_spare(&self, component: &PreparedComponent) {
+        if !component.spares.starts_slowly() {
+            return;
+        }
+        let Ok(permit) = self.spare_permits.clone().try_acquire_owned() else {
+            return;
+        };
+        component.spares.start_unless_present(|| {
+            let (engine, limits, ticker) = (
+                self.engine.clone(),
+                self.limits.clone(),
+                self.ticker.handle().clone(),
+            );
+            let (pre, spares) = (component.pre.clone(), component.spares.clone());
+            async move {
+                let _ticking = ticker.running();
+                let started = Instant::now();
+                let deadline = started + limits.timeout;
+                let mut guest = Guest::new(&engine, &limits);
+                guest.set_deadline(deadline);
+                let starting = pre.instantiate_async(&mut guest.store);
+                match tokio::time::timeout_at(deadline.into(), starting).await {
+                    Ok(Ok(procedure)) => {
+                        spares.record_start(started.elapsed());
+                        Some(Spare::new(guest, procedure, permit))
+                    }
+                    _ => {
+                        tracing::debug!("a spare instance failed to start; spares stop until a request starts one");
+                        spares.stop();
+                        None
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Drops a finished request's store, which resets its pool slot (the
+/// memory's dirtied pages restored, tables and stack cleared), then frees
+/// its concurrency slot: the permit is held until the pool slot is free
+/// again, so the pool never holds more instances than it was sized for.
+///
+/// A component that starts slowly (a CPython or SpiderMonkey runtime) is
+/// also slow to tear down, several times a Rust one (BENCHMARKS.md). For
+/// those the teardown runs in a task of its own, so the reply is published
+/// first rather than after it. A fast one is dropped here: a task per
+/// request would cost more wake-ups than it saves.
+fn tear_down(store: Store<GuestState>, slot: OwnedSemaphorePermit, slow: bool) {
+    if slow {
+        tokio::spawn(async move {
+            drop(store);
+            drop(slot);
+        });
+    } else {
+        drop(store);
+        drop(slot);
+    }
+}
+
+/// One instance's store and the output it captures: what one request runs in.
+pub(super) struct Guest {
+    store: Store<GuestState>,
+    stdout: CappedOutput,
+    stderr: CappedOutput,
+}
+
+impl Guest {
+    /// A store with nothing granted, under the memory limit, no instance yet.
+    fn new(engine: &Engine, limits: &Limits) -> Self {
+        let stdout = CappedOutput::new(limits.max_output_bytes);
+        let stderr = CappedOutput::new(limits.max_output_bytes);
+        let mut store = Store::new(
+            engine,
+            GuestState {
+                wasi: no_capabilities(&stdout, &stderr),
+                table: ResourceTable::new(),
+                limiter: MemoryLimiter::new(limits.max_memory),
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        Guest {
+            store,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Checks `deadline` on every epoch tick and yields in between, so the
+    /// other tasks on this worker thread (other guests, replies) get their
+    /// turn.
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.store.set_epoch_deadline(1);
+        self.store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+    }
+}
+
+/// Per-request store data: the guest's WASI context and its limits.
+pub(super) struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Maps a wasmtime error from instantiating or calling a guest to an error
+/// reply. `None` means the guest was interrupted at its deadline.
+fn classify_failure(
+    error: &wasmtime::Error,
+    memory_limit_hit: bool,
+    limits: &Limits,
+    stderr: &CappedOutput,
+) -> Option<RpcError> {
+    if memory_limit_hit {
+        return Some(RpcError::new(
+            ErrorKind::MemoryLimit,
+            memory_limit_message(limits),
+        ));
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => None,
+        Some(trap) => {
+            let mut message = first_line(&trap.to_string());
+            if let Some(last) = stderr.last_line() {
+                message = format!("{message} (guest stderr: {last})");
+            }
+            Some(RpcError::new(ErrorKind::Trap, message))
+        }
+        None => Some(RpcError::new(
+            ErrorKind::Internal,
+            format!(
+                "the host could not run the procedure: {}",
+                first_line(&format!("{error:#}"))
+            ),
+        )),
+    }
+}
+
+fn memory_limit_message(limits: &Limits) -> String {
+    format!(
+        "the procedure tried to grow its memory past the {} limit (--max-memory)",
+        limits::format_bytes(limits.max_memory)
+    )
+}
+
+/// A WASI context that grants nothing: no preopened directories, no
+/// environment, no arguments, no sockets or name lookup, an empty stdin.
+/// Output goes to the given capped buffers.
+fn no_capabilities(stdout: &CappedOutput, stderr: &CappedOutput) -> WasiCtx {
+    WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+        .build()
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+fn format_elapsed(elapsed: Duration) -> String {
+    format!("{:.2}s", elapsed.as_secs_f64())
+}

@@ -1,0 +1,129 @@
+//! Deploys as tests make them: keys, hosts that trust them, deploys
+//! through the library and by hand (what a deployer that skips the
+//! client's checks, or a forger, could publish).
+
+use std::path::{Path, PathBuf};
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use warren_client::protocol::deploy::{
+    DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
+    HEADER_DEPLOY_SEQUENCE, HEADER_DEPLOY_SIGNATURE, deploy_stream,
+};
+use warren_client::protocol::set_header_text;
+use warren_client::{Deploy, RpcClient, SecretKey};
+use warren_host::HostConfig;
+
+use crate::broker::{amqp_url, close_connection};
+use crate::calls::CALL_TIMEOUT;
+use crate::fixtures::digest;
+
+/// A fresh key pair in `dir`; returns (secret key path, the key).
+pub fn key_in(dir: &Path, name: &str) -> (PathBuf, SecretKey) {
+    let path = dir.join(name);
+    let key = SecretKey::generate().unwrap();
+    key.write_pair(&path).unwrap();
+    (path, key)
+}
+
+/// Options for a host that trusts the keys in `public_key_file` and
+/// answers deploys as `host_id`.
+pub fn trusting(public_key_file: PathBuf, host_id: &'static str) -> impl FnOnce(&mut HostConfig) {
+    move |config| {
+        config.deploys.trusted_keys = Some(public_key_file);
+        config.deploys.host_id = Some(host_id.into());
+    }
+}
+
+/// Deploys with the library and returns the hosts' answers.
+pub async fn deploy(queue: &str, deploy: Deploy) -> Vec<DeployAnswer> {
+    let client = RpcClient::connect(&amqp_url(), queue).await.unwrap();
+    let report = client.deploy(deploy.timeout(CALL_TIMEOUT)).await.unwrap();
+    client.close().await;
+    report.answers
+}
+
+/// The headers of a deploy of `module` as `name` with `sequence`, carrying
+/// `signer`'s key and `signature`: what `warren deploy` sends, or a forgery.
+pub fn deploy_headers(
+    name: &str,
+    module: &[u8],
+    sequence: u64,
+    signer: &SecretKey,
+    signature: &str,
+) -> FieldTable {
+    let mut headers = FieldTable::default();
+    set_header_text(&mut headers, HEADER_DEPLOY_NAME, name);
+    set_header_text(&mut headers, HEADER_DEPLOY_DIGEST, &digest(module));
+    set_header_text(&mut headers, HEADER_DEPLOY_SEQUENCE, &sequence.to_string());
+    set_header_text(
+        &mut headers,
+        HEADER_DEPLOY_KEY,
+        &signer.public_key().to_string(),
+    );
+    set_header_text(&mut headers, HEADER_DEPLOY_SIGNATURE, signature);
+    headers
+}
+
+/// Publishes a deploy message by hand (what a deployer that skips the
+/// client's checks could send) and returns the hosts' answers to it.
+pub async fn answers_to_raw_deploy(
+    queue: &str,
+    headers: FieldTable,
+    module: &[u8],
+) -> Vec<DeployAnswer> {
+    use futures_lite::StreamExt as _;
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let replies = channel
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            replies.name().clone(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            deploy_stream(queue).as_str().into(),
+            BasicPublishOptions::default(),
+            module,
+            BasicProperties::default()
+                .with_headers(headers)
+                .with_reply_to(replies.name().clone()),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(CALL_TIMEOUT, consumer.next())
+        .await
+        .expect("a host answered")
+        .unwrap()
+        .unwrap();
+    close_connection(&connection).await;
+    vec![serde_json::from_slice(&delivery.data).unwrap()]
+}
+
+/// The one answer there must be.
+pub fn only_answer(answers: Vec<DeployAnswer>) -> DeployAnswer {
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    answers.into_iter().next().unwrap()
+}

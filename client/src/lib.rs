@@ -29,9 +29,15 @@
 //! (behind `warren bench`); [`deploy`] publishes modules to a fleet.
 
 pub mod bench;
+mod call;
 pub mod deploy;
+mod error;
 pub mod link;
 pub mod status;
+
+use call::interpret_reply;
+pub use call::{Call, Reply};
+pub use error::CallError;
 
 use std::time::Duration;
 
@@ -47,169 +53,18 @@ use warren_protocol::tls::Connector;
 use warren_protocol::trace::HEADER_TRACEPARENT;
 pub use warren_protocol::trace::TraceParent;
 use warren_protocol::{
-    ErrorBody, ErrorKind, HEADER_DEADLINE, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST,
-    HEADER_RPC_ERROR, HEADER_RPC_STATUS, RpcError, STATUS_ERROR, broker_said, deadline_header,
-    header_text, set_header_text,
+    HEADER_DEADLINE, HEADER_PROCEDURE, broker_said, deadline_header, set_header_text,
 };
 
 pub use deploy::{Deploy, DeployReport};
 use link::{CallbackQueue, Link, Pending, broker};
-use warren_protocol::broker::{Brokers, ConnectError, PERSISTENT, close_quietly};
+use warren_protocol::broker::{Brokers, PERSISTENT, close_quietly};
 
 /// How long [`RpcClient::connect`] waits for the broker.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One request to make: a body, optionally a procedure, and a timeout.
-#[derive(Debug, Clone)]
-pub struct Call {
-    body: Vec<u8>,
-    procedure: Option<String>,
-    timeout: Duration,
-    traceparent: Option<TraceParent>,
-}
-
-impl Call {
-    /// A call with `body`, the host's default procedure and [`DEFAULT_TIMEOUT`].
-    pub fn new(body: impl Into<Vec<u8>>) -> Self {
-        Call {
-            body: body.into(),
-            procedure: None,
-            timeout: DEFAULT_TIMEOUT,
-            traceparent: None,
-        }
-    }
-
-    /// Continues the caller's trace: the request carries `parent` (the
-    /// caller's current span) as its W3C `traceparent`. Without it each
-    /// call starts a new trace.
-    pub fn traceparent(mut self, parent: TraceParent) -> Self {
-        self.traceparent = Some(parent);
-        self
-    }
-
-    /// Runs procedure `name` (sent as the `x-procedure` header).
-    pub fn procedure(mut self, name: impl Into<String>) -> Self {
-        self.procedure = Some(name.into());
-        self
-    }
-
-    /// Gives up after `timeout`. The request carries the same `expiration`,
-    /// so the broker discards it if no host picks it up in time, and the
-    /// moment it gives up (`x-deadline`), so a host that has taken it does
-    /// not start it after that.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-}
-
-/// A successful reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The reply body, exactly as the procedure returned it.
-    pub body: Vec<u8>,
-    /// The procedure that answered (absent from non-Warren servers).
-    pub procedure: Option<String>,
-    /// `sha256:<hex>` of the module that answered (absent from non-Warren servers).
-    pub digest: Option<String>,
-    /// The host's span of this call's trace (absent from non-Warren servers).
-    pub traceparent: Option<TraceParent>,
-}
-
-/// Why a call produced no successful reply.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// The procedure (or the host on its behalf) answered with an error.
-    #[error("{error}")]
-    Rpc {
-        /// Kind and message, as sent by the host.
-        error: RpcError,
-        /// The procedure that answered, if the host said.
-        procedure: Option<String>,
-        /// `sha256:<hex>` of the module that answered, if one ran.
-        digest: Option<String>,
-        /// The host's span of this call's trace.
-        traceparent: Option<TraceParent>,
-    },
-    /// The request queue does not exist, so nothing can be serving it (the
-    /// broker returned the request at once).
-    #[error(
-        "queue {queue:?} does not exist, so no host is serving it (start warren-host, or check --queue)"
-    )]
-    NoQueue {
-        /// The queue asked for.
-        queue: String,
-    },
-    /// A deploy found no host consuming the queue to apply it.
-    #[error(
-        "no host is consuming queue {queue:?}, so no one would apply the deploy now \
-         (start warren-host, check --queue, or pass --allow-no-hosts to store it for hosts \
-         that start later)"
-    )]
-    NoHosts {
-        /// The queue asked for.
-        queue: String,
-    },
-    /// Something the caller passed cannot work (a malformed broker URL, an
-    /// invalid procedure name); nothing was sent.
-    #[error("{0}")]
-    Invalid(String),
-    /// No reply arrived in time; `diagnosis` says what is known about why.
-    #[error("no reply within {}: {diagnosis}", humantime::format_duration(*.waited))]
-    Timeout {
-        /// How long the call waited.
-        waited: Duration,
-        /// What the client found out about the queue.
-        diagnosis: String,
-    },
-    /// The broker could not be reached or refused the connection.
-    #[error("cannot reach the broker at {url}: {}", warren_protocol::describe_connect_error(.url, .source))]
-    Connect {
-        /// The broker URL, password hidden.
-        url: String,
-        /// What went wrong.
-        #[source]
-        source: lapin::Error,
-    },
-    /// The broker did not complete the connection in time.
-    #[error(
-        "cannot reach the broker at {url}: no answer within {} (wrong host, port or vhost?)",
-        humantime::format_duration(*.waited)
-    )]
-    ConnectTimeout {
-        /// The broker URL, password hidden.
-        url: String,
-        /// How long the client waited.
-        waited: Duration,
-    },
-    /// The connection failed after it was made.
-    #[error("{context}: {source}")]
-    Broker {
-        /// What the client was doing.
-        context: &'static str,
-        /// What went wrong.
-        #[source]
-        source: lapin::Error,
-    },
-    /// The broker would not take a message (a publisher nack).
-    #[error("the broker refused {0} (it answered with a nack); try again")]
-    NotStored(&'static str),
-    /// The connection to the broker closed while the call was waiting.
-    #[error("the connection to the broker closed before a reply arrived")]
-    Disconnected,
-}
-
-impl From<ConnectError> for CallError {
-    fn from(error: ConnectError) -> Self {
-        match error {
-            ConnectError::Timeout { url, waited } => CallError::ConnectTimeout { url, waited },
-            ConnectError::Failed { url, source } => CallError::Connect { url, source },
-        }
-    }
-}
 
 /// Where and how a client connects.
 #[derive(Debug, Clone)]
@@ -551,37 +406,4 @@ impl Drop for Waiting<'_> {
             pending.remove(&self.correlation_id);
         }
     }
-}
-
-/// Turns a reply message into a [`Reply`] or the error it reports. A reply
-/// without `x-rpc-status` (a plain tutorial server) counts as success.
-fn interpret_reply(delivery: lapin::message::Delivery) -> Result<Reply, CallError> {
-    let headers = delivery.properties.headers().as_ref();
-    let procedure = header_text(headers, HEADER_PROCEDURE);
-    let digest = header_text(headers, HEADER_PROCEDURE_DIGEST);
-    let traceparent =
-        header_text(headers, HEADER_TRACEPARENT).and_then(|text| TraceParent::parse(&text));
-    if header_text(headers, HEADER_RPC_STATUS).as_deref() == Some(STATUS_ERROR) {
-        let error = match ErrorBody::from_json(&delivery.data) {
-            Some(body) => body.error,
-            None => RpcError::new(
-                header_text(headers, HEADER_RPC_ERROR)
-                    .and_then(|kind| kind.parse().ok())
-                    .unwrap_or(ErrorKind::Internal),
-                String::from_utf8_lossy(&delivery.data).into_owned(),
-            ),
-        };
-        return Err(CallError::Rpc {
-            error,
-            procedure,
-            digest,
-            traceparent,
-        });
-    }
-    Ok(Reply {
-        body: delivery.data,
-        procedure,
-        digest,
-        traceparent,
-    })
 }

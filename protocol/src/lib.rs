@@ -24,16 +24,19 @@
 pub mod broker;
 pub mod component;
 pub mod deploy;
+mod errors;
+mod queues;
 pub mod status;
 pub mod tls;
 pub mod trace;
 pub mod values;
 
-use std::fmt;
-use std::str::FromStr;
+pub use errors::{ErrorBody, ErrorKind, RpcError, UnknownErrorKind};
+pub use queues::{
+    QueueMode, broker_said, dead_letter_queue, declare_request_queue, explain_queue_mismatch,
+};
 
 use lapin::types::{AMQPValue, FieldTable};
-use serde::{Deserialize, Serialize};
 
 /// Queue the seed programs use, and Warren's default.
 pub const DEFAULT_QUEUE: &str = "rpc_queue";
@@ -60,147 +63,6 @@ pub const STATUS_OK: &str = "ok";
 pub const STATUS_ERROR: &str = "error";
 /// Content type of an error reply body.
 pub const ERROR_CONTENT_TYPE: &str = "application/json";
-
-/// Why a request did not produce a procedure's `ok` result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorKind {
-    /// The procedure ran and returned `err(message)`.
-    ProcedureError,
-    /// The request ran past the host's wall-clock budget.
-    Timeout,
-    /// The procedure tried to grow its memory past the host's limit.
-    MemoryLimit,
-    /// The procedure trapped (panic, `unreachable`, stack overflow, …).
-    Trap,
-    /// No procedure by the requested name (or no default) is loaded.
-    NoProcedure,
-    /// The request body is larger than the host accepts; the guest never ran.
-    RequestTooLarge,
-    /// The procedure returned more bytes than the host may send back.
-    ReplyTooLarge,
-    /// The host itself failed; the message says what it was doing.
-    Internal,
-    /// Durable mode: the request was delivered `--delivery-limit` times
-    /// without being answered (it may crash or stall the hosts that take
-    /// it), so the broker dead-lettered it and it is not run again.
-    DeliveryLimit,
-}
-
-impl ErrorKind {
-    /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 9] = [
-        ErrorKind::ProcedureError,
-        ErrorKind::Timeout,
-        ErrorKind::MemoryLimit,
-        ErrorKind::Trap,
-        ErrorKind::NoProcedure,
-        ErrorKind::RequestTooLarge,
-        ErrorKind::ReplyTooLarge,
-        ErrorKind::Internal,
-        ErrorKind::DeliveryLimit,
-    ];
-
-    /// The kind as it appears in [`HEADER_RPC_ERROR`] and the JSON body.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::ProcedureError => "procedure-error",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::MemoryLimit => "memory-limit",
-            ErrorKind::Trap => "trap",
-            ErrorKind::NoProcedure => "no-procedure",
-            ErrorKind::RequestTooLarge => "request-too-large",
-            ErrorKind::ReplyTooLarge => "reply-too-large",
-            ErrorKind::Internal => "internal",
-            ErrorKind::DeliveryLimit => "delivery-limit",
-        }
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Returned when text names no [`ErrorKind`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownErrorKind(pub String);
-
-impl fmt::Display for UnknownErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown error kind {:?}", self.0)
-    }
-}
-
-impl std::error::Error for UnknownErrorKind {}
-
-impl FromStr for ErrorKind {
-    type Err = UnknownErrorKind;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ErrorKind::ALL
-            .into_iter()
-            .find(|kind| kind.as_str() == s)
-            .ok_or_else(|| UnknownErrorKind(s.to_owned()))
-    }
-}
-
-/// The JSON body of an error reply: `{"error":{"kind":"…","message":"…"}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: RpcError,
-}
-
-/// An error outcome of one request: its kind and a message for people.
-///
-/// The host builds one for every failed request; the client hands it to the
-/// caller. It is the inside of [`ErrorBody`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RpcError {
-    /// Machine-readable kind; the same value as [`HEADER_RPC_ERROR`].
-    pub kind: ErrorKind,
-    /// Human-readable explanation.
-    pub message: String,
-}
-
-impl RpcError {
-    /// An error of `kind` saying `message`.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        RpcError {
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for RpcError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)
-    }
-}
-
-impl std::error::Error for RpcError {}
-
-impl ErrorBody {
-    /// An error body of `kind` saying `message`.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ErrorBody {
-            error: RpcError::new(kind, message),
-        }
-    }
-
-    /// The body as sent on the wire.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an ErrorBody always serialises")
-    }
-
-    /// Parses a body received on the wire; `None` if it is not an error body.
-    pub fn from_json(body: &[u8]) -> Option<Self> {
-        serde_json::from_slice(body).ok()
-    }
-}
 
 /// Longest procedure name, in bytes: short enough for any file system and
 /// for a header a person reads.
@@ -234,135 +96,6 @@ pub fn check_procedure_name(name: &str) -> Result<(), String> {
             format!("{shown}{ellipsis}")
         ))
     }
-}
-
-/// How a request queue is declared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum QueueMode {
-    /// Exactly as the tutorial's `rpc_server.py` declares it (classic; not
-    /// durable, exclusive or auto-delete), so Warren hosts and tutorial
-    /// servers can serve the same queue. Fastest; a broker restart loses
-    /// what was queued.
-    #[default]
-    Tutorial,
-    /// A durable quorum queue, replicated over a cluster's nodes: requests
-    /// survive broker restarts and node loss. A request delivered more than
-    /// `delivery_limit` times without being acked is dead-lettered to
-    /// [`dead_letter_queue`] instead of looping forever.
-    Durable {
-        /// Deliveries of one request before it is dead-lettered.
-        delivery_limit: u32,
-    },
-}
-
-/// The queue where durable mode's broker puts requests that reached the
-/// delivery limit: `QUEUE.dead`.
-pub fn dead_letter_queue(queue: &str) -> String {
-    format!("{queue}.dead")
-}
-
-/// Declares request queue `queue` in `mode`. RabbitMQ refuses a
-/// redeclaration with other settings (`PRECONDITION_FAILED`), so every
-/// declarer of one queue must agree on the mode; [`explain_queue_mismatch`]
-/// turns that refusal into advice.
-pub async fn declare_request_queue(
-    channel: &lapin::Channel,
-    queue: &str,
-    mode: QueueMode,
-) -> lapin::Result<()> {
-    use lapin::options::QueueDeclareOptions;
-    match mode {
-        QueueMode::Tutorial => {
-            channel
-                .queue_declare(queue.into(), Default::default(), FieldTable::default())
-                .await?;
-        }
-        QueueMode::Durable { delivery_limit } => {
-            let durable = QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            };
-            let dead = dead_letter_queue(queue);
-            let mut arguments = quorum(FieldTable::default());
-            arguments.insert(
-                "x-delivery-limit".into(),
-                AMQPValue::LongLongInt(i64::from(delivery_limit)),
-            );
-            arguments.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString("".into()),
-            );
-            arguments.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(dead.as_str().into()),
-            );
-            channel
-                .queue_declare(queue.into(), durable, arguments)
-                .await?;
-            // After the request queue: if that one is refused, nothing new
-            // is left behind.
-            channel
-                .queue_declare(dead.as_str().into(), durable, quorum(FieldTable::default()))
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-fn quorum(mut arguments: FieldTable) -> FieldTable {
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    arguments
-}
-
-/// If `error` is RabbitMQ refusing to redeclare `queue` with other settings,
-/// says which and what to do; `None` for any other error.
-pub fn explain_queue_mismatch(
-    error: &lapin::Error,
-    queue: &str,
-    mode: QueueMode,
-) -> Option<String> {
-    if !broker_said(error, lapin::protocol::AMQPSoftError::PRECONDITIONFAILED) {
-        return None;
-    }
-    let detail = error.to_string();
-    let (wanted, other, flag) = match mode {
-        QueueMode::Tutorial => (
-            "a classic queue (as the tutorial declares it)",
-            "a durable quorum queue",
-            "add --durable",
-        ),
-        QueueMode::Durable { .. } => (
-            "a durable quorum queue (--durable)",
-            "a classic queue",
-            "drop --durable",
-        ),
-    };
-    let what = if detail.contains("x-queue-type") || detail.contains("'durable'") {
-        format!("queue {queue:?} exists as {other}, but this host wants {wanted}")
-    } else if detail.contains("x-delivery-limit") || detail.contains("x-dead-letter") {
-        format!("queue {queue:?} exists with another --delivery-limit or dead-letter setting")
-    } else {
-        format!("queue {queue:?} exists with other settings than this host declares ({wanted})")
-    };
-    Some(format!(
-        "{what}. Every host and caller of a queue must use the same mode: {flag} to match it, \
-         or delete the queue when nothing needs what is in it (rabbitmqctl delete_queue {queue}) \
-         and start again, or choose another --queue. (The broker said: {detail})"
-    ))
-}
-
-/// Whether the broker answered with the channel-level AMQP error `code`:
-/// 404 `NOT_FOUND` for a passive declare of a missing queue, 406
-/// `PRECONDITION_FAILED` for a queue declared with other settings.
-pub fn broker_said(error: &lapin::Error, code: lapin::protocol::AMQPSoftError) -> bool {
-    matches!(
-        error.kind(),
-        lapin::ErrorKind::ProtocolError(amqp)
-            if *amqp.kind() == lapin::protocol::AMQPErrorKind::Soft(code)
-    )
 }
 
 /// Reads a text header, whichever AMQP string type the sender used
@@ -522,30 +255,6 @@ mod tests {
             long.len() < 200,
             "long names are shortened in the message: {long}"
         );
-    }
-
-    #[test]
-    fn error_kinds_round_trip_through_text() {
-        for kind in ErrorKind::ALL {
-            assert_eq!(kind.as_str().parse::<ErrorKind>(), Ok(kind));
-            let json = serde_json::to_string(&kind).unwrap();
-            assert_eq!(json, format!("\"{}\"", kind.as_str()));
-        }
-        assert!("nope".parse::<ErrorKind>().is_err());
-    }
-
-    #[test]
-    fn error_body_has_the_documented_shape() {
-        let body = ErrorBody::new(ErrorKind::Timeout, "took too long").to_json();
-        assert_eq!(
-            String::from_utf8(body.clone()).unwrap(),
-            r#"{"error":{"kind":"timeout","message":"took too long"}}"#
-        );
-        assert_eq!(
-            ErrorBody::from_json(&body).unwrap().error.kind,
-            ErrorKind::Timeout
-        );
-        assert!(ErrorBody::from_json(b"832040").is_none());
     }
 
     #[test]

@@ -82,8 +82,8 @@ impl TraceParent {
 
 impl fmt::Display for TraceParent {
     /// `00-<trace id>-<span id>-<flags>`, written in one piece: every reply
-    /// carries one, and digit-by-digit formatting was 1.5 % of the host's
-    /// CPU under load.
+    /// carries one, and digit-by-digit formatting showed in the host's
+    /// profile under load.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = [b'-'; 55];
         text[..2].copy_from_slice(b"00");

@@ -120,9 +120,8 @@ enum Settled {
 
 /// How many answered requests one ack covers while others are still being
 /// answered: an eighth of the prefetch window, so acks held back never
-/// keep the broker from sending more than a few requests' worth. With
-/// prefetch 32 and fib(1) at 64 in flight, the host's `sendto` calls per
-/// request went 0.75 → 0.61–0.65 (`BENCHMARKS.md`).
+/// keep the broker from sending more than a few requests' worth, and the
+/// host makes fewer `sendto` calls per request (`BENCHMARKS.md`).
 fn ack_every(prefetch: u16) -> u64 {
     u64::from(prefetch / 8).max(1)
 }

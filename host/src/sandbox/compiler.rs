@@ -5,15 +5,15 @@
 //! Why: wasmtime's compiler keeps its working contexts for as long as its
 //! engine lives, sized by the largest functions it has compiled. Compiling
 //! in the serving engine left a host that had compiled the three fibs (Rust,
-//! Python, JavaScript) at 455 MiB resident for good; compiling here, 113–156
-//! MiB. The freed memory goes back to the kernel (`malloc_trim`), and the
-//! load is milliseconds.
+//! Python, JavaScript) at several times the resident memory it has when
+//! compiling here (BENCHMARKS.md). The freed memory goes back to the kernel
+//! (`malloc_trim`), and the load is milliseconds.
 //!
 //! Code is compiled with wasmtime's defaults for Cranelift, the
 //! configuration upstream tests most: in particular without Cranelift's
 //! intra-module inliner, which wasmtime leaves off by default (for a while
-//! Warren turned it on for 5-10 % on Python procedures; BENCHMARKS.md says
-//! what removing it cost).
+//! Warren turned it on for Python procedures; BENCHMARKS.md says what
+//! removing it cost).
 
 use std::hash::{Hash as _, Hasher as _};
 

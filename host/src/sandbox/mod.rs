@@ -15,7 +15,7 @@
 //!   cross-CPU TLB shootdowns per request. See [`engine_config`].
 //! - **Guests run in the request's own task.** Handing each request to
 //!   another runtime cost two thread wake-ups per request, most of the
-//!   host's CPU (measured: 136 → 85 µs of CPU per request). A guest shares
+//!   host's CPU (BENCHMARKS.md). A guest shares
 //!   its worker thread fairly instead: it yields at every epoch tick, so a
 //!   busy guest delays the tasks beside it by one tick at most, and broker
 //!   I/O (including heartbeats) runs on lapin's own thread anyway.

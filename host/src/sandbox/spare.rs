@@ -3,10 +3,10 @@
 //!
 //! Why: a fresh instance per request is the sandbox's rule, and for a Rust
 //! procedure it costs a few microseconds. A Python (componentize-py) or
-//! JavaScript (componentize-js) component takes 0.2 to 0.7 ms to
+//! JavaScript (componentize-js) component takes a hundred times as long to
 //! instantiate (its runtime's start code re-links the interpreter's function
 //! table on every instance), which for a caller making one call at a time is
-//! most of the round trip. So once a component has started slowly
+//! most of the round trip (BENCHMARKS.md has the figures). So once a component has started slowly
 //! [`SLOW_STARTS`] times in a row, each request, as it begins, starts the
 //! next request's instance in the background (beside its own call and the
 //! round trip to its caller), and the next request takes it, waiting for it
@@ -30,11 +30,12 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
-use super::bindings::Procedure;
+// The generated instance of the `procedure` world, not a served procedure.
+use super::bindings::Procedure as Instance;
 use super::run::Guest;
 
-/// A start slower than this counts as slow. A Rust component starts in under
-/// 10 µs, Python and JavaScript ones in 200 µs or more.
+/// A start slower than this counts as slow: well above a Rust component's
+/// start and well below a Python or JavaScript one's.
 const SLOW_START: Duration = Duration::from_micros(100);
 
 /// Slow starts in a row before spares are made: one slow start may be a
@@ -45,12 +46,12 @@ const SLOW_STARTS: u32 = 3;
 /// `--spare-instances`.
 pub(super) struct Spare {
     guest: Guest,
-    procedure: Procedure,
+    procedure: Instance,
     permit: OwnedSemaphorePermit,
 }
 
 impl Spare {
-    pub(super) fn new(guest: Guest, procedure: Procedure, permit: OwnedSemaphorePermit) -> Self {
+    pub(super) fn new(guest: Guest, procedure: Instance, permit: OwnedSemaphorePermit) -> Self {
         Spare {
             guest,
             procedure,
@@ -60,7 +61,7 @@ impl Spare {
 
     /// The instance, for the request that takes it; it no longer counts
     /// against `--spare-instances`, so the next spare can start at once.
-    pub(super) fn into_parts(self) -> (Guest, Procedure) {
+    pub(super) fn into_parts(self) -> (Guest, Instance) {
         drop(self.permit);
         (self.guest, self.procedure)
     }

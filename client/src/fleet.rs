@@ -1,0 +1,214 @@
+//! The commands that look after a fleet rather than call it: `keygen`,
+//! `deploy` and `status`.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use warren_client::protocol::deploy::public_key_path;
+use warren_client::{Deploy, DeployAnswer, SecretKey};
+
+use crate::cli::Cli;
+use crate::{connect, exit, report};
+
+pub(crate) fn keygen(file: &Path) -> u8 {
+    let written = SecretKey::generate()
+        .map_err(|e| e.to_string())
+        .and_then(|key| {
+            key.write_pair(file)
+                .map(|()| key.public_key())
+                .map_err(|e| format!("writing {}: {e}", file.display()))
+        });
+    match written {
+        Ok(public) => {
+            eprintln!(
+                "wrote the secret key to {} (mode 0600) and the public key to {}",
+                file.display(),
+                public_key_path(file).display()
+            );
+            println!("{public}");
+            exit::OK
+        }
+        Err(error) => {
+            eprintln!("warren: {error}");
+            exit::FAILED
+        }
+    }
+}
+
+/// `warren deploy` options beyond the name, module and key.
+pub(crate) struct DeployOptions {
+    pub(crate) expect_hosts: Option<usize>,
+    pub(crate) allow_no_hosts: bool,
+    pub(crate) max_module_bytes: u64,
+}
+
+pub(crate) async fn deploy(
+    cli: &Cli,
+    name: &str,
+    module: &Path,
+    key: Option<&Path>,
+    options: DeployOptions,
+) -> u8 {
+    let bytes = match std::fs::read(module) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("warren: reading {}: {error}", module.display());
+            return exit::USAGE;
+        }
+    };
+    let mut request = Deploy::new(name, bytes)
+        .allow_no_hosts(options.allow_no_hosts)
+        .max_module_bytes(options.max_module_bytes)
+        .timeout(cli.timeout);
+    if let Some(hosts) = options.expect_hosts {
+        request = request.expect_hosts(hosts);
+    }
+    if let Err(error) = request.check() {
+        eprintln!("warren: {}: {error}", module.display());
+        return exit::USAGE;
+    }
+    match key.map(SecretKey::read) {
+        Some(Ok(key)) => request = request.signed_by(key),
+        Some(Err(error)) => {
+            eprintln!("warren: {error}");
+            return exit::USAGE;
+        }
+        None => eprintln!("warren: no --key given: sending an unsigned deploy"),
+    }
+    let client = match connect(cli).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let outcome = client.deploy_with(request, print_deploy_answer).await;
+    client.close().await;
+    let report = match outcome {
+        Ok(report) => report,
+        Err(error) => return self::report(&error),
+    };
+    let refused = report.answers.iter().filter(|a| !a.accepted).count();
+    if refused > 0 {
+        eprintln!(
+            "warren: {refused} of {} answering hosts refused the deploy",
+            report.answers.len()
+        );
+        exit::FAILED
+    } else if report.answers.len() < report.expected {
+        eprintln!(
+            "warren: only {} of {} hosts answered within {} (still compiling? a longer \
+             --timeout waits for them; consumers that are not Warren hosts never answer)",
+            report.answers.len(),
+            report.expected,
+            humantime::format_duration(cli.timeout),
+        );
+        exit::NO_REPLY
+    } else {
+        if report.consumers == 0 {
+            eprintln!(
+                "warren: stored in the deploy stream of queue {:?}; no host consumes the queue \
+                 now, hosts that start on it will apply the deploy",
+                cli.queue
+            );
+        } else if report.expected == 0 {
+            eprintln!(
+                "warren: stored in the deploy stream of queue {:?}; not waiting for the {} \
+                 consuming hosts' answers (--expect-hosts 0)",
+                cli.queue, report.consumers
+            );
+        }
+        exit::OK
+    }
+}
+
+/// One line per host, as its answer arrives: host id, accepted or refused,
+/// digest, time taken, and the reason when refused (tab-separated).
+fn print_deploy_answer(answer: &DeployAnswer) {
+    let verdict = if answer.accepted {
+        "accepted"
+    } else {
+        "refused"
+    };
+    let mut line = format!(
+        "{}\t{verdict}\t{}\t{}ms",
+        answer.host, answer.digest, answer.took_ms
+    );
+    if !answer.reason.is_empty() {
+        line = format!("{line}\t{}", answer.reason);
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+/// `warren status`: one line per host (or JSON), then any procedure served
+/// in several versions.
+pub(crate) async fn status(cli: &Cli, wait: Duration, json: bool) -> u8 {
+    let client = match connect(cli).await {
+        Ok(client) => client,
+        Err(code) => return code,
+    };
+    let outcome = client.status(wait).await;
+    client.close().await;
+    let hosts = match outcome {
+        Ok(hosts) => hosts,
+        Err(error) => return report(&error),
+    };
+    let mismatches = warren_client::protocol::status::mismatches(&hosts);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "hosts": hosts, "mismatches": mismatches })
+        );
+    } else {
+        for host in &hosts {
+            let procedures: Vec<String> = host.procedures.iter().map(|p| p.summary()).collect();
+            println!(
+                "{}\tv{}\tup {}\t{}\t{}/{} in flight\t{} served\t{} failed\t{}",
+                host.host,
+                host.version,
+                humantime::format_duration(Duration::from_secs(host.uptime_seconds)),
+                if host.node.is_empty() {
+                    "not connected"
+                } else {
+                    &host.node
+                },
+                host.in_flight,
+                host.concurrency,
+                host.served,
+                host.failed,
+                if procedures.is_empty() {
+                    "no procedures".to_owned()
+                } else {
+                    procedures.join(" ")
+                },
+            );
+        }
+    }
+    for mismatch in &mismatches {
+        let versions: Vec<String> = mismatch
+            .versions
+            .iter()
+            .map(|version| format!("{} on {}", version.digest, version.hosts.join(", ")))
+            .collect();
+        eprintln!(
+            "warren: procedure {} is served in {} versions: {} (a rollout still going on, or \
+             a host that missed a deploy)",
+            mismatch.procedure,
+            versions.len(),
+            versions.join("; ")
+        );
+    }
+    if hosts.is_empty() {
+        eprintln!(
+            "warren: no host answered on queue {:?} within {} (none running, or older hosts \
+             without status)",
+            cli.queue,
+            humantime::format_duration(wait)
+        );
+        exit::NO_REPLY
+    } else if mismatches.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
+}

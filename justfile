@@ -62,6 +62,19 @@ call *ARGS:
 demo: build-guest build broker
     scripts/demo
 
+# RabbitMQ 4.x (Debian 13's package) beside the broker on 5672: just rabbitmq4 up|down|purge|status|url|ctl ARGS
+rabbitmq4 *ARGS:
+    scripts/rabbitmq4 {{ARGS}}
+
+# The tests where broker versions differ, against RabbitMQ 4.x (started first; `just rabbitmq4 down` stops it).
+test-rabbitmq4: build-guest build-test-guests py-env
+    WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-py
+    WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-js
+    AMQP_URL="$(scripts/rabbitmq4 up)" WARREN_PYTHON="$PWD/target/py/bin/python" cargo test \
+        -p warren-host --test end_to_end --test deploy --test deploy_history --test deploy_parts \
+        --test durable --test observe --test languages \
+        -p warren-client --test python_interop --test cli
+
 # A three-node RabbitMQ cluster beside the broker on 5672: just cluster up|down|status|urls|tls-urls|stop-node N|start-node N|restart
 cluster *ARGS:
     scripts/cluster {{ARGS}}

@@ -37,8 +37,7 @@ async fn start_echo(queue: &str) -> tokio::task::JoinHandle<()> {
     let connection = Connection::connect(&amqp_url(), Default::default())
         .await
         .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    declare_request_queue(&channel, queue, Default::default())
+    let channel = declare_request_queue(&connection, queue, Default::default())
         .await
         .unwrap();
     channel

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::ConfirmSelectOptions;
+use lapin::types::FieldTable;
 use warren_protocol::check_procedure_name;
 use warren_protocol::deploy::{
-    DeployAnswer, DeployHeaders, SecretKey, StreamRetention, declare_deploy_stream,
+    DeployAnswer, DeployHeaders, SecretKey, StreamRetention, declare_deploy_stream, publish_deploy,
 };
 
 use crate::link::broker;
@@ -167,20 +167,11 @@ impl RpcClient {
             .with_reply_to(link.callback_queue.clone())
             .with_correlation_id(waiting.correlation_id.as_str().into())
             .with_headers(headers);
-        let confirmation = channel
-            .basic_publish(
-                ShortString::default(),
-                declared.name.as_str().into(),
-                BasicPublishOptions::default(),
-                &deploy.module,
-                properties,
-            )
+        let stored = publish_deploy(&channel, &declared.name, &deploy.module, properties)
             .await
-            .map_err(broker("publishing the deploy"))?
-            .await
-            .map_err(broker("waiting for the broker to store the deploy"))?;
+            .map_err(broker("publishing the deploy"))?;
         close_quietly(channel.close(200, "deploy sent".into())).await;
-        if !confirmation.is_ack() {
+        if !stored {
             return Err(CallError::NotStored("the deploy; nothing was deployed"));
         }
 

@@ -207,7 +207,7 @@ async fn a_queue_without_consumers_exits_3_and_says_so() {
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let options = lapin::options::QueueDeclareOptions {
-        auto_delete: false,
+        durable: true,
         ..Default::default()
     };
     channel

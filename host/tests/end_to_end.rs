@@ -470,3 +470,44 @@ async fn swapping_again_and_again_under_steady_load_fails_no_request() {
     );
     host.stop().await;
 }
+
+/// In the default mode a host declares a new request queue durable
+/// (RabbitMQ 4 deprecates, and can refuse, transient non-exclusive queues),
+/// and joins a queue the tutorial's server made (transient) as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_mode_declares_a_durable_queue_and_joins_the_tutorials() {
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let transient = QueueDeclareOptions::default();
+
+    let host = TestHost::start("declared-durable", &[("fib", &fib_wasm())]).await;
+    let channel = connection.create_channel().await.unwrap();
+    let redeclared = channel
+        .queue_declare(host.queue.as_str().into(), transient, FieldTable::default())
+        .await
+        .expect_err("the host's queue is durable, so a transient redeclaration is refused");
+    assert!(redeclared.to_string().contains("'durable'"), "{redeclared}");
+    host.stop().await;
+
+    let queue = unique_queue("tutorial-made");
+    let channel = connection.create_channel().await.unwrap();
+    if let Err(refused) = channel
+        .queue_declare(queue.as_str().into(), transient, FieldTable::default())
+        .await
+    {
+        assert!(
+            refused.to_string().contains("transient_nonexcl_queues"),
+            "{refused}"
+        );
+        eprintln!("this broker refuses transient non-exclusive queues: nothing to join");
+        close_connection(&connection).await;
+        return;
+    }
+    let host = TestHost::start_on(&queue, &[("fib", &fib_wasm())], |_| {}).await;
+    let client = host.client().await;
+    assert_eq!(client.call(call("10")).await.unwrap().body, b"55");
+    client.close().await;
+    host.stop().await;
+    close_connection(&connection).await;
+}

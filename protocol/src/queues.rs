@@ -6,10 +6,14 @@ use lapin::types::{AMQPValue, FieldTable};
 /// How a request queue is declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueMode {
-    /// Exactly as the tutorial's `rpc_server.py` declares it (classic; not
-    /// durable, exclusive or auto-delete), so Warren hosts and tutorial
-    /// servers can serve the same queue. Fastest; a broker restart loses
-    /// what was queued.
+    /// A classic queue, not exclusive or auto-delete, as in the tutorial.
+    /// Warren declares it durable: RabbitMQ 4 deprecates transient
+    /// non-exclusive queues (the tutorial's `rpc_server.py` kind) and later
+    /// 4.x releases refuse them. A queue that already exists the tutorial's
+    /// way (one `rpc_server.py` made) is joined as it is, so Warren hosts
+    /// and tutorial servers can serve the same queue. Requests are published
+    /// transient either way: fastest, and a broker restart loses what was
+    /// queued.
     #[default]
     Tutorial,
     /// A durable quorum queue, replicated over a cluster's nodes: requests
@@ -28,27 +32,46 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// Declares request queue `queue` in `mode`. RabbitMQ refuses a
-/// redeclaration with other settings (`PRECONDITION_FAILED`), so every
-/// declarer of one queue must agree on the mode; [`explain_queue_mismatch`]
-/// turns that refusal into advice.
+/// Declares request queue `queue` in `mode`, on a channel of its own
+/// opened on `connection` and returned. RabbitMQ refuses a redeclaration
+/// with other settings (`PRECONDITION_FAILED`), so every declarer of one
+/// queue must agree on the mode; [`explain_queue_mismatch`] turns that
+/// refusal into advice. The one exception: in [`QueueMode::Tutorial`] a
+/// queue that exists as the tutorial declares it (not durable) is joined.
 pub async fn declare_request_queue(
-    channel: &lapin::Channel,
+    connection: &lapin::Connection,
     queue: &str,
     mode: QueueMode,
-) -> lapin::Result<()> {
+) -> lapin::Result<lapin::Channel> {
     use lapin::options::QueueDeclareOptions;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let channel = connection.create_channel().await?;
     match mode {
         QueueMode::Tutorial => {
-            channel
-                .queue_declare(queue.into(), Default::default(), FieldTable::default())
-                .await?;
+            let declared = channel
+                .queue_declare(queue.into(), durable, FieldTable::default())
+                .await;
+            match declared {
+                Ok(_) => Ok(channel),
+                // The refusal closed that channel: join the tutorial's own
+                // queue on a new one.
+                Err(error)
+                    if broker_said(&error, lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+                        && error.to_string().contains("'durable'") =>
+                {
+                    let channel = connection.create_channel().await?;
+                    channel
+                        .queue_declare(queue.into(), Default::default(), FieldTable::default())
+                        .await?;
+                    Ok(channel)
+                }
+                Err(error) => Err(error),
+            }
         }
         QueueMode::Durable { delivery_limit } => {
-            let durable = QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            };
             let dead = dead_letter_queue(queue);
             let mut arguments = quorum(FieldTable::default());
             arguments.insert(
@@ -71,9 +94,9 @@ pub async fn declare_request_queue(
             channel
                 .queue_declare(dead.as_str().into(), durable, quorum(FieldTable::default()))
                 .await?;
+            Ok(channel)
         }
     }
-    Ok(())
 }
 
 fn quorum(mut arguments: FieldTable) -> FieldTable {
@@ -107,7 +130,15 @@ pub fn explain_queue_mismatch(
             "drop --durable",
         ),
     };
-    let what = if detail.contains("x-queue-type") || detail.contains("'durable'") {
+    // Which setting the broker names first differs between versions (3.x
+    // names the queue type, 4.x may name a dead-letter argument). One the
+    // existing queue lacks, or one it has that this mode never sets, means
+    // the other mode made it.
+    let other_mode = match mode {
+        QueueMode::Tutorial => detail.contains("received none"),
+        QueueMode::Durable { .. } => detail.contains("current is none"),
+    };
+    let what = if other_mode || detail.contains("x-queue-type") || detail.contains("'durable'") {
         format!("queue {queue:?} exists as {other}, but this host wants {wanted}")
     } else if detail.contains("x-delivery-limit") || detail.contains("x-dead-letter") {
         format!("queue {queue:?} exists with another --delivery-limit or dead-letter setting")

@@ -73,6 +73,15 @@ pub async fn answers_to_raw_deploy(
     headers: FieldTable,
     module: &[u8],
 ) -> Vec<DeployAnswer> {
+    answers_to_raw_messages(queue, vec![(headers, module.to_vec())]).await
+}
+
+/// Publishes deploy messages by hand, one after the other (the parts of a
+/// deploy, say), and returns the first answer a host sends.
+pub async fn answers_to_raw_messages(
+    queue: &str,
+    messages: Vec<(FieldTable, Vec<u8>)>,
+) -> Vec<DeployAnswer> {
     use futures_lite::StreamExt as _;
     let connection = Connection::connect(&amqp_url(), Default::default())
         .await
@@ -101,18 +110,20 @@ pub async fn answers_to_raw_deploy(
         )
         .await
         .unwrap();
-    channel
-        .basic_publish(
-            "".into(),
-            deploy_stream(queue).as_str().into(),
-            BasicPublishOptions::default(),
-            module,
-            BasicProperties::default()
-                .with_headers(headers)
-                .with_reply_to(replies.name().clone()),
-        )
-        .await
-        .unwrap();
+    for (headers, body) in messages {
+        channel
+            .basic_publish(
+                "".into(),
+                deploy_stream(queue).as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_headers(headers)
+                    .with_reply_to(replies.name().clone()),
+            )
+            .await
+            .unwrap();
+    }
     let delivery = tokio::time::timeout(CALL_TIMEOUT, consumer.next())
         .await
         .expect("a host answered")

@@ -36,8 +36,9 @@ async fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     let properties = ConnectionProperties::default().with_connection_name("echo-worker".into());
     let connection = Connection::connect(&options.amqp_url, properties).await?;
-    let channel = connection.create_channel().await?;
-    warren_protocol::declare_request_queue(&channel, &options.queue, Default::default()).await?;
+    let channel =
+        warren_protocol::declare_request_queue(&connection, &options.queue, Default::default())
+            .await?;
     channel
         .basic_qos(options.prefetch, BasicQosOptions::default())
         .await?;

@@ -58,7 +58,9 @@ def call(queue, n, timeout=30):
 def serve(queue):
     connection = pika.BlockingConnection(params())
     channel = connection.channel()
-    channel.queue_declare(queue=queue)
+    # Durable, as Warren declares it: RabbitMQ 4 deprecates (and can refuse)
+    # the tutorial's transient queue.
+    channel.queue_declare(queue=queue, durable=True)
 
     def on_request(ch, method, props, body):
         response = fib(int(body))

@@ -53,20 +53,21 @@ impl Keeper {
     }
 
     /// Counts one message read from the stream, `size` bytes in all. When
-    /// it is a deploy this host accepted (or a copy of the one it accepted
-    /// last), `accepted` names it and gives its headers: from now on its
-    /// count starts here.
-    pub fn read(&mut self, size: u64, accepted: Option<(String, DeployHeaders)>) {
+    /// it completes a deploy this host accepted (or a copy of the one it
+    /// accepted last), `accepted` names it, gives its headers and its
+    /// `whole` size (more than `size` when it came in parts): from now on
+    /// its count starts at its first part.
+    pub fn read(&mut self, size: u64, accepted: Option<(String, DeployHeaders, u64)>) {
         for kept in self.kept.values_mut() {
             kept.after = kept.after.saturating_add(size);
         }
-        if let Some((name, headers)) = accepted {
+        if let Some((name, headers, whole)) = accepted {
             self.kept.insert(
                 name,
                 Kept {
                     headers,
-                    size,
-                    after: 0,
+                    size: whole.max(size),
+                    after: whole.saturating_sub(size),
                 },
             );
         }
@@ -134,23 +135,32 @@ mod tests {
     fn a_deploy_is_due_once_enough_bytes_follow_it_and_a_copy_resets_it() {
         assert_eq!(RETENTION.republish_after(), 400);
         let mut keeper = Keeper::new(RETENTION);
-        keeper.read(100, Some(("a".into(), headers("a"))));
-        keeper.read(50, Some(("b".into(), headers("b"))));
+        keeper.read(100, Some(("a".into(), headers("a"), 100)));
+        keeper.read(50, Some(("b".into(), headers("b"), 50)));
         keeper.read(299, None);
         assert!(keeper.due().is_empty(), "349 bytes after a");
         keeper.read(51, None);
         let due: Vec<String> = keeper.due().into_iter().map(|(name, _)| name).collect();
         assert_eq!(due, ["a"], "400 after a, 350 after b");
-        keeper.read(100, Some(("a".into(), headers("a"))));
+        keeper.read(100, Some(("a".into(), headers("a"), 100)));
         let due: Vec<String> = keeper.due().into_iter().map(|(name, _)| name).collect();
         assert_eq!(due, ["b"], "the copy of a reset it; b has 450 after it");
     }
 
     #[test]
+    fn a_deploy_in_parts_counts_from_its_first_part() {
+        let mut keeper = Keeper::new(RETENTION);
+        keeper.read(100, Some(("a".into(), headers("a"), 300)));
+        assert_eq!(keeper.kept["a"].after, 200, "its first two parts are older");
+        keeper.read(200, None);
+        assert_eq!(keeper.due().len(), 1);
+    }
+
+    #[test]
     fn nothing_is_copied_when_the_deploys_alone_fill_what_may_follow() {
         let mut keeper = Keeper::new(RETENTION);
-        keeper.read(250, Some(("a".into(), headers("a"))));
-        keeper.read(250, Some(("b".into(), headers("b"))));
+        keeper.read(250, Some(("a".into(), headers("a"), 250)));
+        keeper.read(250, Some(("b".into(), headers("b"), 250)));
         keeper.read(400, None);
         assert!(
             keeper.due().is_empty(),

@@ -14,7 +14,9 @@
 //! [`stream`] reads the deploys from the broker, a [`Batch`] at a time, and
 //! answers the deployers.
 
+mod answers;
 mod keeper;
+mod parts;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -155,6 +157,30 @@ impl<T> Batch<'_, T> {
                 verified: false,
             },
         ));
+    }
+
+    /// Answers a deploy that was refused before it could be checked (its
+    /// parts could not be joined, see `parts`).
+    pub fn refuse(&mut self, headers: DeployHeaders, reason: String, tag: T) {
+        let place = self.added;
+        self.added += 1;
+        let digest = headers.digest.clone().unwrap_or_default();
+        let answer = self.deployer.refusal(digest, reason, Instant::now());
+        self.settled.push((
+            place,
+            Settled {
+                tag,
+                name: headers.name,
+                answer,
+                copy: false,
+                verified: false,
+            },
+        ));
+    }
+
+    /// The largest module this host accepts (`--max-module-bytes`).
+    pub fn max_module_bytes(&self) -> usize {
+        self.deployer.policy.max_module_bytes
     }
 
     /// Answers a deploy that a newer one of its name replaced before it

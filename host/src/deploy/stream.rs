@@ -25,21 +25,20 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_lite::StreamExt as _;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::time::Instant;
 use warren_protocol::deploy::{
-    DeployAnswer, DeployHeaders, HEADER_DEPLOY_COPY, HEADER_DEPLOY_SYNC, HEADER_STREAM_OFFSET,
-    StreamRetention, declare_deploy_stream,
+    DeployHeaders, HEADER_DEPLOY_COPY, HEADER_DEPLOY_SYNC, HEADER_STREAM_OFFSET, Part,
+    StreamRetention, declare_deploy_stream, publish_deploy,
 };
 use warren_protocol::{header_text, set_header_text};
 
+use super::answers::{answer_deployer, log_answer};
 use super::keeper::{Keeper, Kept, MESSAGE_OVERHEAD};
-use super::{DeployRequest, Deployer, Settled};
+use super::parts::{Assembler, Joined};
+use super::{Deployer, Settled};
 use crate::modules::{MODULE_EXTENSION, digest};
 use crate::shutdown::Shutdown;
 use warren_protocol::broker::close_quietly;
@@ -64,6 +63,8 @@ struct State {
     /// Offset of the last message handled.
     position: Option<u64>,
     keeper: Keeper,
+    /// Deploys in parts read only in part so far.
+    parts: Assembler,
 }
 
 impl StreamState {
@@ -72,6 +73,7 @@ impl StreamState {
         StreamState(Arc::new(Mutex::new(State {
             position: None,
             keeper: Keeper::new(retention),
+            parts: Assembler::default(),
         })))
     }
 
@@ -113,6 +115,9 @@ struct Read {
     offset: Option<u64>,
     /// What it costs in the stream, for the [`Keeper`].
     size: u64,
+    /// What the whole deploy it completes costs (more than `size` when it
+    /// came in parts).
+    whole: u64,
 }
 
 impl DeployStream {
@@ -279,19 +284,42 @@ impl DeployStream {
         if let Err(error) = acker.ack(BasicAckOptions::default()).await {
             tracing::warn!(%error, "acking a deploy stream message");
         }
-        reads.push(Read {
-            offset: stream_offset(&properties),
-            size: data.len() as u64 + MESSAGE_OVERHEAD,
-        });
+        let size = data.len() as u64 + MESSAGE_OVERHEAD;
+        let offset = stream_offset(&properties);
         let headers = properties.headers().as_ref();
         if header_text(headers, HEADER_DEPLOY_SYNC).is_some() {
+            reads.push(Read {
+                offset,
+                size,
+                whole: size,
+            });
             return;
         }
-        let request = DeployRequest {
-            headers: DeployHeaders::read(headers),
-            module: data,
+        let deploy = DeployHeaders::read(headers);
+        let part = Part::read(headers);
+        let parts = part
+            .as_ref()
+            .map_or(1, |part| part.as_ref().map_or(1, |p| u64::from(p.count)));
+        let joined = self
+            .state
+            .lock()
+            .parts
+            .add(deploy, part, data, batch.max_module_bytes());
+        let whole = match &joined {
+            Joined::Whole(request) => request.module.len() as u64 + parts * MESSAGE_OVERHEAD,
+            _ => size,
         };
-        batch.add(request, (reads.len() - 1, properties));
+        reads.push(Read {
+            offset,
+            size,
+            whole,
+        });
+        let tag = (reads.len() - 1, properties);
+        match joined {
+            Joined::Whole(request) => batch.add(request, tag),
+            Joined::Refused(headers, reason) => batch.refuse(headers, reason, tag),
+            Joined::Partial | Joined::Skipped => {}
+        }
     }
 
     /// Logs each settled deploy and answers its deployer, counts every
@@ -329,7 +357,9 @@ impl DeployStream {
         for (read, newest) in reads.into_iter().zip(newest) {
             match newest {
                 Some(Newest::Serving(name, headers)) => {
-                    state.keeper.read(read.size, Some((name, headers)));
+                    state
+                        .keeper
+                        .read(read.size, Some((name, headers, read.whole)));
                 }
                 Some(Newest::Unserved(name)) => {
                     state.keeper.forget(&name);
@@ -410,64 +440,17 @@ impl DeployStream {
             .context("appending a sync marker to the deploy stream")
     }
 
-    /// Publishes to the stream and waits for the broker to store it.
+    /// Publishes to the stream (in parts when the body is large, see
+    /// `warren_protocol::deploy::Part`) and waits for the broker to store it.
     async fn publish_confirmed(&self, body: &[u8], headers: FieldTable) -> anyhow::Result<()> {
-        let confirmation = self
-            .publisher
-            .basic_publish(
-                ShortString::default(),
-                self.stream.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_headers(headers),
-            )
-            .await?
-            .await?;
+        let properties = BasicProperties::default().with_headers(headers);
+        let stored = publish_deploy(&self.publisher, &self.stream, body, properties).await?;
         anyhow::ensure!(
-            confirmation.is_ack(),
+            stored,
             "the broker refused it (a publisher nack); is the stream {:?} full or its node down?",
             self.stream
         );
         Ok(())
-    }
-}
-
-/// Refusals of new deploys are news for the operator; refusals found again
-/// in the history a starting host replays were news when they were new, and
-/// copies of what the host serves already are no news at all.
-fn log_answer(name: &str, answer: &DeployAnswer, history: bool, copy: bool) {
-    if copy {
-        tracing::debug!(procedure = %name, digest = %answer.digest, "deploy already applied");
-    } else if answer.accepted {
-        tracing::info!(procedure = %name, digest = %answer.digest, took_ms = answer.took_ms, history, "deploy accepted");
-    } else if history {
-        tracing::debug!(procedure = %name, digest = %answer.digest, "deploy in the history refused: {}", answer.reason);
-    } else {
-        tracing::warn!(procedure = %name, digest = %answer.digest, "deploy refused: {}", answer.reason);
-    }
-}
-
-/// Sends `answer` to the deploy's `reply_to`, if it has one.
-async fn answer_deployer(channel: &Channel, deploy: &BasicProperties, answer: &DeployAnswer) {
-    let Some(reply_to) = deploy.reply_to().clone() else {
-        return;
-    };
-    let mut properties = BasicProperties::default().with_content_type("application/json".into());
-    if let Some(id) = deploy.correlation_id().clone() {
-        properties = properties.with_correlation_id(id);
-    }
-    let body = serde_json::to_vec(answer).expect("a DeployAnswer always serialises");
-    let published = channel
-        .basic_publish(
-            ShortString::default(),
-            reply_to,
-            BasicPublishOptions::default(),
-            &body,
-            properties,
-        )
-        .await;
-    if let Err(error) = published {
-        tracing::warn!(%error, "answering the deployer");
     }
 }
 

@@ -67,11 +67,7 @@ impl RequestQueue {
         mode: QueueMode,
         prefetch: u16,
     ) -> anyhow::Result<Self> {
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        declare_request_queue(&channel, queue, mode)
+        let channel = declare_request_queue(connection, queue, mode)
             .await
             .map_err(|error| match explain_queue_mismatch(&error, queue, mode) {
                 Some(why) => anyhow::Error::from(crate::session::SetupRefused(why)),

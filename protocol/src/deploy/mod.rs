@@ -1,9 +1,9 @@
 //! The remote deploy contract: how a module reaches every host of a queue,
 //! and how a host knows whom it came from.
 //!
-//! A deploy is one message on the durable RabbitMQ stream
-//! [`deploy_stream`]`(queue)`, published through the default exchange. Its
-//! body is the module's bytes; its headers name the procedure, the module's
+//! A deploy is a message (or, for a large module, several: [`Part`]) on the
+//! durable RabbitMQ stream [`deploy_stream`]`(queue)`, published through the
+//! default exchange. Its body is the module's bytes; its headers name the procedure, the module's
 //! digest, a sequence (the deployer's clock in milliseconds since the Unix
 //! epoch, [`new_sequence`]), and (when signed) the deployer's ed25519 public
 //! key and a signature over [`signed_bytes`]`(name, digest, sequence)`.
@@ -22,13 +22,20 @@
 //! ([`HEADER_DEPLOY_COPY`]), before the stream would drop it, so its size
 //! stays bounded and a host that starts later still finds every procedure.
 //!
+//! A module larger than [`DEPLOY_PART_BYTES`] is split across consecutive
+//! messages (`parts`), under one signature.
+//!
 //! The keys that sign deploys, and their files, are in `keys`.
 
 mod keys;
+mod parts;
 
 use serde::{Deserialize, Serialize};
 
 pub use keys::{KeyError, PublicKey, SecretKey, public_key_path, read_trusted_keys};
+pub use parts::{
+    DEPLOY_PART_BYTES, HEADER_DEPLOY_PART, HEADER_DEPLOY_PARTS_ID, Part, publish_deploy,
+};
 
 /// Deploy header: the procedure name the module is for.
 pub const HEADER_DEPLOY_NAME: &str = "x-deploy-name";

@@ -34,6 +34,11 @@ fn built_guest(file_stem: &str, recipe: &str) -> Vec<u8> {
 /// `wasm` with a custom section appended: a different file (and digest)
 /// that behaves exactly the same, like a rebuild.
 pub fn with_custom_section(wasm: &[u8], payload: &str) -> Vec<u8> {
+    with_custom_section_bytes(wasm, payload.as_bytes())
+}
+
+/// [`with_custom_section`] with any bytes as the payload.
+pub fn with_custom_section_bytes(wasm: &[u8], payload: &[u8]) -> Vec<u8> {
     fn leb128(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let byte = (n & 0x7f) as u8;
@@ -49,7 +54,7 @@ pub fn with_custom_section(wasm: &[u8], payload: &str) -> Vec<u8> {
     let mut content = Vec::new();
     leb128(name.len(), &mut content);
     content.extend_from_slice(name);
-    content.extend_from_slice(payload.as_bytes());
+    content.extend_from_slice(payload);
     let mut out = wasm.to_vec();
     out.push(0); // custom section id
     leb128(content.len(), &mut out);

@@ -31,7 +31,7 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::time::Instant;
 use warren_protocol::deploy::{
     DeployHeaders, HEADER_DEPLOY_COPY, HEADER_DEPLOY_SYNC, HEADER_STREAM_OFFSET, Part,
-    StreamRetention, declare_deploy_stream, publish_deploy,
+    StreamRetention, declare_deploy_stream, decode_module, encode_module, publish_encoded,
 };
 use warren_protocol::{header_text, set_header_text};
 
@@ -316,7 +316,17 @@ impl DeployStream {
         });
         let tag = (reads.len() - 1, properties);
         match joined {
-            Joined::Whole(request) => batch.add(request, tag),
+            Joined::Whole(mut request) => {
+                let encoding = tag.1.content_encoding().as_ref().map(|e| e.to_string());
+                let body = std::mem::take(&mut request.module);
+                match decode(encoding, body, batch.max_module_bytes()).await {
+                    Ok(module) => {
+                        request.module = module;
+                        batch.add(request, tag);
+                    }
+                    Err(reason) => batch.refuse(request.headers, reason, tag),
+                }
+            }
             Joined::Refused(headers, reason) => batch.refuse(headers, reason, tag),
             Joined::Partial | Joined::Skipped => {}
         }
@@ -440,11 +450,26 @@ impl DeployStream {
             .context("appending a sync marker to the deploy stream")
     }
 
-    /// Publishes to the stream (in parts when the body is large, see
-    /// `warren_protocol::deploy::Part`) and waits for the broker to store it.
+    /// Publishes to the stream (deflated and in parts when the body is
+    /// large, see `warren_protocol::deploy::Part`; deflating off the async
+    /// runtime) and waits for the broker to store it.
     async fn publish_confirmed(&self, body: &[u8], headers: FieldTable) -> anyhow::Result<()> {
         let properties = BasicProperties::default().with_headers(headers);
-        let stored = publish_deploy(&self.publisher, &self.stream, body, properties).await?;
+        let owned = body.to_vec();
+        let (encoded, encoding) = tokio::task::spawn_blocking(move || {
+            let (encoded, encoding) = encode_module(&owned);
+            (encoded.into_owned(), encoding)
+        })
+        .await
+        .context("the deflating task failed")?;
+        let stored = publish_encoded(
+            &self.publisher,
+            &self.stream,
+            &encoded,
+            encoding,
+            properties,
+        )
+        .await?;
         anyhow::ensure!(
             stored,
             "the broker refused it (a publisher nack); is the stream {:?} full or its node down?",
@@ -452,6 +477,17 @@ impl DeployStream {
         );
         Ok(())
     }
+}
+
+/// The module a deploy body carries (`decode_module`), inflated off the
+/// async runtime when it is deflated.
+async fn decode(encoding: Option<String>, body: Vec<u8>, max: usize) -> Result<Vec<u8>, String> {
+    if encoding.is_none() {
+        return Ok(body);
+    }
+    tokio::task::spawn_blocking(move || decode_module(encoding.as_deref(), body, max))
+        .await
+        .unwrap_or_else(|error| Err(format!("inflating the module failed: {error}")))
 }
 
 /// Whether `error` ended the whole connection, not just the stream's channel.

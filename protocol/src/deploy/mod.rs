@@ -34,7 +34,8 @@ use serde::{Deserialize, Serialize};
 
 pub use keys::{KeyError, PublicKey, SecretKey, public_key_path, read_trusted_keys};
 pub use parts::{
-    DEPLOY_PART_BYTES, HEADER_DEPLOY_PART, HEADER_DEPLOY_PARTS_ID, Part, publish_deploy,
+    COMPRESS_FROM_BYTES, DEPLOY_ENCODING, DEPLOY_PART_BYTES, HEADER_DEPLOY_PART,
+    HEADER_DEPLOY_PARTS_ID, Part, decode_module, encode_module, publish_deploy, publish_encoded,
 };
 
 /// Deploy header: the procedure name the module is for.

@@ -435,9 +435,7 @@ impl DeployStream {
         let mut headers = FieldTable::default();
         kept.headers.write(&mut headers);
         set_header_text(&mut headers, HEADER_DEPLOY_COPY, deployer.host_id());
-        self.publish_confirmed(&module, headers)
-            .await
-            .map(|()| true)
+        self.publish_confirmed(module, headers).await.map(|()| true)
     }
 
     /// Appends a sync marker, so it is in the stream before the host starts
@@ -445,7 +443,7 @@ impl DeployStream {
     async fn append_marker(&self, marker: &str) -> anyhow::Result<()> {
         let mut headers = FieldTable::default();
         set_header_text(&mut headers, HEADER_DEPLOY_SYNC, marker);
-        self.publish_confirmed(&[], headers)
+        self.publish_confirmed(Vec::new(), headers)
             .await
             .context("appending a sync marker to the deploy stream")
     }
@@ -453,11 +451,10 @@ impl DeployStream {
     /// Publishes to the stream (deflated and in parts when the body is
     /// large, see `warren_protocol::deploy::Part`; deflating off the async
     /// runtime) and waits for the broker to store it.
-    async fn publish_confirmed(&self, body: &[u8], headers: FieldTable) -> anyhow::Result<()> {
+    async fn publish_confirmed(&self, body: Vec<u8>, headers: FieldTable) -> anyhow::Result<()> {
         let properties = BasicProperties::default().with_headers(headers);
-        let owned = body.to_vec();
         let (encoded, encoding) = tokio::task::spawn_blocking(move || {
-            let (encoded, encoding) = encode_module(&owned);
+            let (encoded, encoding) = encode_module(&body);
             (encoded.into_owned(), encoding)
         })
         .await

@@ -139,6 +139,12 @@ pub(crate) enum Command {
         /// --allow-unsigned-deploys.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// The procedure's manifest (NAME.toml): its limits, configuration,
+        /// secret names and callers; checked here, sent with the module and
+        /// covered by the same signature. Without it the procedure is
+        /// granted nothing (docs/manifests.md).
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
         /// Hosts that must answer [default: the number of consumers of the
         /// queue when the deploy starts].
         #[arg(long, value_name = "N")]

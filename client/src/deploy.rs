@@ -22,6 +22,7 @@ pub struct Deploy {
     module: Vec<u8>,
     max_module_bytes: u64,
     key: Option<SecretKey>,
+    manifest: Option<String>,
     expect_hosts: Option<usize>,
     allow_no_hosts: bool,
     timeout: Duration,
@@ -36,10 +37,19 @@ impl Deploy {
             module,
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             key: None,
+            manifest: None,
             expect_hosts: None,
             allow_no_hosts: false,
             timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// Sends `manifest` (the text of a `NAME.toml`, see
+    /// [`warren_protocol::manifest`]) with the module: what the procedure is
+    /// granted on every host. The signature covers it with the module.
+    pub fn manifest(mut self, manifest: impl Into<String>) -> Self {
+        self.manifest = Some(manifest.into());
+        self
     }
 
     /// Signs the deploy with `key` (hosts accept only trusted signers).
@@ -75,6 +85,10 @@ impl Deploy {
     /// [`RpcClient::deploy`] does this before it sends anything.
     pub fn check(&self) -> Result<(), CallError> {
         check_procedure_name(&self.name).map_err(CallError::Invalid)?;
+        if let Some(text) = &self.manifest {
+            warren_protocol::manifest::Manifest::parse(text)
+                .map_err(|error| CallError::Invalid(format!("its manifest: {error}")))?;
+        }
         check_module(self)
     }
 
@@ -161,7 +175,13 @@ impl RpcClient {
             .map_err(broker("enabling publisher confirms"))?;
 
         let mut headers = FieldTable::default();
-        DeployHeaders::new(&deploy.name, &deploy.module, deploy.key.as_ref()).write(&mut headers);
+        DeployHeaders::new(
+            &deploy.name,
+            &deploy.module,
+            deploy.manifest.as_deref(),
+            deploy.key.as_ref(),
+        )
+        .write(&mut headers);
         let (waiting, mut answers) = self.expect_replies();
         let properties = BasicProperties::default()
             .with_reply_to(link.callback_queue.clone())

@@ -41,6 +41,7 @@ pub(crate) struct DeployOptions {
     pub(crate) expect_hosts: Option<usize>,
     pub(crate) allow_no_hosts: bool,
     pub(crate) max_module_bytes: u64,
+    pub(crate) manifest: Option<std::path::PathBuf>,
 }
 
 pub(crate) async fn deploy(
@@ -63,6 +64,15 @@ pub(crate) async fn deploy(
         .timeout(cli.timeout);
     if let Some(hosts) = options.expect_hosts {
         request = request.expect_hosts(hosts);
+    }
+    if let Some(path) = &options.manifest {
+        match std::fs::read_to_string(path) {
+            Ok(text) => request = request.manifest(text),
+            Err(error) => {
+                eprintln!("warren: reading the manifest {}: {error}", path.display());
+                return exit::USAGE;
+            }
+        }
     }
     if let Err(error) = request.check() {
         eprintln!("warren: {}: {error}", module.display());

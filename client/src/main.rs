@@ -99,11 +99,13 @@ async fn run(cli: Cli) -> u8 {
             expect_hosts,
             allow_no_hosts,
             max_module_bytes,
+            manifest,
         } => {
             let options = DeployOptions {
                 expect_hosts: *expect_hosts,
                 allow_no_hosts: *allow_no_hosts,
                 max_module_bytes: *max_module_bytes,
+                manifest: manifest.clone(),
             };
             return deploy(&cli, name, module, key.as_deref(), options).await;
         }

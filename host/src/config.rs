@@ -90,10 +90,20 @@ pub struct BrokerOptions {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Procedures")]
 pub struct ProcedureOptions {
-    /// Folder of procedures: every NAME.wasm in it is procedure NAME. Files
-    /// created, replaced or deleted there take effect within a second.
+    /// Folder of procedures: every NAME.wasm in it is procedure NAME,
+    /// granted what NAME.toml beside it says (its manifest; none: nothing
+    /// but the limits below). Files created, replaced or deleted there take
+    /// effect within a second.
     #[arg(long, default_value = "modules")]
     pub modules_dir: PathBuf,
+
+    /// Folder of secret values, one file per secret named after it (a
+    /// trailing newline is dropped). A procedure reads the secrets its
+    /// manifest names ([secrets] names) through wasi:config/store; one
+    /// naming a secret missing here is refused at load. Read when the
+    /// procedure loads; keep it readable only by the host's user.
+    #[arg(long, value_name = "DIR", env = "WARREN_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
 
     /// Where compiled code is kept by module digest, so restarts skip
     /// compilation [default: MODULES_DIR/.cache]. Must be writable only by

@@ -69,6 +69,7 @@ impl StatusSource {
                 .map(|served| ProcedureStatus {
                     name: served.name,
                     digest: served.digest,
+                    grants: Some(served.grants),
                 })
                 .collect(),
         }

@@ -148,7 +148,7 @@ impl Dispatcher {
                 ),
             )));
         }
-        let slot = match self.sandbox.slot().await {
+        let slot = match self.sandbox.slot(&procedure.component).await {
             Ok(slot) => slot,
             Err(error) => return reply(Err(error)),
         };

@@ -166,7 +166,7 @@ fn build_sandbox(config: &HostConfig) -> anyhow::Result<Arc<Sandbox>> {
         config.procedures.modules_dir.display()
     );
     let perf_map = config.observability.perf_map;
-    let sandbox = Sandbox::with_options(
+    let mut sandbox = Sandbox::with_options(
         config.sandbox_limits(),
         Some(&config.cache_dir()),
         EngineOptions {
@@ -175,6 +175,7 @@ fn build_sandbox(config: &HostConfig) -> anyhow::Result<Arc<Sandbox>> {
         },
     )
     .context("setting up the sandbox")?;
+    sandbox.set_secrets_dir(config.procedures.secrets_dir.clone());
     if config.tuning.compiler_inlining.is_some() {
         tracing::warn!(
             "--compiler-inlining (WARREN_COMPILER_INLINING) is ignored: procedures are compiled \

@@ -436,6 +436,9 @@ mod tests {
         let served = Served {
             name: "fib".into(),
             digest: "sha256:ab".into(),
+            grants: crate::sandbox::Grants::none(&crate::sandbox::Limits::default())
+                .effective()
+                .clone(),
         };
         let text = metrics.encode(&[served], 7);
         for line in [

@@ -125,7 +125,7 @@ async fn refused_deploys_change_nothing() {
     // skips its check meets the host's.
     let not_wasm = b"not a component".to_vec();
     let sequence = new_sequence();
-    let signature = trusted.sign("fib", &digest(&not_wasm), sequence);
+    let signature = trusted.sign("fib", &digest(&not_wasm), sequence, None);
     let headers = deploy_headers("fib", &not_wasm, sequence, &trusted, &signature);
     let not_wasm = only_answer(answers_to_raw_deploy(&host.queue, headers, &not_wasm).await);
     assert!(
@@ -149,7 +149,7 @@ async fn refused_deploys_change_nothing() {
     // A forged deploy: the trusted key's name on a stranger's signature.
     let forger = SecretKey::generate().unwrap();
     let sequence = new_sequence();
-    let forged = forger.sign("fib", &digest(&v2), sequence);
+    let forged = forger.sign("fib", &digest(&v2), sequence, None);
     let headers = deploy_headers("fib", &v2, sequence, &trusted, &forged);
     publish_raw_deploy(&host.queue, headers, &v2).await;
     // Something valid after it, to know the forged one has been processed.

@@ -72,7 +72,7 @@ async fn a_replayed_old_deploy_cannot_roll_a_procedure_back() {
 
     // v1, as `warren deploy` would send it; its message is kept.
     let old_sequence = new_sequence() - 1_000;
-    let old_signature = key.sign("fib", &digest(&v1), old_sequence);
+    let old_signature = key.sign("fib", &digest(&v1), old_sequence, None);
     let old_deploy = deploy_headers("fib", &v1, old_sequence, &key, &old_signature);
     publish_raw_deploy(&host.queue, old_deploy.clone(), &v1).await;
     assert!(
@@ -181,24 +181,24 @@ async fn a_host_starts_after_a_deploy_history_far_longer_than_its_prefetch() {
         let module_digest = digest(&module);
         let (module, headers) = match i % 10 {
             3 => {
-                let signature = stranger.sign(name, &module_digest, sequence);
+                let signature = stranger.sign(name, &module_digest, sequence, None);
                 let headers = deploy_headers(name, &module, sequence, &stranger, &signature);
                 (module, headers)
             }
             7 => {
-                let signature = key.sign(name, &module_digest, sequence + 1);
+                let signature = key.sign(name, &module_digest, sequence + 1, None);
                 let headers = deploy_headers(name, &module, sequence, &key, &signature);
                 (module, headers)
             }
             9 if i < 180 => {
                 // Signed, but not a component, superseded by a later deploy.
                 let garbage = format!("not a module {i}").into_bytes();
-                let signature = key.sign(name, &digest(&garbage), sequence);
+                let signature = key.sign(name, &digest(&garbage), sequence, None);
                 let headers = deploy_headers(name, &garbage, sequence, &key, &signature);
                 (garbage, headers)
             }
             _ => {
-                let signature = key.sign(name, &module_digest, sequence);
+                let signature = key.sign(name, &module_digest, sequence, None);
                 newest.insert(name, module_digest.clone());
                 let headers = deploy_headers(name, &module, sequence, &key, &signature);
                 (module, headers)
@@ -248,7 +248,7 @@ async fn the_deploy_stream_stays_bounded_and_still_holds_every_procedure() {
     })
     .await;
     let sign = |name: &str, module: &[u8], sequence: u64| {
-        let signature = key.sign(name, &digest(module), sequence);
+        let signature = key.sign(name, &digest(module), sequence, None);
         deploy_headers(name, module, sequence, &key, &signature)
     };
     let steady = with_custom_section(&fib, "steady");

@@ -74,7 +74,7 @@ async fn a_large_module_is_deployed_in_parts_and_late_hosts_join_them() {
 /// The parts `module` would be published as, signed by `signer`.
 fn parts_of(module: &[u8], signer: &SecretKey) -> Vec<(FieldTable, Vec<u8>)> {
     let sequence = new_sequence();
-    let signature = signer.sign("fib", &digest(module), sequence);
+    let signature = signer.sign("fib", &digest(module), sequence, None);
     let chunks: Vec<&[u8]> = module.chunks(DEPLOY_PART_BYTES).collect();
     let count = chunks.len();
     chunks

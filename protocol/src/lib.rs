@@ -25,6 +25,7 @@ pub mod broker;
 pub mod component;
 pub mod deploy;
 mod errors;
+pub mod manifest;
 mod queues;
 pub mod status;
 pub mod tls;

@@ -77,6 +77,10 @@ pub struct ProcedureStatus {
     pub name: String,
     /// `sha256:<hex>` of the version served.
     pub digest: String,
+    /// What its manifest grants it on this host, the host's limits applied
+    /// (absent from hosts older than manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<crate::manifest::EffectiveGrants>,
 }
 
 impl ProcedureStatus {
@@ -155,10 +159,12 @@ mod tests {
                 ProcedureStatus {
                     name: "fib".into(),
                     digest: fib.into(),
+                    grants: None,
                 },
                 ProcedureStatus {
                     name: "echo".into(),
                     digest: "sha256:ec".into(),
+                    grants: None,
                 },
             ],
         }

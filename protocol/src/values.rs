@@ -99,6 +99,21 @@ pub fn check_call_timeout(timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// `67108864` → `64 MiB`; `1114112` → `1.06 MiB (1114112 bytes)`: exact
+/// where it matters, short where it can be.
+pub fn format_bytes(bytes: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= size {
+            return if bytes.is_multiple_of(size) {
+                format!("{} {unit}", bytes / size)
+            } else {
+                format!("{:.2} {unit} ({bytes} bytes)", bytes as f64 / size as f64)
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +145,13 @@ mod tests {
         let huge = call_timeout("99999999999d").unwrap_err();
         assert!(huge.contains("at most 49d"), "{huge}");
         assert_eq!(call_timeout("49d"), Ok(Duration::from_secs(49 * 86_400)));
+    }
+
+    #[test]
+    fn sizes_read_well_and_stay_exact() {
+        assert_eq!(format_bytes(64 << 20), "64 MiB");
+        assert_eq!(format_bytes(1114112), "1.06 MiB (1114112 bytes)");
+        assert_eq!(format_bytes(512), "512 bytes");
+        assert_eq!(format_bytes(4 << 30), "4 GiB");
     }
 }

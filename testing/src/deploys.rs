@@ -82,6 +82,15 @@ pub async fn answers_to_raw_messages(
     queue: &str,
     messages: Vec<(FieldTable, Vec<u8>)>,
 ) -> Vec<DeployAnswer> {
+    answers_to_raw_messages_from(queue, messages, 1).await
+}
+
+/// [`answers_to_raw_messages`], waiting for `hosts` answers.
+pub async fn answers_to_raw_messages_from(
+    queue: &str,
+    messages: Vec<(FieldTable, Vec<u8>)>,
+    hosts: usize,
+) -> Vec<DeployAnswer> {
     use futures_lite::StreamExt as _;
     let connection = Connection::connect(&amqp_url(), Default::default())
         .await
@@ -124,13 +133,17 @@ pub async fn answers_to_raw_messages(
             .await
             .unwrap();
     }
-    let delivery = tokio::time::timeout(CALL_TIMEOUT, consumer.next())
-        .await
-        .expect("a host answered")
-        .unwrap()
-        .unwrap();
+    let mut answers = Vec::new();
+    while answers.len() < hosts {
+        let delivery = tokio::time::timeout(CALL_TIMEOUT, consumer.next())
+            .await
+            .expect("every host answered")
+            .unwrap()
+            .unwrap();
+        answers.push(serde_json::from_slice(&delivery.data).unwrap());
+    }
     close_connection(&connection).await;
-    vec![serde_json::from_slice(&delivery.data).unwrap()]
+    answers
 }
 
 /// The one answer there must be.

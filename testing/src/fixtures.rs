@@ -21,6 +21,12 @@ pub fn hostile_wasm() -> Vec<u8> {
     built_guest("guest_hostile", "just build-test-guests")
 }
 
+/// The test component that reads its configuration (`wasi:config/store`),
+/// as `just build-test-guests` builds it.
+pub fn configured_wasm() -> Vec<u8> {
+    built_guest("guest_configured", "just build-test-guests")
+}
+
 fn built_guest(file_stem: &str, recipe: &str) -> Vec<u8> {
     let path = workspace().join(format!("target/wasm32-wasip2/release/{file_stem}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {

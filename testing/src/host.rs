@@ -147,6 +147,20 @@ impl TestHost {
         std::fs::rename(&tmp, self.module_path(name)).unwrap();
     }
 
+    /// Writes (or, with `None`, removes) module `name`'s manifest
+    /// (`NAME.toml`) atomically.
+    pub fn install_manifest(&self, name: &str, text: Option<&str>) {
+        let path = self.modules.path().join(format!("{name}.toml"));
+        match text {
+            Some(text) => {
+                let tmp = self.modules.path().join(format!(".{name}.toml.tmp"));
+                std::fs::write(&tmp, text).unwrap();
+                std::fs::rename(&tmp, path).unwrap();
+            }
+            None => std::fs::remove_file(path).unwrap(),
+        }
+    }
+
     /// Stops the host gracefully; the queue's owner also deletes the queue
     /// and its deploy stream, so test runs leave nothing on the broker.
     pub async fn stop(mut self) {
@@ -201,7 +215,9 @@ pub struct HostProcess {
 
 impl HostProcess {
     /// Starts `warren-host` on `queue` serving `modules`, with `args` added,
-    /// against `urls` (comma-separated; the test broker when `None`).
+    /// against `urls` (comma-separated; the test broker when `None`). Each
+    /// of `modules` is written as `NAME.wasm`, or as itself when its name
+    /// has an extension (`NAME.toml`, a manifest).
     pub fn start(
         queue: &str,
         modules: &[(&str, &[u8])],
@@ -212,7 +228,12 @@ impl HostProcess {
         let folder = dir.path().join("modules");
         std::fs::create_dir(&folder).unwrap();
         for (name, bytes) in modules {
-            std::fs::write(folder.join(format!("{name}.wasm")), bytes).unwrap();
+            let file = if name.contains('.') {
+                (*name).to_owned()
+            } else {
+                format!("{name}.wasm")
+            };
+            std::fs::write(folder.join(file), bytes).unwrap();
         }
         let log = std::fs::File::create(dir.path().join("host.log")).unwrap();
         let child = std::process::Command::new(binary("warren-host"))

@@ -26,8 +26,9 @@ use std::time::Instant;
 use anyhow::Context as _;
 use warren_protocol::check_procedure_name;
 use warren_protocol::deploy::{DeployAnswer, DeployHeaders, PublicKey};
+use warren_protocol::manifest::Manifest;
 
-use crate::modules::{ModulesFolder, Procedure, digest};
+use crate::modules::{ModulesFolder, Procedure, digest, version};
 
 /// Which deploys a host accepts.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +56,8 @@ struct Verified {
     digest: String,
     /// Absent only on unsigned deploys from older deployers.
     sequence: Option<u64>,
+    /// The manifest's text, already checked to parse.
+    manifest: Option<String>,
 }
 
 /// The newest deploy this host accepted for one name: its sequence and
@@ -331,10 +334,15 @@ impl Deployer {
             })?),
         };
         self.check_signature(request, &name, actual_digest, sequence)?;
+        // After the signature: a stranger's manifest is not worth reading.
+        if let Some(text) = &headers.manifest {
+            Manifest::parse(text).map_err(|error| format!("its manifest is refused: {error}"))?;
+        }
         Ok(Verified {
             name,
             digest: actual_digest.to_owned(),
             sequence,
+            manifest: headers.manifest.clone(),
         })
     }
 
@@ -418,21 +426,37 @@ impl Deployer {
                     .into(),
             );
         };
-        if key.verifies(name, digest, sequence, signature) {
+        let manifest = request.headers.manifest_digest();
+        if key.verifies(name, digest, sequence, manifest.as_deref(), signature) {
             Ok(())
         } else {
-            Err(format!(
-                "bad signature: {key} did not sign {name} {digest} with sequence {sequence}"
-            ))
+            Err(match manifest {
+                None => format!(
+                    "bad signature: {key} did not sign {name} {digest} with sequence {sequence} \
+                     and no manifest"
+                ),
+                Some(manifest) => format!(
+                    "bad signature: {key} did not sign {name} {digest} with sequence {sequence} \
+                     and manifest {manifest} (was the manifest changed after signing?)"
+                ),
+            })
         }
     }
 
     /// Compiles the module, saves it into the modules folder, then serves
     /// it. Nothing changes unless every step succeeds.
     async fn install(&self, verified: &Verified, module: Vec<u8>) -> anyhow::Result<()> {
-        let Verified { name, digest, .. } = verified;
-        let serving = self.folder.serving().get(name).map(|p| p.digest.clone());
-        let (procedure, module) = if serving.as_ref() == Some(digest) {
+        let Verified {
+            name,
+            digest,
+            manifest,
+            ..
+        } = verified;
+        let manifest_digest = manifest
+            .as_deref()
+            .map(|text| warren_protocol::module_digest(text.as_bytes()));
+        let serving = self.folder.serving().get(name).map(|p| p.version());
+        let (procedure, module) = if serving == Some(version(digest, manifest_digest.as_deref())) {
             // Served already (a replayed history, a repeated deploy): make
             // sure the folder holds it too.
             let procedure = self.folder.serving().get(name).expect("served");
@@ -442,13 +466,18 @@ impl Deployer {
             // The bytes travel to the compile thread and back: no copy.
             tokio::task::spawn_blocking({
                 let sandbox = self.folder.sandbox().clone();
-                let (name, digest) = (name.clone(), digest.clone());
-                move || Procedure::compile(&sandbox, &name, &module, digest).map(|p| (p, module))
+                let (name, digest, manifest) = (name.clone(), digest.clone(), manifest.clone());
+                move || {
+                    Procedure::compile(&sandbox, &name, &module, digest, manifest.as_deref())
+                        .map(|p| (p, module))
+                }
             })
             .await
             .context("the compile task failed")??
         };
-        self.folder.save_and_serve(procedure, module).await
+        self.folder
+            .save_and_serve(procedure, module, manifest.clone())
+            .await
     }
 }
 

@@ -9,18 +9,21 @@
 //! changes.
 
 use crate::metrics::Metrics;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use anyhow::Context as _;
 
+use super::files::{FileFingerprint, Files, Fingerprint, Seen, SeenFiles, lock, save_atomically};
 use super::{
     MODULE_EXTENSION, Procedure, Serving, digest, misnamed_module, module_files, procedure_name,
+    version,
 };
 use crate::sandbox::Sandbox;
+use warren_protocol::manifest::MANIFEST_EXTENSION;
+use warren_protocol::module_digest as digest_of;
 
 /// Counts of what the folder has done since the host started; the tests use
 /// them to see that an idle host stays idle.
@@ -48,45 +51,6 @@ impl LoadStats {
         self.failed.load(Ordering::Relaxed)
     }
 }
-
-/// What identifies one version of a file without reading it: if none of
-/// these changed, neither did the content (every write or rename changes
-/// the change time).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    len: u64,
-    modified: Option<SystemTime>,
-    #[cfg(unix)]
-    inode: u64,
-    #[cfg(unix)]
-    changed: (i64, i64),
-}
-
-impl Fingerprint {
-    fn of(metadata: &std::fs::Metadata) -> Self {
-        #[cfg(unix)]
-        use std::os::unix::fs::MetadataExt as _;
-        Fingerprint {
-            len: metadata.len(),
-            modified: metadata.modified().ok(),
-            #[cfg(unix)]
-            inode: metadata.ino(),
-            #[cfg(unix)]
-            changed: (metadata.ctime(), metadata.ctime_nsec()),
-        }
-    }
-}
-
-/// What a file held when last read, and whether that loaded.
-#[derive(Debug, Clone)]
-struct Seen {
-    fingerprint: Fingerprint,
-    /// `None` for files never read (misnamed ones).
-    digest: Option<String>,
-    loaded: bool,
-}
-
-type SeenFiles = Arc<Mutex<HashMap<PathBuf, Seen>>>;
 
 /// The modules folder: serves its `NAME.wasm` files (through [`Serving`]) and
 /// saves deployed modules into it.
@@ -154,9 +118,20 @@ impl ModulesFolder {
     }
 
     /// Brings what is served in line with one file: load or swap it if it
-    /// changed since last read, retire its procedure if it is gone. Logs
-    /// what it did; says nothing when the file did not change.
+    /// (or its manifest, `NAME.toml`) changed since last read, retire its
+    /// procedure if it is gone. Logs what it did; says nothing when the
+    /// file did not change.
     pub async fn reload(&self, path: &Path) {
+        let module_path;
+        let path = if path
+            .extension()
+            .is_some_and(|ext| ext == MANIFEST_EXTENSION)
+        {
+            module_path = path.with_extension(MODULE_EXTENSION);
+            module_path.as_path()
+        } else {
+            path
+        };
         let Some(name) = procedure_name(path) else {
             self.warn_if_misnamed(path);
             return;
@@ -176,14 +151,14 @@ impl ModulesFolder {
                 return;
             }
         };
-        let fingerprint = Fingerprint::of(&metadata);
+        let fingerprint = Fingerprint::of(&metadata, &path.with_extension(MANIFEST_EXTENSION));
         let before = self.seen(path);
         if before.as_ref().map(|seen| &seen.fingerprint) == Some(&fingerprint) {
             return; // opened or read, not changed
         }
 
         let started = Instant::now();
-        let serving = self.serving.get(&name).map(|p| p.digest.clone());
+        let serving = self.serving.get(&name).map(|p| p.version());
         let broken = before
             .filter(|seen| !seen.loaded)
             .and_then(|seen| seen.digest);
@@ -231,14 +206,16 @@ impl ModulesFolder {
         }
     }
 
-    /// Saves a deployed, already compiled module as `NAME.wasm` and then
-    /// serves it: all or nothing. If the file cannot be saved, nothing
-    /// changes and the error says why; once it is saved, the watcher finds
-    /// it already known and does not load it again.
+    /// Saves a deployed, already compiled module as `NAME.wasm` (and its
+    /// manifest as `NAME.toml`, or removes an old one when it has none) and
+    /// then serves it: all or nothing. If the files cannot be saved, nothing
+    /// changes and the error says why; once they are saved, the watcher
+    /// finds them already known and does not load them again.
     pub async fn save_and_serve(
         &self,
         procedure: Procedure,
         module: Vec<u8>,
+        manifest: Option<String>,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let target = self
@@ -246,12 +223,15 @@ impl ModulesFolder {
             .join(format!("{}.{MODULE_EXTENSION}", procedure.name));
         let saved = tokio::task::spawn_blocking({
             let (dir, seen) = (self.dir.clone(), self.seen.clone());
-            let (target, name, digest) = (
-                target.clone(),
-                procedure.name.clone(),
-                procedure.digest.clone(),
-            );
-            move || save_atomically(&dir, &target, &name, &module, &seen, digest)
+            let (target, name, version) =
+                (target.clone(), procedure.name.clone(), procedure.version());
+            move || {
+                let files = Files {
+                    module: &module,
+                    manifest: manifest.as_deref(),
+                };
+                save_atomically(&dir, &target, &name, files, &seen, version)
+            }
         })
         .await
         .context("the save task failed")?;
@@ -262,25 +242,24 @@ impl ModulesFolder {
                 self.dir.display()
             )
         })?;
-        if self.serving.get(&procedure.name).map(|p| p.digest.clone())
-            != Some(procedure.digest.clone())
-        {
+        if self.serving.get(&procedure.name).map(|p| p.version()) != Some(procedure.version()) {
             self.serve(procedure, started);
         }
         Ok(())
     }
 
-    /// Swaps `procedure` in and logs it.
+    /// Swaps `procedure` in and logs it, with what it is granted.
     fn serve(&self, procedure: Procedure, started: Instant) {
         let (name, digest) = (procedure.name.clone(), procedure.digest.clone());
+        let grants = procedure.grants().to_string();
         let took = format!("{}ms", started.elapsed().as_millis());
         self.stats.loaded.fetch_add(1, Ordering::Relaxed);
         match self.serving.install(procedure) {
             Some(old) => {
                 self.metrics.swapped(&name);
-                tracing::info!(procedure = %name, from = %old.digest, to = %digest, took, "procedure swapped")
+                tracing::info!(procedure = %name, from = %old.digest, to = %digest, took, %grants, "procedure swapped")
             }
-            None => tracing::info!(procedure = %name, %digest, took, "procedure loaded"),
+            None => tracing::info!(procedure = %name, %digest, took, %grants, "procedure loaded"),
         }
     }
 
@@ -292,7 +271,10 @@ impl ModulesFolder {
             self.forget(path);
             return;
         };
-        let fingerprint = Fingerprint::of(&metadata);
+        let fingerprint = Fingerprint {
+            module: FileFingerprint::of(&metadata),
+            manifest: None,
+        };
         if self.seen(path).map(|seen| seen.fingerprint) != Some(fingerprint.clone()) {
             tracing::warn!(file = %path.display(), "ignoring this file: {why}; rename it to serve it");
             self.remember(
@@ -349,56 +331,33 @@ fn read_and_compile(
             );
         }
     };
+    let manifest_path = path.with_extension(MANIFEST_EXTENSION);
+    let manifest = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => Some(text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Read::Unreadable(
+                anyhow::Error::from(error).context(format!("reading {}", manifest_path.display())),
+            );
+        }
+    };
     stats.reads.fetch_add(1, Ordering::Relaxed);
     let digest = digest(&wasm);
-    if serving.as_ref() == Some(&digest) {
-        Read::Serving(digest)
-    } else if broken.as_ref() == Some(&digest) {
-        Read::StillBroken(digest)
+    let manifest_digest = manifest.as_deref().map(|text| digest_of(text.as_bytes()));
+    let version = version(&digest, manifest_digest.as_deref());
+    if serving.as_ref() == Some(&version) {
+        Read::Serving(version)
+    } else if broken.as_ref() == Some(&version) {
+        Read::StillBroken(version)
     } else {
-        let compiled = Procedure::compile(sandbox, name, &wasm, digest.clone());
-        Read::Compiled(digest, compiled)
+        let compiled = Procedure::compile(sandbox, name, &wasm, digest, manifest.as_deref());
+        // The log line names the module file; the manifest is worth naming too.
+        let compiled = match manifest {
+            Some(_) => compiled.with_context(|| format!("with {}", manifest_path.display())),
+            None => compiled,
+        };
+        Read::Compiled(version, compiled)
     }
-}
-
-fn lock(seen: &SeenFiles) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Seen>> {
-    seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Writes `target` through a hidden temporary file and a rename, so no one
-/// ever reads half a module, and records the result as already loaded
-/// (under the lock the watcher's [`ModulesFolder::reload`] also takes, so it
-/// cannot read the file in between and load it a second time).
-fn save_atomically(
-    dir: &Path,
-    target: &Path,
-    name: &str,
-    module: &[u8],
-    seen: &SeenFiles,
-    digest: String,
-) -> std::io::Result<()> {
-    let tmp = dir.join(format!(
-        ".{name}.{MODULE_EXTENSION}.deploy-{}",
-        std::process::id()
-    ));
-    let written = std::fs::write(&tmp, module).and_then(|()| {
-        let mut seen = lock(seen);
-        std::fs::rename(&tmp, target)?;
-        let fingerprint = Fingerprint::of(&std::fs::metadata(target)?);
-        seen.insert(
-            target.to_owned(),
-            Seen {
-                fingerprint,
-                digest: Some(digest),
-                loaded: true,
-            },
-        );
-        Ok(())
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Procedures: which components this host serves, and loading new versions.
 //!
-//! Every `NAME.wasm` in the modules folder is the procedure `NAME`. The
+//! Every `NAME.wasm` in the modules folder is the procedure `NAME`, granted
+//! what `NAME.toml` beside it says (its manifest; none: no grants). The
 //! [`Serving`] maps names to the [`Procedure`] currently serving them. It
 //! is swapped as a whole (`arc-swap`), so a request takes an `Arc` to the
 //! version it starts with and finishes on it however many swaps happen
@@ -13,6 +14,7 @@
 //! Deploys save through it too, so the folder and what is served never
 //! disagree. [`watcher`] tells it which files changed.
 
+mod files;
 mod folder;
 pub mod watcher;
 
@@ -25,7 +27,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use warren_protocol::check_procedure_name;
+use warren_protocol::manifest::{EffectiveGrants, Manifest};
 pub use warren_protocol::module_digest as digest;
+use warren_protocol::module_digest as digest_of;
 
 use crate::sandbox::{PreparedComponent, Sandbox};
 
@@ -39,27 +43,59 @@ pub struct Procedure {
     pub name: String,
     /// `sha256:<hex>` of the module's bytes; sent as `x-procedure-digest`.
     pub digest: String,
-    /// The compiled component, ready to instantiate.
+    /// The compiled component, ready to instantiate, with its grants.
     pub component: PreparedComponent,
+    /// `sha256:<hex>` of its manifest's text, when it has one.
+    pub manifest_digest: Option<String>,
 }
 
 impl Procedure {
     /// Compiles `wasm`, whose [`digest`] the caller has already taken, as
-    /// procedure `name`. CPU-heavy: call off the async runtime.
+    /// procedure `name`, granted what `manifest` (its text) says.
+    /// CPU-heavy: call off the async runtime.
     pub fn compile(
         sandbox: &Sandbox,
         name: &str,
         wasm: &[u8],
         digest: String,
+        manifest: Option<&str>,
     ) -> anyhow::Result<Self> {
+        let manifest_digest = manifest.map(|text| digest_of(text.as_bytes()));
+        let parsed = manifest
+            .map(Manifest::parse)
+            .transpose()
+            .with_context(|| format!("the manifest of {name}"))?;
+        let grants = sandbox
+            .grants(parsed.as_ref().zip(manifest_digest.as_deref()))
+            .with_context(|| format!("procedure {name}"))?;
         let component = sandbox
-            .prepare(wasm, &digest)
+            .prepare_granted(wasm, &digest, grants)
             .with_context(|| format!("module {name}"))?;
         Ok(Procedure {
             name: name.to_owned(),
             digest,
             component,
+            manifest_digest,
         })
+    }
+
+    /// What tells two versions apart: the module's digest, and its
+    /// manifest's when it has one (a new manifest is a new version).
+    pub fn version(&self) -> String {
+        version(&self.digest, self.manifest_digest.as_deref())
+    }
+
+    /// What it is granted on this host, without secret values.
+    pub fn grants(&self) -> &EffectiveGrants {
+        self.component.grants().effective()
+    }
+}
+
+/// [`Procedure::version`] of a module and manifest digest.
+pub fn version(digest: &str, manifest_digest: Option<&str>) -> String {
+    match manifest_digest {
+        None => digest.to_owned(),
+        Some(manifest) => format!("{digest} with manifest {manifest}"),
     }
 }
 
@@ -70,6 +106,8 @@ pub struct Served {
     pub name: String,
     /// The digest of the version served.
     pub digest: String,
+    /// What it is granted here.
+    pub grants: EffectiveGrants,
 }
 
 /// The procedures being served, by name; cheap to read from any thread.
@@ -172,6 +210,7 @@ impl Serving {
             .map(|p| Served {
                 name: p.name.clone(),
                 digest: p.digest.clone(),
+                grants: p.grants().clone(),
             })
             .collect()
     }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use warren_protocol::values::format_bytes;
+
 /// The limits every request runs under. Defaults match `warren-host --help`.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -82,33 +84,5 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
-    }
-}
-
-/// `67108864` → `64 MiB`; `1114112` → `1.06 MiB (1114112 bytes)`: exact
-/// where it matters, short where it can be.
-pub fn format_bytes(bytes: u64) -> String {
-    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= size {
-            return if bytes.is_multiple_of(size) {
-                format!("{} {unit}", bytes / size)
-            } else {
-                format!("{:.2} {unit} ({bytes} bytes)", bytes as f64 / size as f64)
-            };
-        }
-    }
-    format!("{bytes} bytes")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::format_bytes;
-
-    #[test]
-    fn sizes_read_well_and_stay_exact() {
-        assert_eq!(format_bytes(64 << 20), "64 MiB");
-        assert_eq!(format_bytes(1114112), "1.06 MiB (1114112 bytes)");
-        assert_eq!(format_bytes(512), "512 bytes");
-        assert_eq!(format_bytes(4 << 30), "4 GiB");
     }
 }

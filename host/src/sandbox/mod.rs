@@ -33,11 +33,14 @@
 //!   load, naming it.
 //! - **WASI with nothing granted.** No files, environment, arguments or
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
-//!   logged at debug level.
+//!   logged at debug level. What a procedure's manifest grants on top
+//!   (configuration and secrets through `wasi:config/store`, lower limits)
+//!   is [`grants`].
 
 mod cache;
 mod compiler;
 mod engine;
+mod grants;
 mod limits;
 mod output;
 mod prepare;
@@ -45,7 +48,7 @@ mod run;
 mod spare;
 mod ticker;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,6 +61,7 @@ use cache::CompiledCache;
 use compiler::Compiler;
 use engine::engine_config;
 pub use engine::perf_map_path;
+pub use grants::Grants;
 pub use limits::{Limits, format_bytes};
 use run::GuestState;
 use spare::Spares;
@@ -79,10 +83,23 @@ pub struct PreparedComponent {
     pre: bindings::ProcedurePre<GuestState>,
     /// Its spare instance, when it is slow to start (see [`spare`]).
     spares: Arc<Spares>,
+    /// What its manifest grants it here.
+    grants: Arc<Grants>,
 }
 
-/// One of the host's `--concurrency` slots, held while a request runs.
-pub struct Slot(OwnedSemaphorePermit);
+impl PreparedComponent {
+    /// What it is granted on this host.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+}
+
+/// One of the host's `--concurrency` slots, held while a request runs, and
+/// one of its procedure's when its manifest allows fewer.
+pub struct Slot {
+    _host: OwnedSemaphorePermit,
+    _procedure: Option<OwnedSemaphorePermit>,
+}
 
 /// Compiles and runs procedure components under the host's [`Limits`].
 pub struct Sandbox {
@@ -99,6 +116,8 @@ pub struct Sandbox {
     cache: Option<CompiledCache>,
     /// Where modules not in the cache are compiled.
     compiler: Compiler,
+    /// Where secret values are read from (`--secrets-dir`).
+    secrets_dir: Option<PathBuf>,
 }
 
 /// How the engine is built beyond the [`Limits`].
@@ -165,6 +184,13 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking WASI 0.2 into the sandbox")?;
+        // Every store answers from its own procedure's grants; a component
+        // may import it only if its manifest grants some (`grants`).
+        wasmtime_wasi_config::add_to_linker(&mut linker, |state: &mut GuestState| {
+            wasmtime_wasi_config::WasiConfig::new(&state.config)
+        })
+        .map_err(anyhow::Error::from)
+        .context("linking wasi:config/store into the sandbox")?;
         let ticker = EpochTicker::start(engine.clone())?;
         let cache =
             match cache_dir {
@@ -183,7 +209,29 @@ impl Sandbox {
             spares_used: AtomicU64::new(0),
             limits,
             ticker,
+            secrets_dir: None,
         })
+    }
+
+    /// Reads the values of the secrets manifests name from files in `dir`
+    /// (`--secrets-dir`), one file per secret, named after it.
+    pub fn set_secrets_dir(&mut self, dir: Option<PathBuf>) {
+        self.secrets_dir = dir;
+    }
+
+    /// What a procedure with `manifest` (text digest `manifest_digest`), or
+    /// without one, is granted here. Refused, saying why, when it names a
+    /// secret this host does not have or grants what this host cannot give.
+    pub fn grants(
+        &self,
+        manifest: Option<(&warren_protocol::manifest::Manifest, &str)>,
+    ) -> anyhow::Result<Grants> {
+        match manifest {
+            None => Ok(Grants::none(&self.limits)),
+            Some((manifest, digest)) => {
+                Grants::resolve(&self.limits, manifest, digest, self.secrets_dir.as_deref())
+            }
+        }
     }
 
     /// The limits every request runs under.

@@ -8,26 +8,39 @@ use anyhow::{Context as _, bail};
 use warren_protocol::component::{check_features, check_is_component};
 use wasmtime::component::Component;
 
-use super::{PreparedComponent, Sandbox, bindings, compiler, format_bytes};
+use super::grants::check_imports;
+use super::{Grants, PreparedComponent, Sandbox, bindings, compiler, format_bytes};
 
 impl Sandbox {
+    /// [`Sandbox::prepare_granted`] with no grants: the host's limits and
+    /// nothing else, what a procedure without a manifest gets.
+    pub fn prepare(&self, wasm: &[u8], digest: &str) -> anyhow::Result<PreparedComponent> {
+        self.prepare_granted(wasm, digest, Grants::none(&self.limits))
+    }
+
     /// Compiles `wasm` (whose digest is `digest`) and checks that it is a
-    /// component this host can run; compiled code comes from and goes to the
-    /// cache when there is one.
+    /// component this host can run with `grants`; compiled code comes from
+    /// and goes to the cache when there is one.
     ///
     /// CPU-heavy (Cranelift) on a cache miss: call it off the async runtime,
     /// for example in `spawn_blocking`. The error says what is wrong.
-    pub fn prepare(&self, wasm: &[u8], digest: &str) -> anyhow::Result<PreparedComponent> {
+    pub fn prepare_granted(
+        &self,
+        wasm: &[u8],
+        digest: &str,
+        grants: Grants,
+    ) -> anyhow::Result<PreparedComponent> {
         check_is_component(wasm).map_err(anyhow::Error::msg)?;
         // Before the cache or the compiler see it: wasmtime refuses such a
         // module too, but in its own words, and a cached entry refused for
         // this reason would look damaged.
-        check_memory_fits(wasm, self.limits.max_memory)?;
+        check_memory_fits(wasm, grants.limits.max_memory)?;
         let component = match self.cached(digest) {
             Some(component) => component,
             None => self.compile(wasm, digest)?,
         };
-        self.link(component)
+        check_imports(&self.engine, &component, &grants)?;
+        self.link(component, grants)
     }
 
     /// Compiles `wasm` and keeps the code in the cache.
@@ -51,14 +64,15 @@ impl Sandbox {
     }
 
     /// Links `component` against WASI and checks its exports.
-    fn link(&self, component: Component) -> anyhow::Result<PreparedComponent> {
+    fn link(&self, component: Component, grants: Grants) -> anyhow::Result<PreparedComponent> {
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .context(
                 "linking the component: it imports something this host does not offer \
-                 (Warren offers WASI 0.2 only)",
+                 (Warren offers WASI 0.2, and wasi:config/store to a procedure whose manifest \
+                 grants configuration)",
             )?;
         let pre = bindings::ProcedurePre::new(instance_pre)
             .map_err(anyhow::Error::from)
@@ -69,6 +83,7 @@ impl Sandbox {
         Ok(PreparedComponent {
             pre,
             spares: Arc::default(),
+            grants: Arc::new(grants),
         })
     }
 }

@@ -2,19 +2,20 @@
 //! started ahead) under the deadline and the memory limit, the guest's
 //! output, and what a failure means for the caller.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
 use warren_protocol::{ErrorKind, RpcError};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_config::WasiConfigVariables;
 
 use super::limits::{self, MemoryLimiter};
 use super::output::CappedOutput;
 use super::spare::Spare;
-use super::{Limits, PreparedComponent, Sandbox, Slot};
+use super::{Grants, Limits, PreparedComponent, Sandbox, Slot};
 
 impl Sandbox {
     /// Runs one request through a fresh instance of `component`.
@@ -29,20 +30,28 @@ impl Sandbox {
         request: Vec<u8>,
         label: &str,
     ) -> Result<Vec<u8>, RpcError> {
-        let slot = self.slot().await?;
+        let slot = self.slot(component).await?;
         self.run_in(slot, component, request, label).await
     }
 
     /// Waits for a free concurrency slot, for [`Sandbox::run_in`]: a caller
     /// that has something to decide once the request may start (is its
     /// caller still waiting?) decides it between the two.
-    pub async fn slot(&self) -> Result<Slot, RpcError> {
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map(Slot)
-            .map_err(|_| RpcError::new(ErrorKind::Internal, "the host is shutting down; retry"))
+    ///
+    /// A procedure whose manifest allows fewer requests at once than the
+    /// host waits for one of its own slots first, so its queue of waiting
+    /// requests holds none of the host's slots.
+    pub async fn slot(&self, component: &PreparedComponent) -> Result<Slot, RpcError> {
+        let closed = |_| RpcError::new(ErrorKind::Internal, "the host is shutting down; retry");
+        let procedure = match &component.grants.slots {
+            Some(slots) => Some(slots.clone().acquire_owned().await.map_err(closed)?),
+            None => None,
+        };
+        let host = self.slots.clone().acquire_owned().await.map_err(closed)?;
+        Ok(Slot {
+            _host: host,
+            _procedure: procedure,
+        })
     }
 
     /// [`Sandbox::run`] in a slot already taken.
@@ -54,7 +63,7 @@ impl Sandbox {
         label: &str,
     ) -> Result<Vec<u8>, RpcError> {
         let _ticking = self.ticker.handle().running();
-        self.run_fresh(component, &request, label, slot.0).await
+        self.run_fresh(component, &request, label, slot).await
     }
 
     async fn run_fresh(
@@ -62,9 +71,9 @@ impl Sandbox {
         component: &PreparedComponent,
         request: &[u8],
         label: &str,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
     ) -> Result<Vec<u8>, RpcError> {
-        let limits = &self.limits;
+        let limits = &component.grants.limits;
         let started = Instant::now();
         let deadline = started + limits.timeout;
         let timeout_error = || {
@@ -94,7 +103,7 @@ impl Sandbox {
                 let (guest, procedure) = spare.into_parts();
                 (guest, Some(procedure))
             }
-            None => (Guest::new(&self.engine, limits), None),
+            None => (Guest::new(&self.engine, &component.grants), None),
         };
         guest.set_deadline(deadline);
         // The next request's instance starts now, beside this one's call and
@@ -149,7 +158,7 @@ impl Sandbox {
             Ok(Ok(Ok(reply))) if reply.len() > limits.max_reply_bytes => Err(RpcError::new(
                 ErrorKind::ReplyTooLarge,
                 format!(
-                    "the procedure returned {} bytes; this host sends at most {} (--max-reply-bytes)",
+                    "the procedure returned {} bytes; this host sends at most {} (--max-reply-bytes, or lower in its manifest)",
                     reply.len(),
                     limits.max_reply_bytes
                 ),
@@ -169,17 +178,17 @@ impl Sandbox {
             return;
         };
         component.spares.start_unless_present(|| {
-            let (engine, limits, ticker) = (
-                self.engine.clone(),
-                self.limits.clone(),
-                self.ticker.handle().clone(),
+            let (engine, ticker) = (self.engine.clone(), self.ticker.handle().clone());
+            let (pre, spares, grants) = (
+                component.pre.clone(),
+                component.spares.clone(),
+                component.grants.clone(),
             );
-            let (pre, spares) = (component.pre.clone(), component.spares.clone());
             async move {
                 let _ticking = ticker.running();
                 let started = Instant::now();
-                let deadline = started + limits.timeout;
-                let mut guest = Guest::new(&engine, &limits);
+                let deadline = started + grants.limits.timeout;
+                let mut guest = Guest::new(&engine, &grants);
                 guest.set_deadline(deadline);
                 let starting = pre.instantiate_async(&mut guest.store);
                 match tokio::time::timeout_at(deadline.into(), starting).await {
@@ -208,7 +217,7 @@ impl Sandbox {
 /// those the teardown runs in a task of its own, so the reply is published
 /// first rather than after it. A fast one is dropped here: a task per
 /// request would cost more wake-ups than it saves.
-fn tear_down(store: Store<GuestState>, slot: OwnedSemaphorePermit, slow: bool) {
+fn tear_down(store: Store<GuestState>, slot: Slot, slow: bool) {
     if slow {
         tokio::spawn(async move {
             drop(store);
@@ -228,8 +237,10 @@ pub(super) struct Guest {
 }
 
 impl Guest {
-    /// A store with nothing granted, under the memory limit, no instance yet.
-    fn new(engine: &Engine, limits: &Limits) -> Self {
+    /// A store with nothing granted but what `grants` say, under their
+    /// memory limit, no instance yet.
+    fn new(engine: &Engine, grants: &Grants) -> Self {
+        let limits = &grants.limits;
         let stdout = CappedOutput::new(limits.max_output_bytes);
         let stderr = CappedOutput::new(limits.max_output_bytes);
         let mut store = Store::new(
@@ -238,6 +249,7 @@ impl Guest {
                 wasi: no_capabilities(&stdout, &stderr),
                 table: ResourceTable::new(),
                 limiter: MemoryLimiter::new(limits.max_memory),
+                config: grants.store.clone(),
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -268,6 +280,9 @@ pub(super) struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    /// What `wasi:config/store` answers (the procedure's configuration and
+    /// secrets; empty without a manifest).
+    pub(super) config: Arc<WasiConfigVariables>,
 }
 
 impl WasiView for GuestState {
@@ -314,7 +329,7 @@ fn classify_failure(
 
 fn memory_limit_message(limits: &Limits) -> String {
     format!(
-        "the procedure tried to grow its memory past the {} limit (--max-memory)",
+        "the procedure tried to grow its memory past the {} limit (--max-memory, or lower in its manifest)",
         limits::format_bytes(limits.max_memory)
     )
 }

@@ -53,9 +53,16 @@ impl PublicKey {
             .map_err(|e| KeyError(format!("not a valid ed25519 public key: {e}")))
     }
 
-    /// Whether `signature_hex` is this key's signature over `name`, `digest`
-    /// and `sequence`.
-    pub fn verifies(&self, name: &str, digest: &str, sequence: u64, signature_hex: &str) -> bool {
+    /// Whether `signature_hex` is this key's signature over `name`, `digest`,
+    /// `sequence` and, when the deploy carries one, the manifest's digest.
+    pub fn verifies(
+        &self,
+        name: &str,
+        digest: &str,
+        sequence: u64,
+        manifest: Option<&str>,
+        signature_hex: &str,
+    ) -> bool {
         let Ok(bytes) = hex::decode(signature_hex.trim()) else {
             return false;
         };
@@ -63,7 +70,7 @@ impl PublicKey {
             return false;
         };
         self.0
-            .verify_strict(&signed_bytes(name, digest, sequence), &signature)
+            .verify_strict(&signed_bytes(name, digest, sequence, manifest), &signature)
             .is_ok()
     }
 }
@@ -99,12 +106,12 @@ impl SecretKey {
         PublicKey(self.0.verifying_key())
     }
 
-    /// Hex signature over `name`, `digest` and `sequence`, for
-    /// [`HEADER_DEPLOY_SIGNATURE`].
-    pub fn sign(&self, name: &str, digest: &str, sequence: u64) -> String {
+    /// Hex signature over `name`, `digest`, `sequence` and the manifest's
+    /// digest when there is a manifest, for [`HEADER_DEPLOY_SIGNATURE`].
+    pub fn sign(&self, name: &str, digest: &str, sequence: u64, manifest: Option<&str>) -> String {
         hex::encode(
             self.0
-                .sign(&signed_bytes(name, digest, sequence))
+                .sign(&signed_bytes(name, digest, sequence, manifest))
                 .to_bytes(),
         )
     }
@@ -192,17 +199,32 @@ mod tests {
     fn signatures_verify_only_for_the_same_name_digest_and_key() {
         let key = SecretKey::generate().unwrap();
         let other = SecretKey::generate().unwrap();
-        let signature = key.sign("fib", "sha256:aa", 7);
-        assert!(key.public_key().verifies("fib", "sha256:aa", 7, &signature));
-        assert!(!key.public_key().verifies("fib", "sha256:bb", 7, &signature));
-        assert!(!key.public_key().verifies("fob", "sha256:aa", 7, &signature));
-        assert!(!key.public_key().verifies("fib", "sha256:aa", 8, &signature));
+        let signature = key.sign("fib", "sha256:aa", 7, None);
+        assert!(
+            key.public_key()
+                .verifies("fib", "sha256:aa", 7, None, &signature)
+        );
+        assert!(
+            !key.public_key()
+                .verifies("fib", "sha256:bb", 7, None, &signature)
+        );
+        assert!(
+            !key.public_key()
+                .verifies("fob", "sha256:aa", 7, None, &signature)
+        );
+        assert!(
+            !key.public_key()
+                .verifies("fib", "sha256:aa", 8, None, &signature)
+        );
         assert!(
             !other
                 .public_key()
-                .verifies("fib", "sha256:aa", 7, &signature)
+                .verifies("fib", "sha256:aa", 7, None, &signature)
         );
-        assert!(!key.public_key().verifies("fib", "sha256:aa", 7, "not hex"));
+        assert!(
+            !key.public_key()
+                .verifies("fib", "sha256:aa", 7, None, "not hex")
+        );
     }
 
     #[test]

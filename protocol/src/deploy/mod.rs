@@ -6,7 +6,8 @@
 //! default exchange. Its body is the module's bytes; its headers name the procedure, the module's
 //! digest, a sequence (the deployer's clock in milliseconds since the Unix
 //! epoch, [`new_sequence`]), and (when signed) the deployer's ed25519 public
-//! key and a signature over [`signed_bytes`]`(name, digest, sequence)`.
+//! key and a signature over [`signed_bytes`]`(name, digest, sequence, manifest)`;
+//! a deploy may carry the procedure's manifest ([`HEADER_DEPLOY_MANIFEST`]).
 //! Every host of the queue reads the whole stream from its start, so a host
 //! that starts after a deploy still finds it; it verifies every entry on
 //! replay and serves the newest accepted version of each name. Per name, a
@@ -46,6 +47,10 @@ pub const HEADER_DEPLOY_DIGEST: &str = "x-deploy-digest";
 pub const HEADER_DEPLOY_KEY: &str = "x-deploy-key";
 /// Deploy header: hex of the ed25519 signature over [`signed_bytes`].
 pub const HEADER_DEPLOY_SIGNATURE: &str = "x-deploy-signature";
+/// Deploy header: the procedure's manifest, TOML text
+/// ([`crate::manifest`]); absent for a deploy without one (no grants). The
+/// signature covers its digest.
+pub const HEADER_DEPLOY_MANIFEST: &str = "x-deploy-manifest";
 /// Deploy header: the deploy's sequence, decimal ([`new_sequence`]).
 pub const HEADER_DEPLOY_SEQUENCE: &str = "x-deploy-sequence";
 /// Header of a sync marker: a message on the deploy stream that is not a
@@ -205,21 +210,34 @@ pub struct DeployHeaders {
     pub key: Option<String>,
     /// Hex signature ([`HEADER_DEPLOY_SIGNATURE`]).
     pub signature: Option<String>,
+    /// The manifest's text ([`HEADER_DEPLOY_MANIFEST`]).
+    pub manifest: Option<String>,
 }
 
 impl DeployHeaders {
-    /// The headers of a new deploy of `module` as `name`, signed by `key`
-    /// when given, with a fresh [`new_sequence`].
-    pub fn new(name: &str, module: &[u8], key: Option<&SecretKey>) -> Self {
+    /// The headers of a new deploy of `module` as `name`, with its
+    /// `manifest` text if it has one, signed by `key` when given, with a
+    /// fresh [`new_sequence`].
+    pub fn new(name: &str, module: &[u8], manifest: Option<&str>, key: Option<&SecretKey>) -> Self {
         let digest = crate::module_digest(module);
+        let manifest_digest = manifest.map(|text| crate::module_digest(text.as_bytes()));
         let sequence = new_sequence();
         DeployHeaders {
             name: Some(name.to_owned()),
             key: key.map(|key| key.public_key().to_string()),
-            signature: key.map(|key| key.sign(name, &digest, sequence)),
+            signature: key.map(|key| key.sign(name, &digest, sequence, manifest_digest.as_deref())),
             digest: Some(digest),
             sequence: Some(sequence.to_string()),
+            manifest: manifest.map(str::to_owned),
         }
+    }
+
+    /// `sha256:<hex>` of the manifest's text, if the deploy has one: what
+    /// the signature covers of it.
+    pub fn manifest_digest(&self) -> Option<String> {
+        self.manifest
+            .as_ref()
+            .map(|text| crate::module_digest(text.as_bytes()))
     }
 
     /// Reads them off a message (absent or non-text headers are `None`).
@@ -231,6 +249,7 @@ impl DeployHeaders {
             sequence: text(HEADER_DEPLOY_SEQUENCE),
             key: text(HEADER_DEPLOY_KEY),
             signature: text(HEADER_DEPLOY_SIGNATURE),
+            manifest: text(HEADER_DEPLOY_MANIFEST),
         }
     }
 
@@ -242,6 +261,7 @@ impl DeployHeaders {
             (HEADER_DEPLOY_SEQUENCE, &self.sequence),
             (HEADER_DEPLOY_KEY, &self.key),
             (HEADER_DEPLOY_SIGNATURE, &self.signature),
+            (HEADER_DEPLOY_MANIFEST, &self.manifest),
         ];
         for (header, value) in fields {
             if let Some(value) = value {
@@ -251,13 +271,21 @@ impl DeployHeaders {
     }
 }
 
-/// What a deploy signature covers: a domain tag, the name, the digest and
-/// the sequence. The digest binds the module bytes; the sequence orders
-/// deploys of one name, so an old one cannot be passed off as new; the tag
-/// keeps the signature from meaning anything anywhere else (v1 signatures,
-/// without a sequence, are not accepted any more).
-pub fn signed_bytes(name: &str, digest: &str, sequence: u64) -> Vec<u8> {
-    format!("warren-deploy-v2\n{name}\n{digest}\n{sequence}\n").into_bytes()
+/// What a deploy signature covers: a domain tag, the name, the digest, the
+/// sequence and, for a deploy with a manifest, the manifest's digest. The
+/// digest binds the module bytes; the sequence orders deploys of one name,
+/// so an old one cannot be passed off as new; the manifest digest binds
+/// what the procedure is granted, so grants cannot be added, changed or
+/// stripped without the key; the tag keeps the signature from meaning
+/// anything anywhere else (v1 signatures, without a sequence, are not
+/// accepted any more; v2 is a deploy without a manifest, v3 one with).
+pub fn signed_bytes(name: &str, digest: &str, sequence: u64, manifest: Option<&str>) -> Vec<u8> {
+    match manifest {
+        None => format!("warren-deploy-v2\n{name}\n{digest}\n{sequence}\n").into_bytes(),
+        Some(manifest) => {
+            format!("warren-deploy-v3\n{name}\n{digest}\n{sequence}\n{manifest}\n").into_bytes()
+        }
+    }
 }
 
 /// A sequence for a new deploy: the clock in milliseconds since the Unix

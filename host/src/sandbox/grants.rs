@@ -1,0 +1,251 @@
+//! What one procedure may use on this host: its manifest
+//! ([`warren_protocol::manifest`]) applied to the host's own limits and
+//! secrets.
+//!
+//! Why it is built this way:
+//! - **Limits only go down.** A manifest can lower the host's timeout,
+//!   memory, reply size and concurrency for its procedure, never raise them:
+//!   the operator's flags are the ceiling for code they did not write.
+//! - **Configuration and secrets share one door,** `wasi:config/store`, as
+//!   the issue asked and as Spin does: a guest reads `api-key` the way it
+//!   reads `greeting`. Secret values are read from the host's side
+//!   (`--secrets-dir`) when the procedure loads and live only in the store
+//!   the guest reads; nothing here can print them (no `Debug` on the
+//!   values, and [`EffectiveGrants`] carries names only).
+//! - **Imports are checked at load** ([`check_imports`]): a component that
+//!   imports an interface its manifest does not grant is refused then,
+//!   naming the interface and the grant, instead of failing its first
+//!   request.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::bail;
+use tokio::sync::Semaphore;
+use warren_protocol::manifest::{EffectiveGrants, Manifest};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+use wasmtime_wasi_config::WasiConfigVariables;
+
+use super::Limits;
+
+/// The interface configuration and secrets are read through.
+pub const CONFIG_INTERFACE: &str = "wasi:config/store";
+/// The interfaces of outbound HTTP.
+const HTTP_PACKAGE: &str = "wasi:http/";
+
+/// A procedure's grants on this host, ready for its requests.
+pub struct Grants {
+    /// Its limits: the host's, lowered by the manifest.
+    pub(super) limits: Limits,
+    /// What `wasi:config/store` answers: configuration and secret values.
+    pub(super) store: Arc<WasiConfigVariables>,
+    /// Whether the manifest grants `wasi:config/store` at all.
+    store_granted: bool,
+    /// One permit per request of this procedure allowed to run at once,
+    /// when the manifest asks for fewer than the host's `--concurrency`.
+    pub(super) slots: Option<Arc<Semaphore>>,
+    /// What is granted, without secret values: for logs and status.
+    effective: EffectiveGrants,
+}
+
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the store: it holds secret values.
+        f.debug_struct("Grants")
+            .field("effective", &self.effective)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Grants {
+    /// What a procedure without a manifest gets: the host's limits, nothing
+    /// else.
+    pub fn none(host: &Limits) -> Grants {
+        Grants {
+            limits: host.clone(),
+            store: Arc::default(),
+            store_granted: false,
+            slots: None,
+            effective: effective(host, None, &Manifest::default()),
+        }
+    }
+
+    /// `manifest` (whose text has digest `manifest_digest`) applied to the
+    /// host's limits, with secret values read from `secrets_dir`. Refused,
+    /// saying why, when the manifest names a secret the host does not have or
+    /// grants what this host cannot give.
+    pub fn resolve(
+        host: &Limits,
+        manifest: &Manifest,
+        manifest_digest: &str,
+        secrets_dir: Option<&Path>,
+    ) -> anyhow::Result<Grants> {
+        if let Some(http) = &manifest.http
+            && !http.allow.is_empty()
+        {
+            bail!(
+                "its manifest grants outbound HTTP ([http] allow), which this warren-host \
+                 does not offer yet; remove the [http] section to serve it without"
+            );
+        }
+        let wanted = &manifest.limits;
+        let limits = Limits {
+            timeout: wanted.timeout.map_or(host.timeout, |t| t.min(host.timeout)),
+            max_memory: wanted
+                .memory
+                .map_or(host.max_memory, |m| m.min(host.max_memory)),
+            max_reply_bytes: wanted.reply.map_or(host.max_reply_bytes, |r| {
+                usize::try_from(r).map_or(host.max_reply_bytes, |r| r.min(host.max_reply_bytes))
+            }),
+            concurrency: wanted
+                .concurrency
+                .map_or(host.concurrency, |c| c.min(host.concurrency)),
+            ..host.clone()
+        };
+        let mut store = WasiConfigVariables::new();
+        for (key, value) in &manifest.config {
+            store.insert(key, value);
+        }
+        for name in &manifest.secrets.names {
+            store.insert(name, read_secret(secrets_dir, name)?);
+        }
+        let slots = (limits.concurrency < host.concurrency)
+            .then(|| Arc::new(Semaphore::new(limits.concurrency)));
+        Ok(Grants {
+            effective: effective(&limits, Some(manifest_digest), manifest),
+            store_granted: !manifest.config.is_empty() || !manifest.secrets.names.is_empty(),
+            store: Arc::new(store),
+            slots,
+            limits,
+        })
+    }
+
+    /// What is granted, without secret values.
+    pub fn effective(&self) -> &EffectiveGrants {
+        &self.effective
+    }
+}
+
+fn effective(limits: &Limits, digest: Option<&str>, manifest: &Manifest) -> EffectiveGrants {
+    EffectiveGrants {
+        manifest: digest.map(str::to_owned),
+        callers: manifest.callers.clone(),
+        timeout_ms: limits.timeout.as_millis() as u64,
+        memory_bytes: limits.max_memory,
+        reply_bytes: limits.max_reply_bytes as u64,
+        concurrency: limits.concurrency as u64,
+        config: manifest.config.keys().cloned().collect(),
+        secrets: manifest.secrets.names.clone(),
+        http: manifest
+            .http
+            .as_ref()
+            .map_or_else(Vec::new, |http| http.allow.clone()),
+    }
+}
+
+/// The value of secret `name`: the file `DIR/name`, less one trailing
+/// newline (what `echo value > file` leaves).
+fn read_secret(secrets_dir: Option<&Path>, name: &str) -> anyhow::Result<String> {
+    let Some(dir) = secrets_dir else {
+        bail!(
+            "its manifest names the secret {name:?}, and this host has no secrets: start \
+             warren-host with --secrets-dir DIR holding a file {name}"
+        );
+    };
+    let path: PathBuf = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(mut value) => {
+            if value.ends_with('\n') {
+                value.pop();
+                if value.ends_with('\r') {
+                    value.pop();
+                }
+            }
+            Ok(value)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => bail!(
+            "its manifest names the secret {name:?}, which this host does not have (no file {})",
+            path.display()
+        ),
+        // The error names the file, never its contents.
+        Err(error) => bail!(
+            "reading the secret {name:?} from {}: {error}",
+            path.display()
+        ),
+    }
+}
+
+/// Refuses a component that imports an interface its grants do not cover,
+/// naming the interface and the grant it would need.
+pub(super) fn check_imports(
+    engine: &Engine,
+    component: &Component,
+    grants: &Grants,
+) -> anyhow::Result<()> {
+    for (import, _) in component.component_type().imports(engine) {
+        if import.starts_with(CONFIG_INTERFACE) && !grants.store_granted {
+            bail!(
+                "it imports {import}, and its manifest grants no configuration: add a [config] \
+                 or [secrets] section to its manifest (NAME.toml)"
+            );
+        }
+        if import.starts_with(HTTP_PACKAGE) {
+            bail!("it imports {import} (outbound HTTP), which this warren-host does not offer yet");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(text: &str) -> Manifest {
+        Manifest::parse(text).unwrap()
+    }
+
+    #[test]
+    fn limits_only_go_down() {
+        let host = Limits {
+            concurrency: 4,
+            ..Limits::default()
+        };
+        let lower = manifest("[limits]\ntimeout = \"2s\"\nmemory = \"1MiB\"\nconcurrency = 2\n");
+        let grants = Grants::resolve(&host, &lower, "sha256:00", None).unwrap();
+        assert_eq!(grants.limits.timeout, std::time::Duration::from_secs(2));
+        assert_eq!(grants.limits.max_memory, 1 << 20);
+        assert_eq!(grants.limits.concurrency, 2);
+        assert!(grants.slots.is_some());
+        let higher = manifest("[limits]\ntimeout = \"1h\"\nmemory = \"4GiB\"\nconcurrency = 64\n");
+        let grants = Grants::resolve(&host, &higher, "sha256:00", None).unwrap();
+        assert_eq!(grants.limits.timeout, host.timeout);
+        assert_eq!(grants.limits.max_memory, host.max_memory);
+        assert_eq!(grants.limits.concurrency, 4);
+        assert!(grants.slots.is_none());
+    }
+
+    #[test]
+    fn secrets_come_from_the_host_and_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api-key"), "s3cr3t-value\n").unwrap();
+        let wants = manifest("[secrets]\nnames = [\"api-key\"]\n");
+        let grants =
+            Grants::resolve(&Limits::default(), &wants, "sha256:00", Some(dir.path())).unwrap();
+        let shown = format!("{grants:?} {}", grants.effective());
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("api-key"), "{shown}");
+        let missing = manifest("[secrets]\nnames = [\"db-password\"]\n");
+        let error = Grants::resolve(&Limits::default(), &missing, "sha256:00", Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("\"db-password\"") && error.contains("does not have"),
+            "{error}"
+        );
+        let error = Grants::resolve(&Limits::default(), &missing, "sha256:00", None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--secrets-dir"), "{error}");
+    }
+}

@@ -34,7 +34,7 @@ build-guests: build-guest build-guest-py build-guest-js
 # (Where python3 or node is missing, those guests are skipped and their tests say SKIPPED.)
 # Build the hostile test guests (test-guests/) in Rust, Python and JavaScript for the sandbox tests.
 build-test-guests: target
-    cargo build -p guest-hostile -p guest-configured --target {{wasm_target}} --release
+    cargo build -p guest-hostile -p guest-configured -p guest-fetcher --target {{wasm_target}} --release
     WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-py test-guests/hostile-py hostile-py --no-install
     WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-js test-guests/hostile-js/hostile.js hostile-js --no-install
 

@@ -118,12 +118,46 @@ impl Secrets {
 }
 
 /// `[http]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
     /// `scheme://host[:port]` the procedure may call.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Most outbound requests one request of the procedure may make.
+    #[serde(default = "default_http_calls", deserialize_with = "calls")]
+    pub calls: u32,
+    /// Most response body bytes one request of the procedure may receive,
+    /// all its outbound requests together (`"4MiB"`).
+    #[serde(
+        default = "default_http_bytes",
+        deserialize_with = "bytes",
+        serialize_with = "write_bytes"
+    )]
+    pub bytes: u64,
+}
+
+/// [`Http::calls`] when the manifest does not say.
+pub const DEFAULT_HTTP_CALLS: u32 = 16;
+/// [`Http::bytes`] when the manifest does not say.
+pub const DEFAULT_HTTP_BYTES: u64 = 4 << 20;
+
+fn default_http_calls() -> u32 {
+    DEFAULT_HTTP_CALLS
+}
+
+fn default_http_bytes() -> u64 {
+    DEFAULT_HTTP_BYTES
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            allow: Vec::new(),
+            calls: DEFAULT_HTTP_CALLS,
+            bytes: DEFAULT_HTTP_BYTES,
+        }
+    }
 }
 
 /// Why a manifest was refused: the TOML error, which names the line and
@@ -297,6 +331,21 @@ fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Er
         .map_err(serde::de::Error::custom)
 }
 
+fn calls<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let count = i64::deserialize(deserializer)?;
+    u32::try_from(count)
+        .map_err(|_| serde::de::Error::custom("calls must be a whole number from 0 to 4294967295"))
+}
+
+fn bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    crate::values::size(&text).map_err(serde::de::Error::custom)
+}
+
+fn write_bytes<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("{value}B"))
+}
+
 fn concurrency<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
     let count = i64::deserialize(deserializer)?;
     match usize::try_from(count) {
@@ -335,6 +384,16 @@ pub struct EffectiveGrants {
     /// Where it may send HTTP requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<String>,
+    /// Most outbound HTTP requests per request (0 without `[http]`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub http_calls: u64,
+    /// Most response bytes received per request (0 without `[http]`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub http_bytes: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl std::fmt::Display for EffectiveGrants {
@@ -349,6 +408,16 @@ impl std::fmt::Display for EffectiveGrants {
             }
         };
         let size = crate::values::format_bytes;
+        let http = if self.http.is_empty() {
+            "none".to_owned()
+        } else {
+            format!(
+                "{} (at most {} calls and {} per request)",
+                list(&self.http),
+                self.http_calls,
+                size(self.http_bytes)
+            )
+        };
         write!(
             f,
             "timeout {}, memory {}, reply {}, concurrency {}, config {}, secrets {}, http {}, \
@@ -359,7 +428,7 @@ impl std::fmt::Display for EffectiveGrants {
             self.concurrency,
             list(&self.config),
             list(&self.secrets),
-            list(&self.http),
+            http,
             self.callers.as_deref().map_or("everyone".to_owned(), list),
         )
     }

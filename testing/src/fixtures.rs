@@ -27,6 +27,12 @@ pub fn configured_wasm() -> Vec<u8> {
     built_guest("guest_configured", "just build-test-guests")
 }
 
+/// The test component that makes outbound HTTP requests (`wasi:http`),
+/// as `just build-test-guests` builds it.
+pub fn fetcher_wasm() -> Vec<u8> {
+    built_guest("guest_fetcher", "just build-test-guests")
+}
+
 fn built_guest(file_stem: &str, recipe: &str) -> Vec<u8> {
     let path = workspace().join(format!("target/wasm32-wasip2/release/{file_stem}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {

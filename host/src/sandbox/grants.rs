@@ -12,6 +12,7 @@
 //!   (`--secrets-dir`) when the procedure loads and live only in the store
 //!   the guest reads; nothing here can print them (no `Debug` on the
 //!   values, and [`EffectiveGrants`] carries names only).
+//! - **Outbound HTTP** (`[http] allow`) is [`super::http`]'s.
 //! - **Imports are checked at load** ([`check_imports`]): a component that
 //!   imports an interface its manifest does not grant is refused then,
 //!   naming the interface and the grant, instead of failing its first
@@ -28,6 +29,7 @@ use wasmtime::component::Component;
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use super::Limits;
+use super::http::HttpGrant;
 
 /// The interface configuration and secrets are read through.
 pub const CONFIG_INTERFACE: &str = "wasi:config/store";
@@ -45,6 +47,8 @@ pub struct Grants {
     /// One permit per request of this procedure allowed to run at once,
     /// when the manifest asks for fewer than the host's `--concurrency`.
     pub(super) slots: Option<Arc<Semaphore>>,
+    /// Where it may send HTTP requests, and how many.
+    pub(super) http: Option<Arc<HttpGrant>>,
     /// What is granted, without secret values: for logs and status.
     effective: EffectiveGrants,
 }
@@ -67,6 +71,7 @@ impl Grants {
             store: Arc::default(),
             store_granted: false,
             slots: None,
+            http: None,
             effective: effective(host, None, &Manifest::default()),
         }
     }
@@ -81,14 +86,12 @@ impl Grants {
         manifest_digest: &str,
         secrets_dir: Option<&Path>,
     ) -> anyhow::Result<Grants> {
-        if let Some(http) = &manifest.http
-            && !http.allow.is_empty()
-        {
-            bail!(
-                "its manifest grants outbound HTTP ([http] allow), which this warren-host \
-                 does not offer yet; remove the [http] section to serve it without"
-            );
-        }
+        let http = match &manifest.http {
+            Some(http) => HttpGrant::from_manifest(http)
+                .map_err(|rule| anyhow::anyhow!("its manifest's [http] allow: {rule}"))?
+                .map(Arc::new),
+            None => None,
+        };
         let wanted = &manifest.limits;
         let limits = Limits {
             timeout: wanted.timeout.map_or(host.timeout, |t| t.min(host.timeout)),
@@ -113,6 +116,7 @@ impl Grants {
         let slots = (limits.concurrency < host.concurrency)
             .then(|| Arc::new(Semaphore::new(limits.concurrency)));
         Ok(Grants {
+            http,
             effective: effective(&limits, Some(manifest_digest), manifest),
             store_granted: !manifest.config.is_empty() || !manifest.secrets.names.is_empty(),
             store: Arc::new(store),
@@ -141,6 +145,16 @@ fn effective(limits: &Limits, digest: Option<&str>, manifest: &Manifest) -> Effe
             .http
             .as_ref()
             .map_or_else(Vec::new, |http| http.allow.clone()),
+        http_calls: manifest
+            .http
+            .as_ref()
+            .filter(|http| !http.allow.is_empty())
+            .map_or(0, |http| u64::from(http.calls)),
+        http_bytes: manifest
+            .http
+            .as_ref()
+            .filter(|http| !http.allow.is_empty())
+            .map_or(0, |http| http.bytes),
     }
 }
 
@@ -190,8 +204,12 @@ pub(super) fn check_imports(
                  or [secrets] section to its manifest (NAME.toml)"
             );
         }
-        if import.starts_with(HTTP_PACKAGE) {
-            bail!("it imports {import} (outbound HTTP), which this warren-host does not offer yet");
+        if import.starts_with(HTTP_PACKAGE) && grants.http.is_none() {
+            bail!(
+                "it imports {import}, and its manifest grants no outbound HTTP: add an [http] \
+                 section listing where it may connect (allow = [\"https://api.example.com\"]) \
+                 to its manifest (NAME.toml)"
+            );
         }
     }
     Ok(())

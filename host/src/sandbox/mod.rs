@@ -41,6 +41,7 @@ mod cache;
 mod compiler;
 mod engine;
 mod grants;
+mod http;
 mod limits;
 mod output;
 mod prepare;
@@ -191,6 +192,11 @@ impl Sandbox {
         })
         .map_err(anyhow::Error::from)
         .context("linking wasi:config/store into the sandbox")?;
+        // Every store sends through its own procedure's grant (`http`); a
+        // component may import it only if its manifest grants [http].
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking wasi:http into the sandbox")?;
         let ticker = EpochTicker::start(engine.clone())?;
         let cache =
             match cache_dir {

@@ -11,6 +11,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::http::OutboundHttp;
 
 use super::limits::{self, MemoryLimiter};
 use super::output::CappedOutput;
@@ -250,6 +253,8 @@ impl Guest {
                 table: ResourceTable::new(),
                 limiter: MemoryLimiter::new(limits.max_memory),
                 config: grants.store.clone(),
+                http_ctx: WasiHttpCtx::new(),
+                http: OutboundHttp::new(grants.http.clone()),
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -283,6 +288,19 @@ pub(super) struct GuestState {
     /// What `wasi:config/store` answers (the procedure's configuration and
     /// secrets; empty without a manifest).
     pub(super) config: Arc<WasiConfigVariables>,
+    http_ctx: WasiHttpCtx,
+    /// Outbound HTTP, as the procedure's manifest grants it (none without).
+    http: OutboundHttp,
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
 }
 
 impl WasiView for GuestState {

@@ -66,8 +66,9 @@ impl HttpGrant {
 pub(super) struct OutboundHttp {
     grant: Option<Arc<HttpGrant>>,
     calls: u32,
-    /// Response body bytes received so far, by all of this request's calls.
-    received: Arc<std::sync::atomic::AtomicU64>,
+    /// Response body bytes received so far, by all of this request's calls
+    /// (made at the first call: most requests make none).
+    received: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl OutboundHttp {
@@ -75,7 +76,7 @@ impl OutboundHttp {
         OutboundHttp {
             grant,
             calls: 0,
-            received: Arc::default(),
+            received: None,
         }
     }
 
@@ -138,7 +139,7 @@ impl WasiHttpHooks for OutboundHttp {
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let admitted = self.admit(request.uri());
-        let received = self.received.clone();
+        let received = self.received.get_or_insert_with(Arc::default).clone();
         // The caller's span (the request's, with the procedure's name)
         // follows the request into the task wasmtime-wasi-http spawns.
         let span = tracing::Span::current();

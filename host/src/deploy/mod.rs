@@ -452,9 +452,7 @@ impl Deployer {
             manifest,
             ..
         } = verified;
-        let manifest_digest = manifest
-            .as_deref()
-            .map(|text| warren_protocol::module_digest(text.as_bytes()));
+        let manifest_digest = manifest.as_deref().map(warren_protocol::manifest::digest);
         let serving = self.folder.serving().get(name).map(|p| p.version());
         let (procedure, module) = if serving == Some(version(digest, manifest_digest.as_deref())) {
             // Served already (a replayed history, a repeated deploy): make

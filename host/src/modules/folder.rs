@@ -23,7 +23,6 @@ use super::{
 };
 use crate::sandbox::Sandbox;
 use warren_protocol::manifest::MANIFEST_EXTENSION;
-use warren_protocol::module_digest as digest_of;
 
 /// Counts of what the folder has done since the host started; the tests use
 /// them to see that an idle host stays idle.
@@ -343,7 +342,7 @@ fn read_and_compile(
     };
     stats.reads.fetch_add(1, Ordering::Relaxed);
     let digest = digest(&wasm);
-    let manifest_digest = manifest.as_deref().map(|text| digest_of(text.as_bytes()));
+    let manifest_digest = manifest.as_deref().map(warren_protocol::manifest::digest);
     let version = version(&digest, manifest_digest.as_deref());
     if serving.as_ref() == Some(&version) {
         Read::Serving(version)

@@ -29,7 +29,6 @@ use arc_swap::ArcSwap;
 use warren_protocol::check_procedure_name;
 use warren_protocol::manifest::{EffectiveGrants, Manifest};
 pub use warren_protocol::module_digest as digest;
-use warren_protocol::module_digest as digest_of;
 
 use crate::sandbox::{PreparedComponent, Sandbox};
 
@@ -60,7 +59,7 @@ impl Procedure {
         digest: String,
         manifest: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let manifest_digest = manifest.map(|text| digest_of(text.as_bytes()));
+        let manifest_digest = manifest.map(warren_protocol::manifest::digest);
         let parsed = manifest
             .map(Manifest::parse)
             .transpose()

@@ -132,6 +132,7 @@ impl Grants {
 }
 
 fn effective(limits: &Limits, digest: Option<&str>, manifest: &Manifest) -> EffectiveGrants {
+    let http = manifest.http.as_ref().filter(|http| !http.allow.is_empty());
     EffectiveGrants {
         manifest: digest.map(str::to_owned),
         callers: manifest.callers.clone(),
@@ -141,20 +142,9 @@ fn effective(limits: &Limits, digest: Option<&str>, manifest: &Manifest) -> Effe
         concurrency: limits.concurrency as u64,
         config: manifest.config.keys().cloned().collect(),
         secrets: manifest.secrets.names.clone(),
-        http: manifest
-            .http
-            .as_ref()
-            .map_or_else(Vec::new, |http| http.allow.clone()),
-        http_calls: manifest
-            .http
-            .as_ref()
-            .filter(|http| !http.allow.is_empty())
-            .map_or(0, |http| u64::from(http.calls)),
-        http_bytes: manifest
-            .http
-            .as_ref()
-            .filter(|http| !http.allow.is_empty())
-            .map_or(0, |http| http.bytes),
+        http: http.map_or_else(Vec::new, |http| http.allow.clone()),
+        http_calls: http.map_or(0, |http| u64::from(http.calls)),
+        http_bytes: http.map_or(0, |http| http.bytes),
     }
 }
 

@@ -220,7 +220,7 @@ impl DeployHeaders {
     /// fresh [`new_sequence`].
     pub fn new(name: &str, module: &[u8], manifest: Option<&str>, key: Option<&SecretKey>) -> Self {
         let digest = crate::module_digest(module);
-        let manifest_digest = manifest.map(|text| crate::module_digest(text.as_bytes()));
+        let manifest_digest = manifest.map(crate::manifest::digest);
         let sequence = new_sequence();
         DeployHeaders {
             name: Some(name.to_owned()),
@@ -235,9 +235,7 @@ impl DeployHeaders {
     /// `sha256:<hex>` of the manifest's text, if the deploy has one: what
     /// the signature covers of it.
     pub fn manifest_digest(&self) -> Option<String> {
-        self.manifest
-            .as_ref()
-            .map(|text| crate::module_digest(text.as_bytes()))
+        self.manifest.as_deref().map(crate::manifest::digest)
     }
 
     /// Reads them off a message (absent or non-text headers are `None`).

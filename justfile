@@ -91,9 +91,14 @@ test: build-guest build-test-guests broker py-env
 
 # Writes target/bench-compare/{report.md,report.json,chart.svg}.
 # Warren beside the bare echo worker and the seed's server (bench-compare), then the criterion benches.
-bench: bench-compare
+bench: bench-compare build-test-guests
     cargo bench -p warren-host --bench sandbox
     cargo bench -p warren-client --bench round_trip
+
+# One caller floods, another calls one at a time, with and without per-caller quotas (BENCHMARKS.md): ARGS as scripts/bench-fairness says.
+bench-fairness *ARGS: build-guest
+    cargo build --release --workspace
+    scripts/bench-fairness {{ARGS}}
 
 # Only the side-by-side comparison (see `bench`); ARGS go to bench-compare, e.g. --rounds 5.
 bench-compare *ARGS: build-guest broker py-env

@@ -40,6 +40,9 @@ pub struct BenchOptions {
     pub expect: Option<Vec<u8>>,
     /// How long one call may wait for its reply before it counts as missing.
     pub timeout: Duration,
+    /// Wait out `rate-limited` answers and call again
+    /// ([`Call::retry_when_rate_limited`]).
+    pub retry: bool,
 }
 
 /// Latency percentiles of successful and error replies, in microseconds.
@@ -151,7 +154,9 @@ pub async fn run(
                     if !more {
                         return Ok(tally);
                     }
-                    let mut call = Call::new(options.body.clone()).timeout(options.timeout);
+                    let mut call = Call::new(options.body.clone())
+                        .timeout(options.timeout)
+                        .retry_when_rate_limited(options.retry);
                     if let Some(name) = &options.procedure {
                         call = call.procedure(name.clone());
                     }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use warren_protocol::trace::{HEADER_TRACEPARENT, TraceParent};
 use warren_protocol::{
-    ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
-    HEADER_RPC_STATUS, RpcError, STATUS_ERROR, header_text,
+    ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RETRY_AFTER_MS,
+    HEADER_RPC_ERROR, HEADER_RPC_STATUS, RpcError, STATUS_ERROR, header_text,
 };
 
 use crate::{CallError, DEFAULT_TIMEOUT};
@@ -17,6 +17,7 @@ pub struct Call {
     pub(crate) procedure: Option<String>,
     pub(crate) timeout: Duration,
     pub(crate) traceparent: Option<TraceParent>,
+    pub(crate) retry_rate_limited: bool,
 }
 
 impl Call {
@@ -27,6 +28,7 @@ impl Call {
             procedure: None,
             timeout: DEFAULT_TIMEOUT,
             traceparent: None,
+            retry_rate_limited: false,
         }
     }
 
@@ -35,6 +37,16 @@ impl Call {
     /// call starts a new trace.
     pub fn traceparent(mut self, parent: TraceParent) -> Self {
         self.traceparent = Some(parent);
+        self
+    }
+
+    /// When the host answers `rate-limited` (the caller is over a quota),
+    /// waits as long as the reply says (plus a little jitter, so callers
+    /// refused together do not come back together) and sends it again,
+    /// until the call's timeout; without it, `rate-limited` is returned
+    /// like any other error.
+    pub fn retry_when_rate_limited(mut self, retry: bool) -> Self {
+        self.retry_rate_limited = retry;
         self
     }
 
@@ -76,7 +88,7 @@ pub(crate) fn interpret_reply(delivery: lapin::message::Delivery) -> Result<Repl
     let traceparent =
         header_text(headers, HEADER_TRACEPARENT).and_then(|text| TraceParent::parse(&text));
     if header_text(headers, HEADER_RPC_STATUS).as_deref() == Some(STATUS_ERROR) {
-        let error = match ErrorBody::from_json(&delivery.data) {
+        let mut error = match ErrorBody::from_json(&delivery.data) {
             Some(body) => body.error,
             None => RpcError::new(
                 header_text(headers, HEADER_RPC_ERROR)
@@ -85,6 +97,10 @@ pub(crate) fn interpret_reply(delivery: lapin::message::Delivery) -> Result<Repl
                 String::from_utf8_lossy(&delivery.data).into_owned(),
             ),
         };
+        if error.retry_after_ms.is_none() {
+            error.retry_after_ms =
+                header_text(headers, HEADER_RETRY_AFTER_MS).and_then(|ms| ms.parse().ok());
+        }
         return Err(CallError::Rpc {
             error,
             procedure,

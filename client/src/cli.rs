@@ -84,6 +84,11 @@ pub(crate) enum Command {
         procedure: Option<String>,
         /// Request body; `-` reads it from stdin.
         body: String,
+        /// When a host answers rate-limited (this caller is over a quota),
+        /// wait as long as it says and send the call again, within
+        /// --timeout.
+        #[arg(long)]
+        retry: bool,
     },
     /// Keep C calls in flight against whatever serves the queue (a Warren
     /// host, the tutorial's rpc_server.py) and report requests/s, latency
@@ -112,6 +117,11 @@ pub(crate) enum Command {
         /// Print the report as one JSON object (for scripts) instead of text.
         #[arg(long)]
         json: bool,
+        /// When a host answers rate-limited (this caller is over a quota),
+        /// wait as long as it says and send the call again (its latency includes the wait), within
+        /// --timeout.
+        #[arg(long)]
+        retry: bool,
         /// Request body of every call.
         body: String,
     },
@@ -173,6 +183,12 @@ pub(crate) enum Command {
         /// The language to write it in.
         #[arg(long, short, value_enum)]
         lang: new::Lang,
+        /// Also write a manifest (NAME.toml) granting a configuration value
+        /// and outbound HTTP to one address, and a handler that reads the
+        /// value and (Rust, JavaScript) fetches a URL it is sent. Without
+        /// it the procedure is granted nothing.
+        #[arg(long)]
+        grants: bool,
         /// Where to write it (must not exist, or be empty) [default: ./NAME].
         dir: Option<PathBuf>,
     },

@@ -173,7 +173,7 @@ pub(crate) async fn status(cli: &Cli, wait: Duration, json: bool) -> u8 {
         for host in &hosts {
             let procedures: Vec<String> = host.procedures.iter().map(|p| p.summary()).collect();
             println!(
-                "{}\tv{}\tup {}\t{}\t{}/{} in flight\t{} served\t{} failed\t{}",
+                "{}\tv{}\tup {}\t{}\t{}/{} in flight\t{} served\t{} failed{}\t{}",
                 host.host,
                 host.version,
                 humantime::format_duration(Duration::from_secs(host.uptime_seconds)),
@@ -186,6 +186,14 @@ pub(crate) async fn status(cli: &Cli, wait: Duration, json: bool) -> u8 {
                 host.concurrency,
                 host.served,
                 host.failed,
+                if host.forbidden + host.rate_limited > 0 {
+                    format!(
+                        " ({} forbidden, {} rate-limited)",
+                        host.forbidden, host.rate_limited
+                    )
+                } else {
+                    String::new()
+                },
                 if procedures.is_empty() {
                     "no procedures".to_owned()
                 } else {

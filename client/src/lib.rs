@@ -53,7 +53,7 @@ use warren_protocol::tls::Connector;
 use warren_protocol::trace::HEADER_TRACEPARENT;
 pub use warren_protocol::trace::TraceParent;
 use warren_protocol::{
-    HEADER_DEADLINE, HEADER_PROCEDURE, broker_said, deadline_header, set_header_text,
+    ErrorKind, HEADER_DEADLINE, HEADER_PROCEDURE, broker_said, deadline_header, set_header_text,
 };
 
 pub use deploy::{Deploy, DeployReport};
@@ -65,6 +65,28 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default time to wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a retried call waits after `rate-limited` when the host did
+/// not say (an older host, or a server that is not Warren).
+const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(100);
+
+/// The longest a retried call waits between two attempts.
+const RATE_LIMITED_MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// How long to wait after the `refusals`+1-th `rate-limited` answer to one
+/// call, which asked for `hinted`: the hint, doubled for each refusal before
+/// (the host's hint is when its *next* token comes; a caller with many
+/// calls waiting must not send them all back at that moment, or they fill
+/// the queue in front of everyone again), at most
+/// [`RATE_LIMITED_MAX_PAUSE`], and between half of that and all of it at
+/// random, so calls refused together come back apart.
+fn retry_wait(hinted: Duration, refusals: u32) -> Duration {
+    let backoff = hinted
+        .saturating_mul(1 << refusals.min(16))
+        .min(RATE_LIMITED_MAX_PAUSE);
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 1024) as u32;
+    backoff / 2 + backoff / 2 * jitter / 1024
+}
 
 /// Where and how a client connects.
 #[derive(Debug, Clone)]
@@ -225,8 +247,34 @@ impl RpcClient {
 
     /// Makes one call and waits for its reply. A procedure name that breaks
     /// the naming rule, or a timeout of 0 or more than 49 days, is
-    /// [`CallError::Invalid`], and nothing is sent.
+    /// [`CallError::Invalid`], and nothing is sent. With
+    /// [`Call::retry_when_rate_limited`], a `rate-limited` answer is waited
+    /// out and the call sent again, within its timeout.
     pub async fn call(&self, call: Call) -> Result<Reply, CallError> {
+        if !call.retry_rate_limited {
+            return self.call_once(call).await;
+        }
+        let give_up = Instant::now() + call.timeout;
+        let mut attempt = call;
+        for refusals in 0u32.. {
+            let outcome = self.call_once(attempt.clone()).await;
+            let wait = match &outcome {
+                Err(CallError::Rpc { error, .. }) if error.kind == ErrorKind::RateLimited => {
+                    retry_wait(error.retry_after().unwrap_or(RATE_LIMITED_PAUSE), refusals)
+                }
+                _ => return outcome,
+            };
+            let left = give_up.saturating_duration_since(Instant::now());
+            if wait + Duration::from_millis(1) >= left {
+                return outcome;
+            }
+            tokio::time::sleep(wait).await;
+            attempt.timeout = give_up.saturating_duration_since(Instant::now());
+        }
+        unreachable!("a call is refused fewer than 2^32 times")
+    }
+
+    async fn call_once(&self, call: Call) -> Result<Reply, CallError> {
         if let Some(name) = &call.procedure {
             warren_protocol::check_procedure_name(name).map_err(CallError::Invalid)?;
         }
@@ -285,6 +333,11 @@ impl RpcClient {
             .with_reply_to(link.callback_queue.clone())
             .with_correlation_id(correlation_id.into())
             .with_expiration(call.timeout.as_millis().max(1).to_string().into());
+        // Who is calling, as the broker knows it: hosts authorise and
+        // count by it, and the broker refuses a user_id that is not ours.
+        if let Some(user) = &link.user {
+            properties = properties.with_user_id(user.clone());
+        }
         if self.durable {
             properties = properties.with_delivery_mode(PERSISTENT);
         }
@@ -404,6 +457,27 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Ok(mut pending) = self.pending.lock() {
             pending.remove(&self.correlation_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retried_call_waits_longer_after_each_refusal_within_a_cap() {
+        let hinted = Duration::from_millis(10);
+        for _ in 0..100 {
+            let first = retry_wait(hinted, 0);
+            assert!(first >= hinted / 2 && first <= hinted, "{first:?}");
+            let fourth = retry_wait(hinted, 3);
+            assert!(fourth >= hinted * 4 && fourth <= hinted * 8, "{fourth:?}");
+            let late = retry_wait(hinted, 40);
+            assert!(
+                late >= RATE_LIMITED_MAX_PAUSE / 2 && late <= RATE_LIMITED_MAX_PAUSE,
+                "{late:?}"
+            );
         }
     }
 }

@@ -52,6 +52,10 @@ pub(crate) struct Link {
     pub(crate) connection: Connection,
     pub(crate) channel: Channel,
     pub(crate) callback_queue: ShortString,
+    /// The broker user this link logged in as, which every request names
+    /// as its `user_id` (the broker checks it); `None` when the user is a
+    /// TLS client certificate's (`auth_mechanism=external`).
+    pub(crate) user: Option<ShortString>,
     /// Turns `true` when the reply consumer ends: the link is broken.
     broken: watch::Receiver<bool>,
     router: JoinHandle<()>,
@@ -145,6 +149,7 @@ impl Link {
         let events = connection.events_listener();
         let router = tokio::spawn(route_replies(consumer, events, pending, durable, broken_tx));
         Ok(Link {
+            user: warren_protocol::amqp_user(&node).map(ShortString::from),
             connection,
             channel,
             callback_queue,

@@ -66,8 +66,13 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> u8 {
     let call = match &cli.command {
         Command::Keygen { file } => return keygen(file),
-        Command::New { name, lang, dir } => {
-            return new_project(name, *lang, dir.as_deref());
+        Command::New {
+            name,
+            lang,
+            grants,
+            dir,
+        } => {
+            return new_project(name, *lang, *grants, dir.as_deref());
         }
         Command::Bench {
             procedure,
@@ -76,6 +81,7 @@ async fn run(cli: Cli) -> u8 {
             concurrency,
             expect,
             json,
+            retry,
             body,
         } => {
             let options = BenchOptions {
@@ -89,6 +95,7 @@ async fn run(cli: Cli) -> u8 {
                 },
                 expect: expect.as_ref().map(|e| e.as_bytes().to_vec()),
                 timeout: cli.timeout,
+                retry: *retry,
             };
             return bench(&cli, options, *json).await;
         }
@@ -111,7 +118,11 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Status { wait, json } => return status(&cli, *wait, *json).await,
         Command::Fib { n } => Call::new(n.to_string()).procedure("fib"),
-        Command::Call { procedure, body } => {
+        Command::Call {
+            procedure,
+            body,
+            retry,
+        } => {
             let body = match read_body(body) {
                 Ok(body) => body,
                 Err(error) => {
@@ -119,7 +130,7 @@ async fn run(cli: Cli) -> u8 {
                     return exit::USAGE;
                 }
             };
-            let call = Call::new(body);
+            let call = Call::new(body).retry_when_rate_limited(*retry);
             match procedure {
                 Some(name) => call.procedure(name),
                 None => call,
@@ -252,18 +263,27 @@ fn spawn_progress(
     (bar, ticker)
 }
 
-fn new_project(name: &str, lang: new::Lang, dir: Option<&Path>) -> u8 {
+fn new_project(name: &str, lang: new::Lang, grants: bool, dir: Option<&Path>) -> u8 {
     let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_owned);
-    match new::create(name, lang, &dir) {
+    match new::create(name, lang, grants, &dir) {
         Ok(created) => {
             let dir = created.dir.display();
             println!("created {dir}");
             println!("build:  cd {dir} && {}", created.build);
-            println!(
-                "serve:  copy {dir}/{} into a host's modules folder as {name}.wasm",
-                created.component
-            );
-            println!("call:   warren call --procedure {name} hello");
+            if grants {
+                println!(
+                    "serve:  copy {dir}/{} into a host's modules folder as {name}.wasm, \
+                     with its manifest {dir}/{name}.toml beside it",
+                    created.component
+                );
+                println!("call:   warren call --procedure {name} world");
+            } else {
+                println!(
+                    "serve:  copy {dir}/{} into a host's modules folder as {name}.wasm",
+                    created.component
+                );
+                println!("call:   warren call --procedure {name} hello");
+            }
             exit::OK
         }
         Err(error) => {

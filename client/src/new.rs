@@ -7,6 +7,13 @@
 //! `guest-fib-py/requirements.txt`, componentize-js from
 //! `guest-fib-js/package.json` and its lockfile), so what builds here builds
 //! there. Each template is an echo handler, its build command and a README.
+//!
+//! With `--grants` the project also shows what a manifest grants
+//! (`client/templates/grants/`): a `NAME.toml` with `[config]` and
+//! `[http]`, a handler that reads a configuration value and makes an
+//! allowed HTTP call, and a WIT world that imports `wasi:config/store`
+//! (and, for Python, whose bindings come only from WIT, `wasi:http`). Without it a new procedure asks for nothing, as
+//! a procedure should until it needs something.
 
 use std::path::{Path, PathBuf};
 
@@ -41,10 +48,60 @@ const JS_README: &str = include_str!("../templates/js/README.md");
 const JS_PACKAGE: &str = include_str!("../../guest-fib-js/package.json");
 const JS_LOCK: &str = include_str!("../../guest-fib-js/package-lock.json");
 
+const GRANTS_MANIFEST: &str = include_str!("../templates/grants/manifest.toml");
+const GRANTS_WORLD: &str = include_str!("../templates/grants/world.wit");
+const GRANTS_README: &str = include_str!("../templates/grants/README.md");
+const GRANTS_README_END: &str = include_str!("../templates/grants/README-end.md");
+const GRANTS_RUST_LIB: &str = include_str!("../templates/grants/lib.rs");
+/// The Rust project's lock with `wasip2` (outbound HTTP) added, at the
+/// version Warren's own test guests use.
+const GRANTS_RUST_LOCK: &str = include_str!("../templates/grants/Cargo.lock");
+const GRANTS_PYTHON_APP: &str = include_str!("../templates/grants/app.py");
+const GRANTS_JS_APP: &str = include_str!("../templates/grants/app.js");
+/// wasi:http 0.2.12 and the WASI packages it names, as the host links them
+/// (copied from wasmtime-wasi-http 48's `wit/deps`): Python's toolchain
+/// makes bindings only from the WIT it is given, so its world imports
+/// `wasi:http/outgoing-handler` from these.
+const WASI_HTTP_WIT: [(&str, &str); 7] = [
+    (
+        "wit/deps/cli.wit",
+        include_str!("../templates/grants/wasi-http/cli.wit"),
+    ),
+    (
+        "wit/deps/clocks.wit",
+        include_str!("../templates/grants/wasi-http/clocks.wit"),
+    ),
+    (
+        "wit/deps/filesystem.wit",
+        include_str!("../templates/grants/wasi-http/filesystem.wit"),
+    ),
+    (
+        "wit/deps/http.wit",
+        include_str!("../templates/grants/wasi-http/http.wit"),
+    ),
+    (
+        "wit/deps/io.wit",
+        include_str!("../templates/grants/wasi-http/io.wit"),
+    ),
+    (
+        "wit/deps/random.wit",
+        include_str!("../templates/grants/wasi-http/random.wit"),
+    ),
+    (
+        "wit/deps/sockets.wit",
+        include_str!("../templates/grants/wasi-http/sockets.wit"),
+    ),
+];
+/// wasi:config, as the host links it (wasmtime-wasi-config).
+const CONFIG_STORE_WIT: &str =
+    include_str!("../../test-guests/configured/wit/deps/config/store.wit");
+const CONFIG_WORLD_WIT: &str =
+    include_str!("../../test-guests/configured/wit/deps/config/world.wit");
+
 /// One file of a new project: its path inside the project, its text, and
 /// whether it is executable.
 struct File {
-    path: &'static str,
+    path: String,
     text: String,
     executable: bool,
 }
@@ -60,9 +117,9 @@ pub struct Created {
 }
 
 /// Writes a new procedure project `name` in `lang` into `dir`, which must
-/// not exist or be empty. `name` is a valid procedure name (the caller
-/// checked it).
-pub fn create(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<Created> {
+/// not exist or be empty; with `grants`, the variant that uses a manifest.
+/// `name` is a valid procedure name (the caller checked it).
+pub fn create(name: &str, lang: Lang, grants: bool, dir: &Path) -> anyhow::Result<Created> {
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir)
             .with_context(|| format!("{} exists and cannot be read", dir.display()))?;
@@ -73,9 +130,12 @@ pub fn create(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<Created> {
             );
         }
     }
-    let (files, build, component) = project(name, lang)?;
+    let (mut files, build, component) = project(name, lang)?;
+    if grants {
+        with_grants(&mut files, name, lang, &component);
+    }
     for file in files {
-        let path = dir.join(file.path);
+        let path = dir.join(&file.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
@@ -109,8 +169,8 @@ fn project(name: &str, lang: Lang) -> anyhow::Result<(Vec<File>, &'static str, S
         ),
         Lang::Python | Lang::Js => format!("{name}.wasm"),
     };
-    let file = |path, template: &str| File {
-        path,
+    let file = |path: &str, template: &str| File {
+        path: path.to_owned(),
         text: fill(template, name, &component),
         executable: false,
     };
@@ -159,6 +219,97 @@ fn project(name: &str, lang: Lang) -> anyhow::Result<(Vec<File>, &'static str, S
         }
     };
     Ok((files, build, component))
+}
+
+/// Turns the echo project into one that uses a manifest: adds `NAME.toml`,
+/// moves Warren's WIT under `wit/deps/` beside wasi:config with a world that
+/// imports it, and swaps in the handler and README that use them.
+fn with_grants(files: &mut Vec<File>, name: &str, lang: Lang, component: &str) {
+    let filled = |template: &str| fill(template, name, component);
+    let replace = |files: &mut Vec<File>, path: &str, text: String| {
+        if let Some(file) = files.iter_mut().find(|file| file.path == path) {
+            file.text = text;
+        }
+    };
+    match lang {
+        Lang::Rust => {
+            replace(files, "src/lib.rs", filled(GRANTS_RUST_LIB));
+            let cargo = files
+                .iter()
+                .find(|file| file.path == "Cargo.toml")
+                .map(|file| {
+                    file.text.replace(
+                        "[dependencies]\n",
+                        "[dependencies]\n# Outbound HTTP (wasi:http), as the manifest's [http] allows.\nwasip2 = \"1\"\n",
+                    )
+                })
+                .unwrap_or_default();
+            replace(files, "Cargo.toml", cargo);
+            replace(files, "Cargo.lock", filled(GRANTS_RUST_LOCK));
+        }
+        Lang::Python => replace(files, "app.py", filled(GRANTS_PYTHON_APP)),
+        Lang::Js => {
+            replace(files, "app.js", filled(GRANTS_JS_APP));
+            // fetch() is componentize-js's `http` feature.
+            let package = files
+                .iter()
+                .find(|file| file.path == "package.json")
+                .map(|file| {
+                    file.text
+                        .replace("--disable http fetch-event", "--disable fetch-event")
+                })
+                .unwrap_or_default();
+            replace(files, "package.json", package);
+        }
+    }
+    let base = files
+        .iter()
+        .find(|file| file.path == "README.md")
+        .map(|file| {
+            file.text
+                .lines()
+                .take(2)
+                .map(|line| format!("{line}\n"))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let readme = format!(
+        "{base}{}{}",
+        filled(GRANTS_README),
+        filled(GRANTS_README_END)
+    );
+    replace(files, "README.md", readme);
+    if let Some(wit) = files
+        .iter_mut()
+        .find(|file| file.path == "wit/procedure.wit")
+    {
+        wit.path = "wit/deps/procedure/procedure.wit".into();
+    }
+    let add = |path: &str, text: String| File {
+        path: path.to_owned(),
+        text,
+        executable: false,
+    };
+    let mut world = filled(GRANTS_WORLD);
+    if lang == Lang::Python {
+        world = world.replace(
+            "    import wasi:config/store@0.2.0-rc.1;\n",
+            "    import wasi:config/store@0.2.0-rc.1;\n    import wasi:http/outgoing-handler@0.2.12;\n",
+        );
+        for (path, text) in WASI_HTTP_WIT {
+            files.push(add(path, text.to_owned()));
+        }
+    }
+    files.push(add("wit/world.wit", world));
+    files.push(add(
+        "wit/deps/config/store.wit",
+        CONFIG_STORE_WIT.to_owned(),
+    ));
+    files.push(add(
+        "wit/deps/config/world.wit",
+        CONFIG_WORLD_WIT.to_owned(),
+    ));
+    files.push(add(&format!("{name}.toml"), filled(GRANTS_MANIFEST)));
 }
 
 fn fill(template: &str, name: &str, component: &str) -> String {
@@ -234,7 +385,7 @@ mod tests {
     fn every_language_writes_the_wit_and_a_readme_naming_the_component() {
         for lang in [Lang::Rust, Lang::Python, Lang::Js] {
             let dir = tempfile::tempdir().unwrap();
-            let created = create("my-echo", lang, &dir.path().join("p")).unwrap();
+            let created = create("my-echo", lang, false, &dir.path().join("p")).unwrap();
             let wit = std::fs::read_to_string(created.dir.join("wit/procedure.wit")).unwrap();
             assert_eq!(wit, WIT);
             let readme = std::fs::read_to_string(created.dir.join("README.md")).unwrap();
@@ -242,6 +393,39 @@ mod tests {
             assert_eq!(readme.lines().count(), 5, "{lang:?}: {readme}");
             assert!(!readme.contains("{{"), "{lang:?}: {readme}");
         }
+    }
+
+    #[test]
+    fn with_grants_every_language_writes_a_manifest_the_host_accepts_and_a_world_importing_config()
+    {
+        for lang in [Lang::Rust, Lang::Python, Lang::Js] {
+            let dir = tempfile::tempdir().unwrap();
+            let created = create("greeter", lang, true, &dir.path().join("p")).unwrap();
+            let read = |path: &str| std::fs::read_to_string(created.dir.join(path)).unwrap();
+            let manifest = warren_protocol::manifest::Manifest::parse(&read("greeter.toml"))
+                .unwrap_or_else(|e| panic!("{lang:?}: {e}"));
+            assert_eq!(
+                manifest.config.get("greeting").map(String::as_str),
+                Some("hello")
+            );
+            assert!(manifest.http.is_some(), "{lang:?}");
+            assert!(read("wit/world.wit").contains("import wasi:config/store@0.2.0-rc.1"));
+            assert_eq!(read("wit/deps/procedure/procedure.wit"), WIT);
+            assert!(!created.dir.join("wit/procedure.wit").exists(), "{lang:?}");
+            let readme = read("README.md");
+            assert!(
+                readme.contains("greeter.toml") && !readme.contains("{{"),
+                "{readme}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let created = create("greeter", Lang::Rust, true, &dir.path().join("p")).unwrap();
+        let cargo = std::fs::read_to_string(created.dir.join("Cargo.toml")).unwrap();
+        assert!(cargo.contains("wasip2 = \"1\""), "{cargo}");
+        let dir = tempfile::tempdir().unwrap();
+        let created = create("greeter", Lang::Js, true, &dir.path().join("p")).unwrap();
+        let package = std::fs::read_to_string(created.dir.join("package.json")).unwrap();
+        assert!(package.contains("--disable fetch-event --out"), "{package}");
     }
 
     #[test]
@@ -261,9 +445,9 @@ mod tests {
     fn a_non_empty_directory_is_refused_and_a_rust_name_must_start_with_a_letter() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("keep"), "").unwrap();
-        let error = create("echo", Lang::Js, dir.path()).unwrap_err();
+        let error = create("echo", Lang::Js, false, dir.path()).unwrap_err();
         assert!(error.to_string().contains("not empty"), "{error}");
-        let error = create("1echo", Lang::Rust, &dir.path().join("r")).unwrap_err();
+        let error = create("1echo", Lang::Rust, false, &dir.path().join("r")).unwrap_err();
         assert!(error.to_string().contains("starts with a digit"), "{error}");
     }
 }

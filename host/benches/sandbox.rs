@@ -20,7 +20,15 @@
 //! CPython (`$WARREN_PYTHON`, else `python3`): issue 10's ratio for Python
 //! without the broker's round trip in it.
 //!
-//! Run with `just bench` (needs `just build-guests`).
+//! `outbound_http/*` (a separate group): one GET to a local HTTP server
+//! from inside the sandbox (`test-guests/fetcher`, granted that server by a
+//! manifest: the address check, the connection to the checked address, the
+//! call and byte caps) against the same GET made natively over a fresh
+//! connection, and the same component's request without a GET, so the
+//! difference is what the call itself costs.
+//!
+//! Run with `just bench` (needs `just build-guests` and
+//! `just build-test-guests`).
 
 use std::path::Path;
 
@@ -225,5 +233,76 @@ impl Drop for NativePython {
     }
 }
 
-criterion_group!(benches, sandbox);
+/// One GET from inside the sandbox against the same GET made natively.
+fn outbound_http(c: &mut Criterion) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use warren_host::sandbox::Grants;
+    use warren_protocol::manifest::Manifest;
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/guest_fetcher.wasm");
+    let Ok(wasm) = std::fs::read(&path) else {
+        eprintln!(
+            "skipping outbound_http: {} is missing; run `just build-test-guests`",
+            path.display()
+        );
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let port = runtime.block_on(warren_testing::serve_http(
+        |_, _| (200, vec![], b"hello".to_vec()),
+        0,
+    ));
+    let limits = Limits {
+        spare_instances: 0,
+        ..Limits::default()
+    };
+    let sandbox = Sandbox::new(limits.clone(), None).unwrap();
+    let manifest = Manifest::parse(&format!(
+        "[http]\nallow = [\"http://127.0.0.1:{port}\"]\ncalls = 1000000\n"
+    ))
+    .unwrap();
+    let grants = Grants::resolve(&limits, &manifest, "sha256:bench", None).unwrap();
+    let component = sandbox
+        .prepare_granted(&wasm, &digest(&wasm), grants)
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+
+    let mut group = c.benchmark_group("outbound_http");
+    group.bench_function("sandboxed_get", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let reply = sandbox
+                .run(&component, format!("get {url}").into_bytes(), "bench")
+                .await
+                .unwrap();
+            assert_eq!(reply, b"200 hello");
+        })
+    });
+    group.bench_function("sandboxed_no_get", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let reply = sandbox
+                .run(&component, format!("get-n 0 {url}").into_bytes(), "bench")
+                .await
+                .unwrap();
+            assert_eq!(reply, b"0");
+        })
+    });
+    group.bench_function("native_get", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            stream
+                .write_all(format!("GET / HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await.unwrap();
+            assert!(response.ends_with(b"hello"));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sandbox, outbound_http);
 criterion_main!(benches);

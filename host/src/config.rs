@@ -23,6 +23,8 @@ pub struct HostConfig {
     #[command(flatten)]
     pub limits: LimitOptions,
     #[command(flatten)]
+    pub callers: CallerOptions,
+    #[command(flatten)]
     pub deploys: DeployOptions,
     #[command(flatten)]
     pub observability: ObservabilityOptions,
@@ -147,6 +149,33 @@ pub struct LimitOptions {
     /// the rest is dropped.
     #[arg(long, default_value = "64KiB", value_parser = values::size)]
     pub max_output_bytes: u64,
+}
+
+/// How much one caller may use of this host, across its procedures. A
+/// caller is the broker user that published the request (its `user_id`),
+/// or `anonymous`; a procedure's manifest can set its own `[quota]`
+/// besides. Over quota, a request is answered `rate-limited` at once.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Callers")]
+pub struct CallerOptions {
+    /// Requests a second one caller may make to this host; over it, the
+    /// reply says when to try again [default: no limit].
+    #[arg(long, env = "WARREN_CALLER_RATE", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub caller_rate: Option<u32>,
+
+    /// Requests one caller may make at once above --caller-rate
+    /// [default: the rate].
+    #[arg(long, env = "WARREN_CALLER_BURST", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..), requires = "caller_rate")]
+    pub caller_burst: Option<u32>,
+
+    /// The part of the --concurrency slots one caller's requests may hold,
+    /// waiting or running, e.g. 50%: with less than 100%, one caller cannot
+    /// take every slot from the others [default: 100%].
+    #[arg(long, env = "WARREN_CALLER_SHARE", value_name = "PERCENT",
+          value_parser = warren_protocol::manifest::parse_percent)]
+    pub caller_share: Option<u8>,
 }
 
 /// Which remote deploys this host accepts.
@@ -280,6 +309,15 @@ impl HostConfig {
             }
         } else {
             QueueMode::Tutorial
+        }
+    }
+
+    /// The per-caller quota these options describe.
+    pub fn caller_quota(&self) -> warren_protocol::manifest::Quota {
+        warren_protocol::manifest::Quota {
+            rate: self.callers.caller_rate,
+            burst: self.callers.caller_burst,
+            share: self.callers.caller_share,
         }
     }
 

@@ -49,7 +49,7 @@ impl std::fmt::Debug for StatusSource {
 impl StatusSource {
     /// The host's status right now.
     pub fn status(&self) -> HostStatus {
-        let (served, failed) = self.metrics.totals();
+        let totals = self.metrics.totals();
         let (in_flight, concurrency) = self.metrics.load();
         HostStatus {
             host: self.host_id.clone(),
@@ -60,8 +60,10 @@ impl StatusSource {
             durable: self.durable,
             concurrency: concurrency.max(0) as u64,
             in_flight: in_flight.max(0) as u64,
-            served,
-            failed,
+            served: totals.served,
+            failed: totals.failed,
+            forbidden: totals.forbidden,
+            rate_limited: totals.rate_limited,
             procedures: self
                 .serving
                 .list()

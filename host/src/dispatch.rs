@@ -1,17 +1,20 @@
 //! One request, from body to reply, with no AMQP in sight.
 //!
-//! The AMQP layer hands over the requested procedure name, the body and
-//! when its caller stops waiting; the [`Dispatcher`] picks the procedure,
-//! checks the size, waits for a slot, skips the request if its caller has
-//! given up by then, runs the sandbox and returns an [`Outcome`] that the AMQP
-//! layer turns into a message. Keeping this apart from the broker keeps
-//! every rule about *what* is answered in one small place.
+//! The AMQP layer hands over the requested procedure name, who is calling,
+//! the body and when its caller stops waiting; the [`Dispatcher`] picks the
+//! procedure, checks that the caller may call it and is within its quotas
+//! (the procedure's and the host's), checks the size, waits for a slot,
+//! skips the request if its caller has given up by then, runs the sandbox
+//! and returns an [`Outcome`] that the AMQP layer turns into a message.
+//! Keeping this apart from the broker keeps every rule about *what* is
+//! answered in one small place.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use warren_protocol::{ErrorKind, RpcError};
 
+use crate::callers::{QuotaBook, may_call};
 use crate::metrics::Metrics;
 use crate::modules::Serving;
 use crate::sandbox::Sandbox;
@@ -47,16 +50,25 @@ pub struct Dispatcher {
     serving: Arc<Serving>,
     sandbox: Arc<Sandbox>,
     metrics: Arc<Metrics>,
+    /// Each caller's use of this host (`--caller-rate`, `--caller-share`).
+    host_quota: Arc<QuotaBook>,
 }
 
 impl Dispatcher {
     /// A dispatcher over `serving` (which knows the default procedure),
-    /// counting every request's outcome and duration in `metrics`.
-    pub fn new(serving: Arc<Serving>, sandbox: Arc<Sandbox>, metrics: Arc<Metrics>) -> Self {
+    /// counting every request's outcome and duration in `metrics`, each
+    /// caller held to `host_quota` across procedures.
+    pub fn new(
+        serving: Arc<Serving>,
+        sandbox: Arc<Sandbox>,
+        metrics: Arc<Metrics>,
+        host_quota: Arc<QuotaBook>,
+    ) -> Self {
         Dispatcher {
             serving,
             sandbox,
             metrics,
+            host_quota,
         }
     }
 
@@ -65,20 +77,25 @@ impl Dispatcher {
         &self.metrics
     }
 
-    /// Answers one request, unless its caller stops waiting at `deadline`
-    /// before it can start. `requested` is its `x-procedure` header: none,
-    /// a name, or why it could not be read. `label` identifies it in the
-    /// logs.
+    /// Answers one request of `caller` (its broker user, or
+    /// [`warren_protocol::ANONYMOUS_CALLER`]), unless its caller stops
+    /// waiting at `deadline` before it can start. `requested` is its
+    /// `x-procedure` header: none, a name, or why it could not be read.
+    /// `label` identifies it in the logs.
     pub async fn handle(
         &self,
         requested: Result<Option<&str>, &str>,
+        caller: &str,
         body: Vec<u8>,
         label: &str,
         deadline: Option<SystemTime>,
     ) -> Handled {
         let timer = self.metrics.request_started();
         let handled = match requested {
-            Ok(requested) => self.choose_and_run(requested, body, label, deadline).await,
+            Ok(requested) => {
+                self.choose_and_run(requested, caller, body, label, deadline)
+                    .await
+            }
             Err(unreadable) => Handled::Answered(Outcome {
                 procedure: None,
                 digest: None,
@@ -88,7 +105,7 @@ impl Dispatcher {
         match &handled {
             Handled::Answered(reply) => {
                 let kind = reply.result.as_ref().err().map(|error| error.kind);
-                timer.finish(reply.procedure.as_deref(), kind);
+                timer.finish(reply.procedure.as_deref(), caller, kind);
             }
             Handled::CallerGone { procedure, .. } => {
                 self.metrics.caller_gone(procedure.as_deref());
@@ -100,6 +117,7 @@ impl Dispatcher {
     async fn choose_and_run(
         &self,
         requested: Option<&str>,
+        caller: &str,
         body: Vec<u8>,
         label: &str,
         deadline: Option<SystemTime>,
@@ -136,6 +154,28 @@ impl Dispatcher {
                 digest: Some(procedure.digest.clone()),
                 result,
             })
+        };
+        let grants = procedure.component.grants();
+        if !may_call(grants.callers(), caller) {
+            return reply(Err(RpcError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "caller {caller:?} may not call procedure {:?}: its manifest's callers do \
+                     not list it (a caller is the broker user that published the request; \
+                     ask the procedure's owner to add it)",
+                    procedure.name
+                ),
+            )));
+        }
+        // Held until the request is answered: what counts against each
+        // caller's share of the slots.
+        let _procedure_place = match grants.quota().admit(caller, Some(&procedure.name)) {
+            Ok(held) => held,
+            Err(error) => return reply(Err(error)),
+        };
+        let _host_place = match self.host_quota.admit(caller, None) {
+            Ok(held) => held,
+            Err(error) => return reply(Err(error)),
         };
         let max_request_bytes = self.sandbox.limits().max_request_bytes;
         if body.len() > max_request_bytes {

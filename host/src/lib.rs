@@ -18,7 +18,8 @@
 //!   procedure's newest one in the stream); `control`: the answer to
 //!   `warren status`; `admin`: `/metrics` and the health checks over HTTP.
 //! - **Deciding and running** — `dispatch`: one request to one outcome
-//!   (which procedure, sizes, the caller's deadline), no AMQP; `modules`:
+//!   (which procedure, who may call it, sizes, the caller's deadline), no
+//!   AMQP; `callers`: caller identity and per-caller quotas; `modules`:
 //!   which procedure versions serve, the modules folder and its watcher;
 //!   [`sandbox`]: wasmtime only (engine, compiling and the compiled-code
 //!   cache, one request in a fresh instance under its limits).
@@ -34,6 +35,7 @@
 //! [`sandbox`] is public too: it runs a component without any broker.
 
 mod admin;
+mod callers;
 mod causes;
 pub mod config;
 mod control;
@@ -137,6 +139,7 @@ pub async fn start(config: HostConfig) -> Result<RunningHost, StartError> {
         serving.clone(),
         sandbox.clone(),
         metrics.clone(),
+        callers::QuotaBook::new(config.caller_quota(), sandbox.limits().concurrency),
     ));
     let session = tokio::spawn(session::serve_forever(
         session,
@@ -303,6 +306,7 @@ fn log_ready(config: &HostConfig, target: &Target, broker: &str, sandbox: &Sandb
         prefetch = target.prefetch,
         timeout = %humantime::format_duration(limits.timeout),
         max_memory = %sandbox::format_bytes(limits.max_memory),
+        caller_quota = %config.caller_quota(),
         "warren-host ready"
     );
 }

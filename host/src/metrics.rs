@@ -33,6 +33,22 @@ struct RequestLabels {
     kind: &'static str,
 }
 
+/// Labels of `warren_caller_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallerLabels {
+    /// The caller (broker user), one of the first [`MAX_CALLER_LABELS`]
+    /// seen, or `other`.
+    caller: String,
+    /// `ok`, `error` (the procedure or the host failed it), `forbidden`
+    /// or `rate-limited`.
+    outcome: &'static str,
+}
+
+/// How many callers get a label of their own in the per-caller metrics;
+/// the rest are counted as `other`, so a host called by many users keeps a
+/// bounded number of series.
+pub const MAX_CALLER_LABELS: usize = 64;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProcedureLabels {
     procedure: String,
@@ -76,6 +92,9 @@ pub struct Metrics {
     registry: Registry,
     started: Instant,
     requests: Family<RequestLabels, Counter>,
+    by_caller: Family<CallerLabels, Counter>,
+    /// The callers with a label of their own.
+    caller_labels: std::sync::RwLock<std::collections::HashSet<String>>,
     callers_gone: Family<ProcedureLabels, Counter>,
     durations: Family<ProcedureLabels, Histogram, DurationBuckets>,
     in_flight: Gauge,
@@ -95,6 +114,21 @@ pub struct Metrics {
     node: std::sync::Mutex<Option<String>>,
     served: AtomicU64,
     failed: AtomicU64,
+    forbidden: AtomicU64,
+    rate_limited: AtomicU64,
+}
+
+/// Requests answered since the host started, for `warren status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// With success.
+    pub served: u64,
+    /// With an error reply (the two below included).
+    pub failed: u64,
+    /// Refused: the caller may not call the procedure.
+    pub forbidden: u64,
+    /// Refused: the caller was over a quota.
+    pub rate_limited: u64,
 }
 
 impl Metrics {
@@ -107,6 +141,13 @@ impl Metrics {
             "warren_requests",
             "Requests answered, by procedure, status (ok|error) and error kind",
             Family::clone(&requests),
+        );
+        let by_caller = Family::default();
+        registry.register(
+            "warren_caller_requests",
+            "Requests answered, by caller (the broker user; past the first 64, other) and \
+             outcome (ok|error|forbidden|rate-limited)",
+            Family::clone(&by_caller),
         );
         let callers_gone = Family::default();
         registry.register(
@@ -192,6 +233,8 @@ impl Metrics {
             registry,
             started: Instant::now(),
             requests,
+            by_caller,
+            caller_labels: std::sync::RwLock::default(),
             callers_gone,
             durations,
             in_flight,
@@ -209,6 +252,8 @@ impl Metrics {
             node: std::sync::Mutex::new(None),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            forbidden: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
         }
     }
 
@@ -285,12 +330,34 @@ impl Metrics {
         self.started.elapsed()
     }
 
-    /// Requests answered with success, and with an error reply.
-    pub fn totals(&self) -> (u64, u64) {
-        (
-            self.served.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
+    /// Requests answered since the host started, by outcome.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            served: self.served.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            forbidden: self.forbidden.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `caller` as a label: itself while fewer than [`MAX_CALLER_LABELS`]
+    /// callers have one, else `other`.
+    fn caller_label(&self, caller: &str) -> String {
+        let known = self.caller_labels.read().expect("caller labels lock");
+        if known.contains(caller) {
+            return caller.to_owned();
+        }
+        let full = known.len() >= MAX_CALLER_LABELS;
+        drop(known);
+        if full {
+            return "other".to_owned();
+        }
+        let mut known = self.caller_labels.write().expect("caller labels lock");
+        if known.len() >= MAX_CALLER_LABELS {
+            return "other".to_owned();
+        }
+        known.insert(caller.to_owned());
+        caller.to_owned()
     }
 
     /// Requests running now, and the slots for them.
@@ -338,9 +405,9 @@ pub struct RequestTimer {
 }
 
 impl RequestTimer {
-    /// The request was answered by (or asked for) `procedure`, with
-    /// `error` (its kind) or success.
-    pub fn finish(self, procedure: Option<&str>, error: Option<ErrorKind>) {
+    /// The request of `caller` was answered by (or asked for)
+    /// `procedure`, with `error` (its kind) or success.
+    pub fn finish(self, procedure: Option<&str>, caller: &str, error: Option<ErrorKind>) {
         let procedure = procedure.unwrap_or_default().to_owned();
         let metrics = &self.metrics;
         let (status, kind) = match error {
@@ -353,6 +420,25 @@ impl RequestTimer {
                 ("error", kind.as_str())
             }
         };
+        let outcome = match error {
+            None => "ok",
+            Some(ErrorKind::Forbidden) => {
+                metrics.forbidden.fetch_add(1, Ordering::Relaxed);
+                "forbidden"
+            }
+            Some(ErrorKind::RateLimited) => {
+                metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                "rate-limited"
+            }
+            Some(_) => "error",
+        };
+        metrics
+            .by_caller
+            .get_or_create(&CallerLabels {
+                caller: metrics.caller_label(caller),
+                outcome,
+            })
+            .inc();
         metrics
             .durations
             .get_or_create(&ProcedureLabels {
@@ -425,10 +511,13 @@ mod tests {
     #[test]
     fn the_text_format_has_every_metric_the_readme_lists() {
         let metrics = Arc::new(Metrics::new(4, Duration::from_secs(10)));
-        metrics.request_started().finish(Some("fib"), None);
+        metrics.request_started().finish(Some("fib"), "alice", None);
         metrics
             .request_started()
-            .finish(Some("fib"), Some(ErrorKind::Timeout));
+            .finish(Some("fib"), "alice", Some(ErrorKind::Timeout));
+        metrics
+            .request_started()
+            .finish(Some("fib"), "bob", Some(ErrorKind::Forbidden));
         metrics.swapped("fib");
         metrics.deploy_answered(true);
         metrics.load_failed();
@@ -444,7 +533,10 @@ mod tests {
         for line in [
             r#"warren_requests_total{procedure="fib",status="ok",kind=""} 1"#,
             r#"warren_requests_total{procedure="fib",status="error",kind="timeout"} 1"#,
-            r#"warren_request_duration_seconds_count{procedure="fib"} 2"#,
+            r#"warren_request_duration_seconds_count{procedure="fib"} 3"#,
+            r#"warren_caller_requests_total{caller="alice",outcome="ok"} 1"#,
+            r#"warren_caller_requests_total{caller="alice",outcome="error"} 1"#,
+            r#"warren_caller_requests_total{caller="bob",outcome="forbidden"} 1"#,
             r#"warren_request_duration_seconds_bucket{le="0.0001",procedure="fib"}"#,
             "warren_requests_in_flight 0",
             "warren_concurrency_slots 4",
@@ -460,6 +552,37 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
-        assert_eq!(metrics.totals(), (1, 1));
+        assert_eq!(
+            metrics.totals(),
+            Totals {
+                served: 1,
+                failed: 2,
+                forbidden: 1,
+                rate_limited: 0
+            }
+        );
+    }
+
+    #[test]
+    fn callers_past_the_first_64_are_counted_as_other() {
+        let metrics = Arc::new(Metrics::new(4, Duration::from_secs(10)));
+        for n in 0..MAX_CALLER_LABELS + 10 {
+            metrics
+                .request_started()
+                .finish(Some("fib"), &format!("user-{n}"), None);
+        }
+        let text = metrics.encode(&[], 0);
+        assert!(
+            text.contains(r#"{caller="user-0",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"{caller="other",outcome="ok"} 10"#),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("warren_caller_requests_total{").count(),
+            MAX_CALLER_LABELS + 1
+        );
     }
 }

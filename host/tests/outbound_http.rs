@@ -6,55 +6,13 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
 use warren_testing::*;
 
-/// A status, headers and body.
-type Answer = (u16, Vec<(String, String)>, Vec<u8>);
-
-/// A one-request-per-connection HTTP server on 127.0.0.1; answers by path.
-async fn serve(answer: fn(&str, u16) -> Answer, port_hint: u16) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head);
-                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (status, headers, body) = answer(&path, port_hint);
-                let mut response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
-                    body.len()
-                );
-                for (name, value) in headers {
-                    response.push_str(&format!("{name}: {value}\r\n"));
-                }
-                response.push_str("\r\n");
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.write_all(&body).await;
-            });
-        }
-    });
-    port
-}
-
-fn forbidden_server(path: &str, _: u16) -> Answer {
+fn forbidden_server(path: &str, _: u16) -> HttpAnswer {
     (200, vec![], format!("internal data at {path}").into_bytes())
 }
 
-fn allowed_server(path: &str, other: u16) -> Answer {
+fn allowed_server(path: &str, other: u16) -> HttpAnswer {
     match path {
         "/hello" => (200, vec![], b"hello from the allowed server".to_vec()),
         "/redirect" => (
@@ -83,8 +41,8 @@ async fn fetch(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_what_the_manifest_lists_is_reachable() {
-    let internal = serve(forbidden_server, 0).await;
-    let allowed = serve(allowed_server, internal).await;
+    let internal = serve_http(forbidden_server, 0).await;
+    let allowed = serve_http(allowed_server, internal).await;
     let fetcher = fetcher_wasm();
     let host = TestHost::start("http-grants", &[]).await;
     let manifest =

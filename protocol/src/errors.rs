@@ -30,11 +30,18 @@ pub enum ErrorKind {
     /// without being answered (it may crash or stall the hosts that take
     /// it), so the broker dead-lettered it and it is not run again.
     DeliveryLimit,
+    /// The procedure's manifest does not list the caller (its broker user)
+    /// in `callers`; the procedure did not run.
+    Forbidden,
+    /// The caller is over its quota on this host (a rate, or a share of
+    /// the running slots); the procedure did not run. The reply says when
+    /// to try again ([`RpcError::retry_after_ms`], header `x-retry-after-ms`).
+    RateLimited,
 }
 
 impl ErrorKind {
     /// Every kind, in documentation order.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::ProcedureError,
         ErrorKind::Timeout,
         ErrorKind::MemoryLimit,
@@ -44,6 +51,8 @@ impl ErrorKind {
         ErrorKind::ReplyTooLarge,
         ErrorKind::Internal,
         ErrorKind::DeliveryLimit,
+        ErrorKind::Forbidden,
+        ErrorKind::RateLimited,
     ];
 
     /// The kind as it appears in [`HEADER_RPC_ERROR`] and the JSON body.
@@ -58,6 +67,8 @@ impl ErrorKind {
             ErrorKind::ReplyTooLarge => "reply-too-large",
             ErrorKind::Internal => "internal",
             ErrorKind::DeliveryLimit => "delivery-limit",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RateLimited => "rate-limited",
         }
     }
 }
@@ -108,6 +119,10 @@ pub struct RpcError {
     pub kind: ErrorKind,
     /// Human-readable explanation.
     pub message: String,
+    /// `rate-limited`: milliseconds to wait before sending it again (also
+    /// the reply's `x-retry-after-ms` header). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl RpcError {
@@ -116,7 +131,26 @@ impl RpcError {
         RpcError {
             kind,
             message: message.into(),
+            retry_after_ms: None,
         }
+    }
+
+    /// A `rate-limited` error saying `message`, to be tried again after
+    /// `retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        RpcError {
+            retry_after_ms: Some(
+                u64::try_from(retry_after.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+            ..RpcError::new(ErrorKind::RateLimited, message)
+        }
+    }
+
+    /// How long to wait before trying again, when the host said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after_ms.map(std::time::Duration::from_millis)
     }
 }
 
@@ -173,5 +207,22 @@ mod tests {
             ErrorKind::Timeout
         );
         assert!(ErrorBody::from_json(b"832040").is_none());
+    }
+
+    #[test]
+    fn a_rate_limited_body_says_when_to_retry_and_older_bodies_still_parse() {
+        let error = RpcError::rate_limited("over quota", std::time::Duration::from_millis(250));
+        let body = ErrorBody { error }.to_json();
+        assert_eq!(
+            String::from_utf8(body.clone()).unwrap(),
+            r#"{"error":{"kind":"rate-limited","message":"over quota","retry_after_ms":250}}"#
+        );
+        let parsed = ErrorBody::from_json(&body).unwrap().error;
+        assert_eq!(
+            parsed.retry_after(),
+            Some(std::time::Duration::from_millis(250))
+        );
+        let old = ErrorBody::from_json(br#"{"error":{"kind":"trap","message":"x"}}"#).unwrap();
+        assert_eq!(old.error.retry_after(), None);
     }
 }

@@ -57,6 +57,13 @@ pub const HEADER_RPC_ERROR: &str = "x-rpc-error";
 /// start a request past it: the broker drops expired requests only while
 /// it holds them, not once a host has prefetched them.
 pub const HEADER_DEADLINE: &str = "x-deadline";
+/// On a `rate-limited` error reply: milliseconds until the caller may try
+/// again (the same value as the body's `retry_after_ms`).
+pub const HEADER_RETRY_AFTER_MS: &str = "x-retry-after-ms";
+/// Who a request without a `user_id` property is from: a caller the broker
+/// did not vouch for (the seed's `rpc_client.py`, any client that does not
+/// set it). Manifests name it like any other caller.
+pub const ANONYMOUS_CALLER: &str = "anonymous";
 
 /// Value of [`HEADER_RPC_STATUS`] when the procedure returned `ok`.
 pub const STATUS_OK: &str = "ok";
@@ -203,6 +210,22 @@ pub fn describe_connect_error(url: &str, error: &lapin::Error) -> String {
     }
 }
 
+/// The broker user `url` logs in as, which is what a request's `user_id`
+/// must say for the broker to accept it: the URL's user name, or `guest`
+/// when it names none (the broker's and lapin's default). `None` for
+/// `auth_mechanism=external`, where the user is the TLS client
+/// certificate's, which this side does not know.
+pub fn amqp_user(url: &str) -> Option<String> {
+    let uri: lapin::uri::AMQPUri = url.parse().ok()?;
+    if matches!(
+        uri.query.auth_mechanism,
+        Some(lapin::uri::SASLMechanism::External)
+    ) {
+        return None;
+    }
+    Some(uri.authority.userinfo.username)
+}
+
 /// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`, so a
 /// broker URL can be logged or shown in an error without its password.
 pub fn redact_url(url: &str) -> String {
@@ -228,6 +251,16 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(redact_url("amqp://localhost"), "amqp://localhost");
+    }
+
+    #[test]
+    fn the_user_a_url_logs_in_as() {
+        assert_eq!(
+            amqp_user("amqp://alice:pw@127.0.0.1:5672/%2f").as_deref(),
+            Some("alice")
+        );
+        assert_eq!(amqp_user("amqp://127.0.0.1").as_deref(), Some("guest"));
+        assert_eq!(amqp_user("amqps://h?auth_mechanism=external"), None);
     }
 
     use super::*;

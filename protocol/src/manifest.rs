@@ -8,7 +8,11 @@
 //! configuration, no secrets, no network, the host's own limits.
 //!
 //! ```toml
-//! callers = ["alice", "billing-*"]   # who may call it (not enforced yet)
+//! callers = ["alice", "billing-*"]   # who may call it (broker users)
+//! [quota]                            # per caller, on each host
+//! rate = 50                          # requests per second
+//! burst = 100                        # at once above the rate
+//! share = "25%"                      # of the procedure's running slots
 //! [limits]                           # each at most the host's own
 //! timeout = "2s"
 //! memory = "32MiB"
@@ -52,6 +56,9 @@ pub struct Manifest {
     /// `None`: everyone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callers: Option<Vec<String>>,
+    /// How much each caller may use of it, on each host.
+    #[serde(default, skip_serializing_if = "Quota::is_empty")]
+    pub quota: Quota,
     /// Limits below the host's own.
     #[serde(default, skip_serializing_if = "ManifestLimits::is_empty")]
     pub limits: ManifestLimits,
@@ -106,6 +113,89 @@ impl ManifestLimits {
     fn is_empty(&self) -> bool {
         *self == ManifestLimits::default()
     }
+}
+
+/// `[quota]`, and a host's per-caller defaults (`--caller-rate`,
+/// `--caller-burst`, `--caller-share`): how much one caller may use, on
+/// one host. Over it, a request is answered at once with `rate-limited`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Requests per second one caller may make (a token bucket refilled at
+    /// this rate).
+    #[serde(
+        default,
+        deserialize_with = "positive",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rate: Option<u32>,
+    /// How many requests above the rate one caller may make at once (the
+    /// bucket's size); the rate when not given.
+    #[serde(
+        default,
+        deserialize_with = "positive",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub burst: Option<u32>,
+    /// The part of the running slots (the procedure's concurrency in a
+    /// manifest, the host's `--concurrency` for the host's default) one
+    /// caller's requests may hold, waiting or running: `"25%"`.
+    #[serde(
+        default,
+        deserialize_with = "percent",
+        serialize_with = "write_percent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub share: Option<u8>,
+}
+
+impl Quota {
+    /// Whether it limits nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Quota::default()
+    }
+
+    /// The bucket size: `burst`, else the rate.
+    pub fn burst_or_rate(&self) -> Option<u32> {
+        self.burst.or(self.rate)
+    }
+
+    /// How many of `slots` one caller may hold under `share` (at least
+    /// one); `None` when there is no share.
+    pub fn share_of(&self, slots: usize) -> Option<usize> {
+        self.share
+            .filter(|share| *share < 100)
+            .map(|share| (slots * usize::from(share)).div_ceil(100).max(1))
+    }
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(rate) = self.rate {
+            parts.push(format!("{rate}/s"));
+        }
+        if let Some(burst) = self.burst {
+            parts.push(format!("burst {burst}"));
+        }
+        if let Some(share) = self.share {
+            parts.push(format!("{share}% of the slots"));
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
+/// Parses a share, `"25%"` (1 to 100 per cent).
+pub fn parse_percent(text: &str) -> Result<u8, String> {
+    text.trim()
+        .strip_suffix('%')
+        .and_then(|number| number.trim().parse::<u8>().ok())
+        .filter(|percent| (1..=100).contains(percent))
+        .ok_or_else(|| format!("{text:?} is not a share: write a percentage from 1% to 100%"))
 }
 
 /// `[secrets]`.
@@ -352,6 +442,33 @@ fn write_bytes<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok
     serializer.serialize_str(&format!("{value}B"))
 }
 
+fn positive<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let count = i64::deserialize(deserializer)?;
+    match u32::try_from(count) {
+        Ok(count) if count >= 1 => Ok(Some(count)),
+        _ => Err(serde::de::Error::custom(
+            "it must be a whole number from 1 to 4294967295",
+        )),
+    }
+}
+
+fn percent<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_percent(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn write_percent<S: serde::Serializer>(
+    value: &Option<u8>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(percent) => serializer.serialize_str(&format!("{percent}%")),
+        None => serializer.serialize_none(),
+    }
+}
+
 fn concurrency<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
     let count = i64::deserialize(deserializer)?;
     match usize::try_from(count) {
@@ -373,6 +490,10 @@ pub struct EffectiveGrants {
     /// Who may call it; absent: everyone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callers: Option<Vec<String>>,
+    /// How much each caller may use of it on this host (its `[quota]`; the
+    /// host's own per-caller quota applies besides).
+    #[serde(default, skip_serializing_if = "Quota::is_empty")]
+    pub quota: Quota,
     /// Wall-clock budget of one request, in milliseconds.
     pub timeout_ms: u64,
     /// Most linear memory one request may use, in bytes.
@@ -427,7 +548,7 @@ impl std::fmt::Display for EffectiveGrants {
         write!(
             f,
             "timeout {}, memory {}, reply {}, concurrency {}, config {}, secrets {}, http {}, \
-             callers {}",
+             callers {}, quota per caller {}",
             humantime::format_duration(Duration::from_millis(self.timeout_ms)),
             size(self.memory_bytes),
             size(self.reply_bytes),
@@ -436,6 +557,7 @@ impl std::fmt::Display for EffectiveGrants {
             list(&self.secrets),
             http,
             self.callers.as_deref().map_or("everyone".to_owned(), list),
+            self.quota,
         )
     }
 }
@@ -462,6 +584,10 @@ mod tests {
 
     const FULL: &str = r#"
 callers = ["alice", "billing-*"]
+[quota]
+rate = 50
+burst = 100
+share = "25%"
 [limits]
 timeout = "2s"
 memory = "32MiB"
@@ -485,7 +611,55 @@ allow = ["http://127.0.0.1:8081", "https://api.example.com"]
         assert_eq!(manifest.config["greeting"], "hello");
         assert_eq!(manifest.secrets.names, ["api-key"]);
         assert_eq!(manifest.http.unwrap().allow.len(), 2);
+        assert_eq!(
+            manifest.quota,
+            Quota {
+                rate: Some(50),
+                burst: Some(100),
+                share: Some(25)
+            }
+        );
         assert!(Manifest::parse("").unwrap().grants_nothing());
+    }
+
+    #[test]
+    fn quotas_are_whole_rates_and_percent_shares() {
+        let share = Manifest::parse("[quota]\nshare = \"0.25\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            share.contains("line 2") && share.contains("percentage"),
+            "{share}"
+        );
+        let rate = Manifest::parse("[quota]\nrate = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            rate.contains("line 2") && rate.contains("whole number"),
+            "{rate}"
+        );
+        let quota = Quota {
+            share: Some(25),
+            ..Quota::default()
+        };
+        assert_eq!(quota.share_of(16), Some(4));
+        assert_eq!(quota.share_of(2), Some(1), "at least one slot");
+        assert_eq!(
+            Quota {
+                share: Some(100),
+                ..quota
+            }
+            .share_of(16),
+            None
+        );
+        assert_eq!(
+            Quota {
+                rate: Some(10),
+                ..Quota::default()
+            }
+            .burst_or_rate(),
+            Some(10)
+        );
     }
 
     #[test]

@@ -66,6 +66,14 @@ pub struct HostStatus {
     pub served: u64,
     /// Requests answered with an error reply since it started.
     pub failed: u64,
+    /// Of those, requests refused because the procedure's manifest does
+    /// not list their caller (`forbidden`; 0 from hosts older than callers).
+    #[serde(default)]
+    pub forbidden: u64,
+    /// Of those, requests refused because their caller was over its quota
+    /// (`rate-limited`; 0 from hosts older than quotas).
+    #[serde(default)]
+    pub rate_limited: u64,
     /// What it serves, by name.
     pub procedures: Vec<ProcedureStatus>,
 }
@@ -155,6 +163,8 @@ mod tests {
             in_flight: 0,
             served: 0,
             failed: 0,
+            forbidden: 0,
+            rate_limited: 0,
             procedures: vec![
                 ProcedureStatus {
                     name: "fib".into(),

@@ -128,6 +128,11 @@ impl TestHost {
         false
     }
 
+    /// What the host's `/metrics` would answer now.
+    pub fn metrics_text(&self) -> String {
+        self.host.as_ref().expect("host running").metrics_text()
+    }
+
     /// A client for this host's queue.
     pub async fn client(&self) -> RpcClient {
         RpcClient::connect(&amqp_url(), &self.queue)

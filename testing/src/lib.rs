@@ -14,10 +14,14 @@ pub mod calls;
 pub mod deploys;
 pub mod fixtures;
 pub mod host;
+pub mod http;
+pub mod users;
 
 pub use broker::*;
 pub use calls::*;
 pub use deploys::*;
 pub use fixtures::*;
 pub use host::*;
+pub use http::*;
+pub use users::*;
 pub use warren_host::HostConfig;

@@ -35,9 +35,10 @@ use futures_lite::FutureExt as _;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use warren_protocol::{
-    ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST, HEADER_RPC_ERROR,
-    HEADER_RPC_STATUS, QueueMode, STATUS_ERROR, STATUS_OK, declare_request_queue,
-    explain_queue_mismatch, header_text, header_text_strict, read_deadline, set_header_text,
+    ANONYMOUS_CALLER, ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST,
+    HEADER_RETRY_AFTER_MS, HEADER_RPC_ERROR, HEADER_RPC_STATUS, QueueMode, STATUS_ERROR, STATUS_OK,
+    declare_request_queue, explain_queue_mismatch, header_text, header_text_strict, read_deadline,
+    set_header_text,
 };
 
 use warren_protocol::trace::{HEADER_TRACEPARENT, TraceParent};
@@ -238,6 +239,11 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
     } = delivery;
     let correlation_id = properties.correlation_id().clone();
     let requested = header_text_strict(properties.headers().as_ref(), HEADER_PROCEDURE);
+    // The broker checked it: a publisher can set only its own user.
+    let user_id = properties.user_id().clone();
+    let caller = user_id
+        .as_ref()
+        .map_or(ANONYMOUS_CALLER, ShortString::as_str);
     let span = tracing::info_span!(
         "request",
         trace_id = tracing::field::Empty,
@@ -246,6 +252,7 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
         messaging.message.conversation_id = correlation_id.as_ref().map(ShortString::as_str),
         messaging.rabbitmq.delivery_tag = delivery_tag,
         procedure = requested.as_ref().ok().and_then(Option::as_deref),
+        caller,
         bytes = data.len(),
         redelivered,
     );
@@ -263,7 +270,9 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
             .map_or_else(|| format!("delivery-{delivery_tag}"), |id| id.to_string());
         let deadline = read_deadline(properties.headers().as_ref());
         let requested = requested.as_ref().map(Option::as_deref).map_err(String::as_str);
-        let reply = match dispatcher.handle(requested, data, &label, deadline).await {
+        let reply = match dispatcher
+            .handle(requested, caller, data, &label, deadline)
+            .await {
             Handled::Answered(reply) => reply,
             Handled::CallerGone { late, .. } => {
                 tracing::info!(
@@ -330,6 +339,9 @@ pub(crate) fn reply_message(
         Err(error) => {
             set_header_text(&mut headers, HEADER_RPC_STATUS, STATUS_ERROR);
             set_header_text(&mut headers, HEADER_RPC_ERROR, error.kind.as_str());
+            if let Some(wait) = error.retry_after_ms {
+                set_header_text(&mut headers, HEADER_RETRY_AFTER_MS, &wait.to_string());
+            }
             properties = properties.with_content_type(ERROR_CONTENT_TYPE.into());
             ErrorBody { error }.to_json()
         }

@@ -30,6 +30,7 @@ use wasmtime_wasi_config::WasiConfigVariables;
 
 use super::Limits;
 use super::http::HttpGrant;
+use crate::callers::QuotaBook;
 
 /// The interface configuration and secrets are read through.
 pub const CONFIG_INTERFACE: &str = "wasi:config/store";
@@ -49,6 +50,8 @@ pub struct Grants {
     pub(super) slots: Option<Arc<Semaphore>>,
     /// Where it may send HTTP requests, and how many.
     pub(super) http: Option<Arc<HttpGrant>>,
+    /// Each caller's use of this procedure, under its `[quota]`.
+    quota: Arc<QuotaBook>,
     /// What is granted, without secret values: for logs and status.
     effective: EffectiveGrants,
 }
@@ -72,6 +75,7 @@ impl Grants {
             store_granted: false,
             slots: None,
             http: None,
+            quota: QuotaBook::new(Default::default(), host.concurrency),
             effective: effective(host, None, &Manifest::default()),
         }
     }
@@ -117,6 +121,7 @@ impl Grants {
             .then(|| Arc::new(Semaphore::new(limits.concurrency)));
         Ok(Grants {
             http,
+            quota: QuotaBook::new(manifest.quota, limits.concurrency),
             effective: effective(&limits, Some(manifest_digest), manifest),
             store_granted: !manifest.config.is_empty() || !manifest.secrets.names.is_empty(),
             store: Arc::new(store),
@@ -129,6 +134,16 @@ impl Grants {
     pub fn effective(&self) -> &EffectiveGrants {
         &self.effective
     }
+
+    /// Who may call it (its manifest's `callers`); `None`: everyone.
+    pub fn callers(&self) -> Option<&[String]> {
+        self.effective.callers.as_deref()
+    }
+
+    /// Each caller's use of it, under its manifest's `[quota]`.
+    pub(crate) fn quota(&self) -> &Arc<QuotaBook> {
+        &self.quota
+    }
 }
 
 fn effective(limits: &Limits, digest: Option<&str>, manifest: &Manifest) -> EffectiveGrants {
@@ -136,6 +151,7 @@ fn effective(limits: &Limits, digest: Option<&str>, manifest: &Manifest) -> Effe
     EffectiveGrants {
         manifest: digest.map(str::to_owned),
         callers: manifest.callers.clone(),
+        quota: manifest.quota,
         timeout_ms: limits.timeout.as_millis() as u64,
         memory_bytes: limits.max_memory,
         reply_bytes: limits.max_reply_bytes as u64,

@@ -1,0 +1,321 @@
+//! Who may call what, against the real broker with real users
+//! (`rabbitmqctl add_user`, removed afterwards): the broker refuses a
+//! forged `user_id`; a manifest's `callers` refuses everyone else with
+//! `forbidden`; quotas answer `rate-limited` with when to retry, per
+//! caller; a request without a `user_id` (the seed's client) is
+//! `anonymous` and served where anonymous callers are allowed.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt as _;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Connection};
+use warren_client::protocol::{ErrorKind, HEADER_PROCEDURE, HEADER_RETRY_AFTER_MS, header_text};
+use warren_client::{CallError, RpcClient};
+use warren_testing::*;
+
+/// Sends one request by hand, as the seed's client does (no `user_id`
+/// unless given), and returns the reply's `x-rpc-error` kind (`None` for
+/// success) and `x-retry-after-ms`.
+async fn raw_call(
+    url: &str,
+    queue: &str,
+    procedure: &str,
+    user_id: Option<&str>,
+) -> Result<(Option<String>, Option<String>), lapin::Error> {
+    let connection = Connection::connect(url, Default::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let replies = channel
+        .queue_declare(
+            ShortString::default(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            replies.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut headers = FieldTable::default();
+    warren_client::protocol::set_header_text(&mut headers, HEADER_PROCEDURE, procedure);
+    let mut properties = BasicProperties::default()
+        .with_reply_to(replies.name().clone())
+        .with_correlation_id("raw-1".into())
+        .with_headers(headers);
+    if let Some(user) = user_id {
+        properties = properties.with_user_id(user.into());
+    }
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            b"10",
+            properties,
+        )
+        .await?
+        .await?;
+    let reply = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("a reply within 30s")
+        .expect("the consumer is open")?;
+    let headers = reply.properties.headers().as_ref();
+    let answer = (
+        header_text(headers, warren_client::protocol::HEADER_RPC_ERROR),
+        header_text(headers, HEADER_RETRY_AFTER_MS),
+    );
+    close_connection(&connection).await;
+    Ok(answer)
+}
+
+fn rpc_kind(outcome: Result<warren_client::Reply, CallError>) -> Option<ErrorKind> {
+    match outcome {
+        Ok(_) => None,
+        Err(CallError::Rpc { error, .. }) => Some(error.kind),
+        Err(other) => panic!("expected a reply, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_refuses_a_forged_user_id() {
+    let (Some(alice), Some(bob)) = (BrokerUser::create("alice"), BrokerUser::create("bob")) else {
+        return;
+    };
+    let host = TestHost::start("forged", &[("fib", &fib_wasm())]).await;
+    // Alice names herself: served.
+    let named = raw_call(&alice.url(), &host.queue, "fib", Some(&alice.name)).await;
+    assert_eq!(named.unwrap().0, None);
+    // Alice claims to be Bob: the broker closes her channel, and says why.
+    let forged = raw_call(&alice.url(), &host.queue, "fib", Some(&bob.name))
+        .await
+        .expect_err("the broker must refuse a user_id that is not the publisher's");
+    let said = forged.to_string();
+    eprintln!("what a publisher forging user_id gets: {said}");
+    assert!(
+        said.contains("PRECONDITION_FAILED") && said.contains(&bob.name),
+        "{said}"
+    );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_a_manifest_does_not_list_are_forbidden_and_counted() {
+    let (Some(alice), Some(bob)) = (BrokerUser::create("alice"), BrokerUser::create("bob")) else {
+        return;
+    };
+    let host = TestHost::start("forbidden", &[]).await;
+    // `billing-*` stands for the pattern form; alice is listed by name.
+    host.install_manifest(
+        "fib",
+        Some(&format!("callers = [\"{}\", \"billing-*\"]\n", alice.name)),
+    );
+    host.install("fib", &fib_wasm());
+    let as_alice = RpcClient::connect(&alice.url(), &host.queue).await.unwrap();
+    let served = call_until(
+        &as_alice,
+        call("20").procedure("fib"),
+        Duration::from_secs(20),
+        |outcome| outcome.is_ok(),
+    )
+    .await;
+    assert_eq!(served.unwrap().body, b"6765");
+
+    let as_bob = RpcClient::connect(&bob.url(), &host.queue).await.unwrap();
+    match as_bob.call(call("20").procedure("fib")).await {
+        Err(CallError::Rpc { error, .. }) => {
+            assert_eq!(error.kind, ErrorKind::Forbidden, "{error}");
+            assert!(error.message.contains(&bob.name), "{error}");
+            assert!(
+                !error.message.contains(&alice.name),
+                "a refusal must not list who may call: {error}"
+            );
+        }
+        other => panic!("bob must be forbidden, got {other:?}"),
+    }
+    // No user_id at all (the seed's client): anonymous, not listed.
+    let anonymous = raw_call(&amqp_url(), &host.queue, "fib", None)
+        .await
+        .unwrap();
+    assert_eq!(anonymous.0.as_deref(), Some("forbidden"));
+
+    let metrics = host.metrics_text();
+    assert!(
+        metrics.contains(&format!(
+            "warren_caller_requests_total{{caller=\"{}\",outcome=\"forbidden\"}} 1",
+            bob.name
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "warren_requests_total{procedure=\"fib\",status=\"error\",kind=\"forbidden\"} 2"
+        ),
+        "{metrics}"
+    );
+    let status = run_warren(&["status", "--queue", &host.queue, "--json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["hosts"][0]["forbidden"], 2, "{status}");
+    as_alice.close().await;
+    as_bob.close().await;
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_over_its_rate_is_told_when_to_retry_and_others_are_not_slowed() {
+    let (Some(alice), Some(bob)) = (BrokerUser::create("alice"), BrokerUser::create("bob")) else {
+        return;
+    };
+    let host = TestHost::start_with("rate", &[("fib", &fib_wasm())], |config| {
+        config.callers.caller_rate = Some(2);
+        config.callers.caller_burst = Some(3);
+    })
+    .await;
+    let as_alice = RpcClient::connect(&alice.url(), &host.queue).await.unwrap();
+    let as_bob = RpcClient::connect(&bob.url(), &host.queue).await.unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..6 {
+        kinds.push(rpc_kind(as_alice.call(call("10").procedure("fib")).await));
+    }
+    assert!(
+        kinds[..3].iter().all(Option::is_none),
+        "the burst: {kinds:?}"
+    );
+    assert!(
+        kinds.contains(&Some(ErrorKind::RateLimited)),
+        "past the burst: {kinds:?}"
+    );
+    // Bob has a bucket of his own.
+    assert_eq!(
+        rpc_kind(as_bob.call(call("10").procedure("fib")).await),
+        None
+    );
+    // The reply says when to retry, in the body and in a header.
+    match as_alice.call(call("10").procedure("fib")).await {
+        Err(CallError::Rpc { error, .. }) => {
+            assert_eq!(error.kind, ErrorKind::RateLimited, "{error}");
+            let wait = error.retry_after().expect("a retry-after");
+            assert!(wait <= Duration::from_millis(500), "{wait:?}");
+        }
+        other => panic!("alice must be over her rate, got {other:?}"),
+    }
+    let (kind, retry_after) = raw_call(&alice.url(), &host.queue, "fib", Some(&alice.name))
+        .await
+        .unwrap();
+    assert_eq!(kind.as_deref(), Some("rate-limited"));
+    assert!(retry_after.is_some_and(|ms| ms.parse::<u64>().is_ok()));
+    // Asked to, the client waits and gets through.
+    let retried = as_alice
+        .call(call("10").procedure("fib").retry_when_rate_limited(true))
+        .await;
+    assert_eq!(retried.unwrap().body, b"55");
+    // So does the command line.
+    let cli = run_warren(&[
+        "--amqp-url",
+        &alice.url(),
+        "call",
+        "--queue",
+        &host.queue,
+        "-p",
+        "fib",
+        "--retry",
+        "10",
+    ])
+    .await;
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    as_alice.close().await;
+    as_bob.close().await;
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_share_of_the_slots_leaves_room_for_others() {
+    let (Some(alice), Some(bob)) = (BrokerUser::create("alice"), BrokerUser::create("bob")) else {
+        return;
+    };
+    // Two slots; each caller may hold half of them: one.
+    let host = TestHost::start_with("share", &[("hostile", &hostile_wasm())], |config| {
+        config.limits.concurrency = Some(2);
+        config.limits.timeout = Duration::from_secs(2);
+        config.callers.caller_share = Some(50);
+    })
+    .await;
+    let as_alice =
+        std::sync::Arc::new(RpcClient::connect(&alice.url(), &host.queue).await.unwrap());
+    let first = tokio::spawn({
+        let as_alice = as_alice.clone();
+        async move { as_alice.call(call("sleep").procedure("hostile")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Alice's second request while her first holds her slot: refused at once.
+    assert_eq!(
+        rpc_kind(as_alice.call(call("echo").procedure("hostile")).await),
+        Some(ErrorKind::RateLimited)
+    );
+    // Bob finds the other slot free.
+    let as_bob = RpcClient::connect(&bob.url(), &host.queue).await.unwrap();
+    assert_eq!(
+        rpc_kind(as_bob.call(call("echo").procedure("hostile")).await),
+        None
+    );
+    assert_eq!(rpc_kind(first.await.unwrap()), Some(ErrorKind::Timeout));
+    // Her slot is hers again once her first request is done.
+    assert_eq!(
+        rpc_kind(as_alice.call(call("echo").procedure("hostile")).await),
+        None
+    );
+    as_bob.close().await;
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_a_user_id_is_anonymous_and_served_where_allowed() {
+    let host = TestHost::start("anonymous", &[]).await;
+    host.install_manifest("fib", Some("callers = [\"anonymous\"]\n"));
+    host.install("fib", &fib_wasm());
+    let served = async {
+        for _ in 0..200 {
+            if let Ok((None, _)) = raw_call(&amqp_url(), &host.queue, "fib", None).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(
+        served.await,
+        "a request without user_id is the anonymous caller"
+    );
+    // The Warren client names its user (guest here), which is not listed.
+    let client = host.client().await;
+    assert_eq!(
+        rpc_kind(client.call(call("10").procedure("fib")).await),
+        Some(ErrorKind::Forbidden)
+    );
+    assert!(
+        host.metrics_text()
+            .contains("warren_caller_requests_total{caller=\"anonymous\",outcome=\"ok\"} 1")
+    );
+    client.close().await;
+    host.stop().await;
+}

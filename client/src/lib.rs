@@ -70,6 +70,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// not say (an older host, or a server that is not Warren).
 const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(100);
 
+/// How long a durable call whose publish failed waits for its link to be
+/// reported broken before taking the failure as final.
+const LINK_BREAK_GRACE: Duration = Duration::from_secs(2);
+
 /// The longest a retried call waits between two attempts.
 const RATE_LIMITED_MAX_PAUSE: Duration = Duration::from_secs(2);
 
@@ -294,9 +298,16 @@ impl RpcClient {
                 .await
             {
                 Ok(()) => break,
-                Err(CallError::Broker { .. } | CallError::Disconnected)
-                    if self.durable && link.is_broken() =>
+                Err(error @ (CallError::Broker { .. } | CallError::Disconnected))
+                    if self.durable =>
                 {
+                    // A failed publish can be the first news of a lost
+                    // connection (an I/O error), a moment before lapin
+                    // marks the connection down: wait that moment.
+                    let broke = tokio::time::timeout(LINK_BREAK_GRACE, link.wait_broken()).await;
+                    if broke.is_err() && !link.is_broken() {
+                        return Err(error);
+                    }
                     link = self.relink_until(deadline).await?;
                 }
                 Err(error) => return Err(error),

@@ -226,59 +226,45 @@ fn project(name: &str, lang: Lang) -> anyhow::Result<(Vec<File>, &'static str, S
 /// imports it, and swaps in the handler and README that use them.
 fn with_grants(files: &mut Vec<File>, name: &str, lang: Lang, component: &str) {
     let filled = |template: &str| fill(template, name, component);
-    let replace = |files: &mut Vec<File>, path: &str, text: String| {
+    // Rewrites the text of the file at `path`.
+    let edit = |files: &mut Vec<File>, path: &str, change: &dyn Fn(&str) -> String| {
         if let Some(file) = files.iter_mut().find(|file| file.path == path) {
-            file.text = text;
+            file.text = change(&file.text);
         }
     };
     match lang {
         Lang::Rust => {
-            replace(files, "src/lib.rs", filled(GRANTS_RUST_LIB));
-            let cargo = files
-                .iter()
-                .find(|file| file.path == "Cargo.toml")
-                .map(|file| {
-                    file.text.replace(
-                        "[dependencies]\n",
-                        "[dependencies]\n# Outbound HTTP (wasi:http), as the manifest's [http] allows.\nwasip2 = \"1\"\n",
-                    )
-                })
-                .unwrap_or_default();
-            replace(files, "Cargo.toml", cargo);
-            replace(files, "Cargo.lock", filled(GRANTS_RUST_LOCK));
+            edit(files, "src/lib.rs", &|_| filled(GRANTS_RUST_LIB));
+            edit(files, "Cargo.lock", &|_| filled(GRANTS_RUST_LOCK));
+            edit(files, "Cargo.toml", &|text| {
+                text.replace(
+                    "[dependencies]\n",
+                    "[dependencies]\n# Outbound HTTP (wasi:http), as the manifest's [http] allows.\nwasip2 = \"1\"\n",
+                )
+            });
         }
-        Lang::Python => replace(files, "app.py", filled(GRANTS_PYTHON_APP)),
+        Lang::Python => edit(files, "app.py", &|_| filled(GRANTS_PYTHON_APP)),
         Lang::Js => {
-            replace(files, "app.js", filled(GRANTS_JS_APP));
+            edit(files, "app.js", &|_| filled(GRANTS_JS_APP));
             // fetch() is componentize-js's `http` feature.
-            let package = files
-                .iter()
-                .find(|file| file.path == "package.json")
-                .map(|file| {
-                    file.text
-                        .replace("--disable http fetch-event", "--disable fetch-event")
-                })
-                .unwrap_or_default();
-            replace(files, "package.json", package);
+            edit(files, "package.json", &|text| {
+                text.replace("--disable http fetch-event", "--disable fetch-event")
+            });
         }
     }
-    let base = files
-        .iter()
-        .find(|file| file.path == "README.md")
-        .map(|file| {
-            file.text
-                .lines()
-                .take(2)
-                .map(|line| format!("{line}\n"))
-                .collect::<String>()
-        })
-        .unwrap_or_default();
-    let readme = format!(
-        "{base}{}{}",
-        filled(GRANTS_README),
-        filled(GRANTS_README_END)
-    );
-    replace(files, "README.md", readme);
+    // The echo README's title and build line, then what the grants change.
+    edit(files, "README.md", &|text| {
+        let base: String = text
+            .lines()
+            .take(2)
+            .map(|line| format!("{line}\n"))
+            .collect();
+        format!(
+            "{base}{}{}",
+            filled(GRANTS_README),
+            filled(GRANTS_README_END)
+        )
+    });
     if let Some(wit) = files
         .iter_mut()
         .find(|file| file.path == "wit/procedure.wit")

@@ -63,9 +63,15 @@ struct Account {
     held: usize,
 }
 
-/// A caller's place, held while its request waits for a slot and runs.
+/// A caller's place, held while its request waits for a slot and runs;
+/// nothing to give back under no quota.
 pub struct Held {
-    book: Option<Arc<QuotaBook>>,
+    /// Given back when dropped.
+    _place: Option<Place>,
+}
+
+struct Place {
+    book: Arc<QuotaBook>,
     caller: String,
     since: Instant,
 }
@@ -91,7 +97,7 @@ impl QuotaBook {
         procedure: Option<&str>,
     ) -> Result<Held, RpcError> {
         if self.quota.is_empty() {
-            return Ok(Held::none());
+            return Ok(Held { _place: None });
         }
         let what = || match procedure {
             Some(name) => format!("procedure {name:?}"),
@@ -151,9 +157,11 @@ impl QuotaBook {
         }
         account.held += 1;
         Ok(Held {
-            book: Some(self.clone()),
-            caller: caller.to_owned(),
-            since: now,
+            _place: Some(Place {
+                book: self.clone(),
+                caller: caller.to_owned(),
+                since: now,
+            }),
         })
     }
 
@@ -193,22 +201,9 @@ impl QuotaBook {
     }
 }
 
-impl Held {
-    /// A place under no quota.
-    pub fn none() -> Held {
-        Held {
-            book: None,
-            caller: String::new(),
-            since: Instant::now(),
-        }
-    }
-}
-
-impl Drop for Held {
+impl Drop for Place {
     fn drop(&mut self) {
-        if let Some(book) = &self.book {
-            book.release(&self.caller, self.since.elapsed());
-        }
+        self.book.release(&self.caller, self.since.elapsed());
     }
 }
 

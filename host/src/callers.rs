@@ -12,14 +12,26 @@
 //!   message whose `user_id` is not the user its publisher logged in as
 //!   (unless that user has the `impersonator` tag), so the host reads the
 //!   property and trusts it; it authenticates no one itself.
-//! - **Excess is turned away as it is consumed, not queued.** The request
-//!   queue is first-in first-out: a flood stands in front of everyone else.
-//!   A request over quota is answered `rate-limited` at once, without
-//!   running anything, so a flood drains from the queue at the speed of a
-//!   reply rather than the speed of a procedure.
+//! - **Excess is taken off the queue as it is consumed, not run.** The
+//!   request queue is first-in first-out: a flood stands in front of
+//!   everyone else. A request over quota is acked at once, without running
+//!   anything, so a flood drains from the queue at the speed of a reply
+//!   rather than the speed of a procedure.
+//! - **Each refusal is given a turn.** A caller's refused requests are
+//!   given turns one token (or one share's worth of a slot) apart, and the
+//!   reply says when (`x-retry-after-ms`), so a polite caller's refused
+//!   calls come back one at a time rather than together.
+//! - **The reply is held until that turn** ([`Holding`], `--caller-hold`).
+//!   A caller that resends every refusal at once would otherwise keep its
+//!   whole flood cycling through the queue in front of everyone else, at
+//!   the cost of a delivery and a reply per refusal (BENCHMARKS.md, "One
+//!   caller floods"). Held, its requests wait in this host's memory, not
+//!   in the queue: the request is acked when refused (a refusal has no
+//!   effect to lose) and only its small reply is kept, so holding takes no
+//!   room in the prefetch window. The number held is bounded; past it, or
+//!   past the caller's deadline, a refusal is answered at once.
 //! - **A rate is a token bucket** per caller per host: `rate` tokens a
-//!   second, at most `burst` saved up. The reply says when the next token
-//!   comes (`x-retry-after-ms`), so a polite caller waits that long.
+//!   second, at most `burst` saved up.
 //! - **A share bounds what one caller holds at once**: its requests waiting
 //!   for a slot or running. With every caller below 100%, one caller can
 //!   never hold every slot, and another caller's request finds one free.
@@ -31,8 +43,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::metrics::gauge::Gauge;
 use warren_protocol::RpcError;
 use warren_protocol::manifest::Quota;
 
@@ -43,6 +56,15 @@ const FORGET_IDLE_ABOVE: usize = 1024;
 /// How long a caller over its share is told to wait before the first
 /// request has finished and been measured.
 const FIRST_SHARE_HINT: Duration = Duration::from_millis(10);
+
+/// How far ahead a refused request's turn may be set, past its first
+/// possible one: turns for a caller that keeps resending without waiting
+/// stop piling up here.
+const LATEST_TURN: Duration = Duration::from_secs(2);
+
+/// The most refusals one host holds at once ([`Holding`]); past it, they
+/// are answered at once. Each is a small reply, about a kilobyte.
+pub const MAX_HELD_REFUSALS: i64 = 4096;
 
 /// One quota's accounts: a token bucket and a count of requests held, per
 /// caller.
@@ -61,6 +83,17 @@ struct Account {
     tokens: f64,
     refilled: Instant,
     held: usize,
+    /// The turn given to this caller's last refused request.
+    last_turn: Instant,
+}
+
+/// Why a request was refused, and how long until its caller's turn to try
+/// again.
+#[derive(Debug)]
+pub struct Refusal {
+    /// What was exceeded, without when to retry ([`Holding::refuse`] adds it).
+    pub why: String,
+    pub wait: Duration,
 }
 
 /// A caller's place, held while its request waits for a slot and runs;
@@ -87,15 +120,10 @@ impl QuotaBook {
         })
     }
 
-    /// Takes one request of `caller` into account, or refuses it with a
-    /// `rate-limited` error that says why and when to try again. `procedure`
-    /// names the procedure whose quota this is (none: the host's), for the
-    /// message.
-    pub fn admit(
-        self: &Arc<Self>,
-        caller: &str,
-        procedure: Option<&str>,
-    ) -> Result<Held, RpcError> {
+    /// Takes one request of `caller` into account, or refuses it, saying
+    /// why and when its turn to try again comes. `procedure` names the
+    /// procedure whose quota this is (none: the host's), for the message.
+    pub fn admit(self: &Arc<Self>, caller: &str, procedure: Option<&str>) -> Result<Held, Refusal> {
         if self.quota.is_empty() {
             return Ok(Held { _place: None });
         }
@@ -115,24 +143,28 @@ impl QuotaBook {
                 tokens: burst,
                 refilled: now,
                 held: 0,
+                last_turn: now,
             });
         if let Some(share) = self.share
             && account.held >= share
         {
-            let wait = match self.held_us.load(Ordering::Relaxed) {
+            // A slot of this caller's share comes free about every
+            // (mean hold time / share).
+            let hold = match self.held_us.load(Ordering::Relaxed) {
                 0 => FIRST_SHARE_HINT,
                 us => Duration::from_micros(us),
             };
-            return Err(RpcError::rate_limited(
-                format!(
+            let spacing = hold / u32::try_from(share).unwrap_or(u32::MAX);
+            return Err(Refusal {
+                why: format!(
                     "caller {caller:?} already has {} requests waiting or running on {}, \
-                     its share ({}%); try again when one has finished",
+                     its share ({}%)",
                     account.held,
                     what(),
                     self.quota.share.unwrap_or(100)
                 ),
-                wait,
-            ));
+                wait: account.next_turn(now, hold, spacing),
+            });
         }
         if let Some(rate) = self.quota.rate {
             let rate = f64::from(rate);
@@ -140,18 +172,17 @@ impl QuotaBook {
             account.tokens = (account.tokens + elapsed * rate).min(burst);
             account.refilled = now;
             if account.tokens < 1.0 {
-                let wait = Duration::from_secs_f64((1.0 - account.tokens) / rate);
-                return Err(RpcError::rate_limited(
-                    format!(
+                let first = Duration::from_secs_f64((1.0 - account.tokens) / rate);
+                return Err(Refusal {
+                    why: format!(
                         "caller {caller:?} is over its rate on {} ({} requests a second, \
-                         burst {}); try again in {} ms",
+                         burst {})",
                         what(),
                         rate,
                         burst,
-                        wait.as_millis().max(1)
                     ),
-                    wait,
-                ));
+                    wait: account.next_turn(now, first, Duration::from_secs_f64(1.0 / rate)),
+                });
             }
             account.tokens -= 1.0;
         }
@@ -201,9 +232,91 @@ impl QuotaBook {
     }
 }
 
+impl Account {
+    /// The wait until a refused request's turn: no sooner than `first`
+    /// from `now`, and `spacing` after the turn given to the refusal before
+    /// it, so a caller's refused requests come back one at a time; never
+    /// more than [`LATEST_TURN`] past `first`.
+    fn next_turn(&mut self, now: Instant, first: Duration, spacing: Duration) -> Duration {
+        let earliest = now + first;
+        let turn = (self.last_turn + spacing).clamp(earliest, earliest + LATEST_TURN);
+        self.last_turn = turn;
+        turn - now
+    }
+}
+
 impl Drop for Place {
     fn drop(&mut self) {
         self.book.release(&self.caller, self.since.elapsed());
+    }
+}
+
+/// Refusals held back until their caller's turn to try again
+/// (`--caller-hold`); the module's docs say why.
+pub struct Holding {
+    /// The longest a refusal is held; zero holds none.
+    longest: Duration,
+    /// How many are held now (`warren_refusals_held`).
+    held: Gauge,
+}
+
+/// A refusal being held: it counts against [`MAX_HELD_REFUSALS`] until
+/// dropped.
+#[derive(Debug)]
+pub struct Hold {
+    /// When to send it.
+    pub until: Instant,
+    held: Gauge,
+}
+
+impl Holding {
+    /// Holds refusals for at most `longest`, counting them in `held`.
+    pub fn new(longest: Duration, held: Gauge) -> Self {
+        Holding { longest, held }
+    }
+
+    /// The `rate-limited` error for `refusal`, and whether to hold it back
+    /// until the caller's turn: only if that turn is at most `--caller-hold`
+    /// away and comes before the caller stops waiting (`deadline`), and
+    /// fewer than [`MAX_HELD_REFUSALS`] are held. A held refusal says to
+    /// try again at once, since it is sent at the caller's turn.
+    pub fn refuse(
+        &self,
+        refusal: Refusal,
+        deadline: Option<SystemTime>,
+    ) -> (RpcError, Option<Hold>) {
+        let Refusal { why, wait } = refusal;
+        let in_time = !self.longest.is_zero()
+            && wait <= self.longest
+            && deadline.is_none_or(|deadline| SystemTime::now() + wait < deadline);
+        if in_time && self.held.inc() < MAX_HELD_REFUSALS {
+            let held_ms = wait.as_secs_f64() * 1000.0;
+            let error = RpcError::rate_limited(
+                format!(
+                    "{why}; this reply was held {held_ms:.1} ms, until the caller's turn: try again now"
+                ),
+                Duration::ZERO,
+            );
+            let hold = Hold {
+                until: Instant::now() + wait,
+                held: self.held.clone(),
+            };
+            return (error, Some(hold));
+        }
+        if in_time {
+            self.held.dec();
+        }
+        let error = RpcError::rate_limited(
+            format!("{why}; try again in {} ms", wait.as_millis().max(1)),
+            wait,
+        );
+        (error, None)
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.held.dec();
     }
 }
 
@@ -234,10 +347,14 @@ mod tests {
         );
         let held: Vec<Held> = (0..3).map(|_| book.admit("alice", None).unwrap()).collect();
         let refused = book.admit("alice", None).err().unwrap();
-        assert_eq!(refused.kind, ErrorKind::RateLimited);
-        let wait = refused.retry_after().unwrap();
-        assert!(wait <= Duration::from_millis(100), "{wait:?}");
-        assert!(refused.message.contains("\"alice\""), "{refused}");
+        assert!(refused.wait <= Duration::from_millis(100), "{refused:?}");
+        assert!(refused.why.contains("\"alice\""), "{refused:?}");
+        // The next refusal's turn is a token later, not the same one.
+        let next = book.admit("alice", None).err().unwrap();
+        assert!(
+            next.wait >= refused.wait + Duration::from_millis(99),
+            "{refused:?} then {next:?}"
+        );
         // Another caller has a bucket of its own.
         assert!(book.admit("bob", None).is_ok());
         drop(held);
@@ -257,12 +374,85 @@ mod tests {
         let first = book.admit("alice", None).unwrap();
         let _second = book.admit("alice", None).unwrap();
         let refused = book.admit("alice", None).err().unwrap();
-        assert_eq!(refused.kind, ErrorKind::RateLimited);
-        assert!(refused.retry_after().is_some());
+        assert!(refused.wait > Duration::ZERO, "{refused:?}");
         assert!(book.admit("bob", None).is_ok());
         drop(first);
         assert_eq!(book.held("alice"), 1);
         assert!(book.admit("alice", None).is_ok());
+    }
+
+    #[test]
+    fn turns_are_spread_and_never_far_past_the_first() {
+        let book = QuotaBook::new(
+            Quota {
+                rate: Some(10),
+                burst: Some(1),
+                share: None,
+            },
+            4,
+        );
+        let _first = book.admit("alice", None).unwrap();
+        let waits: Vec<Duration> = (0..100)
+            .map(|_| book.admit("alice", None).err().unwrap().wait)
+            .collect();
+        // One token apart (a few microseconds pass between two calls)...
+        for pair in waits[..15].windows(2) {
+            assert!(pair[1] >= pair[0] + Duration::from_millis(99), "{pair:?}");
+        }
+        // ...until LATEST_TURN past the first.
+        let last = *waits.last().unwrap();
+        assert!(last <= LATEST_TURN + Duration::from_millis(100), "{last:?}");
+    }
+
+    fn refusal(wait: Duration) -> Refusal {
+        Refusal {
+            why: "caller \"alice\" is over its rate".to_owned(),
+            wait,
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_held_until_its_turn_within_bounds() {
+        let held = Gauge::default();
+        let holding = Holding::new(Duration::from_secs(2), held.clone());
+        let (error, hold) = holding.refuse(refusal(Duration::from_millis(300)), None);
+        let hold = hold.expect("held: its turn is within --caller-hold");
+        assert_eq!(error.kind, ErrorKind::RateLimited);
+        assert_eq!(
+            error.retry_after_ms,
+            Some(1),
+            "sent at its turn: try again now"
+        );
+        assert!(error.message.contains("held 300.0 ms"), "{error}");
+        assert!(hold.until > Instant::now() + Duration::from_millis(250));
+        assert_eq!(held.get(), 1);
+        drop(hold);
+        assert_eq!(held.get(), 0);
+
+        // Too far off, or past the caller's deadline: answered at once.
+        let (error, hold) = holding.refuse(refusal(Duration::from_secs(3)), None);
+        assert!(hold.is_none());
+        assert_eq!(error.retry_after_ms, Some(3000));
+        assert!(error.message.ends_with("try again in 3000 ms"), "{error}");
+        let soon = SystemTime::now() + Duration::from_millis(100);
+        let (_, hold) = holding.refuse(refusal(Duration::from_millis(300)), Some(soon));
+        assert!(hold.is_none(), "the caller stops waiting before its turn");
+        assert_eq!(held.get(), 0);
+
+        // No more than MAX_HELD_REFUSALS at once.
+        held.set(MAX_HELD_REFUSALS);
+        let (_, hold) = holding.refuse(refusal(Duration::from_millis(300)), None);
+        assert!(hold.is_none());
+        assert_eq!(held.get(), MAX_HELD_REFUSALS);
+
+        // --caller-hold 0s holds nothing.
+        let at_once = Holding::new(Duration::ZERO, Gauge::default());
+        assert!(
+            at_once
+                .refuse(refusal(Duration::from_millis(1)), None)
+                .1
+                .is_none()
+        );
     }
 
     #[test]

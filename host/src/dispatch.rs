@@ -5,7 +5,8 @@
 //! procedure, checks that the caller may call it and is within its quotas
 //! (the procedure's and the host's), checks the size, waits for a slot,
 //! skips the request if its caller has given up by then, runs the sandbox
-//! and returns an [`Outcome`] that the AMQP layer turns into a message.
+//! and returns an [`Outcome`] that the AMQP layer turns into a message (a
+//! refusal over quota possibly held until the caller's turn: [`Handled::Held`]).
 //! Keeping this apart from the broker keeps every rule about *what* is
 //! answered in one small place.
 
@@ -14,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use warren_protocol::{ErrorKind, RpcError};
 
-use crate::callers::{QuotaBook, may_call};
+use crate::callers::{Hold, Holding, QuotaBook, Refusal, may_call};
 use crate::metrics::Metrics;
 use crate::modules::Serving;
 use crate::sandbox::Sandbox;
@@ -35,6 +36,9 @@ pub struct Outcome {
 pub enum Handled {
     /// It ran, or was refused: send this back.
     Answered(Outcome),
+    /// Refused over quota, the reply held back until the caller's turn to
+    /// try again: ack the request now and send this at `hold.until`.
+    Held(Outcome, Hold),
     /// It was not started: its caller had stopped waiting (`x-deadline`)
     /// this long before a slot was free. There is no one to answer.
     CallerGone {
@@ -52,23 +56,29 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     /// Each caller's use of this host (`--caller-rate`, `--caller-share`).
     host_quota: Arc<QuotaBook>,
+    /// Refusals held until their caller's turn (`--caller-hold`).
+    holding: Holding,
 }
 
 impl Dispatcher {
     /// A dispatcher over `serving` (which knows the default procedure),
     /// counting every request's outcome and duration in `metrics`, each
-    /// caller held to `host_quota` across procedures.
+    /// caller held to `host_quota` across procedures and a refusal held
+    /// for at most `hold` until its caller's turn.
     pub fn new(
         serving: Arc<Serving>,
         sandbox: Arc<Sandbox>,
         metrics: Arc<Metrics>,
         host_quota: Arc<QuotaBook>,
+        hold: Duration,
     ) -> Self {
+        let holding = Holding::new(hold, metrics.refusals_held());
         Dispatcher {
             serving,
             sandbox,
             metrics,
             host_quota,
+            holding,
         }
     }
 
@@ -103,7 +113,7 @@ impl Dispatcher {
             }),
         };
         match &handled {
-            Handled::Answered(reply) => {
+            Handled::Answered(reply) | Handled::Held(reply, _) => {
                 let kind = reply.result.as_ref().err().map(|error| error.kind);
                 timer.finish(reply.procedure.as_deref(), caller, kind);
             }
@@ -148,12 +158,15 @@ impl Dispatcher {
                 });
             }
         };
-        let reply = |result| {
-            Handled::Answered(Outcome {
-                procedure: Some(procedure.name.clone()),
-                digest: Some(procedure.digest.clone()),
-                result,
-            })
+        let outcome = |result| Outcome {
+            procedure: Some(procedure.name.clone()),
+            digest: Some(procedure.digest.clone()),
+            result,
+        };
+        let reply = |result| Handled::Answered(outcome(result));
+        let over_quota = |refusal: Refusal| match self.holding.refuse(refusal, deadline) {
+            (error, Some(hold)) => Handled::Held(outcome(Err(error)), hold),
+            (error, None) => reply(Err(error)),
         };
         let grants = procedure.component.grants();
         if !may_call(grants.callers(), caller) {
@@ -171,11 +184,11 @@ impl Dispatcher {
         // caller's share of the slots.
         let _procedure_place = match grants.quota().admit(caller, Some(&procedure.name)) {
             Ok(held) => held,
-            Err(error) => return reply(Err(error)),
+            Err(refusal) => return over_quota(refusal),
         };
         let _host_place = match self.host_quota.admit(caller, None) {
             Ok(held) => held,
-            Err(error) => return reply(Err(error)),
+            Err(refusal) => return over_quota(refusal),
         };
         let max_request_bytes = self.sandbox.limits().max_request_bytes;
         if body.len() > max_request_bytes {

@@ -140,6 +140,7 @@ pub async fn start(config: HostConfig) -> Result<RunningHost, StartError> {
         sandbox.clone(),
         metrics.clone(),
         callers::QuotaBook::new(config.caller_quota(), sandbox.limits().concurrency),
+        config.callers.caller_hold,
     ));
     let session = tokio::spawn(session::serve_forever(
         session,

@@ -95,6 +95,8 @@ pub struct Metrics {
     by_caller: Family<CallerLabels, Counter>,
     /// The callers with a label of their own.
     caller_labels: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// Refusals held until their caller's turn ([`crate::callers::Holding`]).
+    refusals_held: Gauge,
     callers_gone: Family<ProcedureLabels, Counter>,
     durations: Family<ProcedureLabels, Histogram, DurationBuckets>,
     in_flight: Gauge,
@@ -148,6 +150,13 @@ impl Metrics {
             "Requests answered, by caller (the broker user; past the first 64, other) and \
              outcome (ok|error|forbidden|rate-limited)",
             Family::clone(&by_caller),
+        );
+        let refusals_held = Gauge::default();
+        registry.register(
+            "warren_refusals_held",
+            "Rate-limited replies held back until their caller's turn to try again \
+             (--caller-hold); their requests are acked",
+            refusals_held.clone(),
         );
         let callers_gone = Family::default();
         registry.register(
@@ -235,6 +244,7 @@ impl Metrics {
             requests,
             by_caller,
             caller_labels: std::sync::RwLock::default(),
+            refusals_held,
             callers_gone,
             durations,
             in_flight,
@@ -264,6 +274,11 @@ impl Metrics {
             metrics: self.clone(),
             started: Instant::now(),
         }
+    }
+
+    /// The count of refusals held, for [`crate::callers::Holding`] to keep.
+    pub fn refusals_held(&self) -> Gauge {
+        self.refusals_held.clone()
     }
 
     /// A request was not run: its caller had stopped waiting.

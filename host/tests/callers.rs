@@ -17,72 +17,115 @@ use warren_client::protocol::{ErrorKind, HEADER_PROCEDURE, HEADER_RETRY_AFTER_MS
 use warren_client::{CallError, RpcClient};
 use warren_testing::*;
 
-/// Sends one request by hand, as the seed's client does (no `user_id`
-/// unless given), and returns the reply's `x-rpc-error` kind (`None` for
-/// success) and `x-retry-after-ms`.
+/// Requests sent by hand, as the seed's client sends them (no `user_id`
+/// unless given), with a callback queue of their own.
+struct RawCaller {
+    connection: Connection,
+    channel: lapin::Channel,
+    replies: lapin::Consumer,
+    reply_to: ShortString,
+    user_id: Option<String>,
+}
+
+/// A reply's `x-rpc-error` kind (`None` for success), `x-retry-after-ms`
+/// and body.
+type RawReply = (Option<String>, Option<String>, Vec<u8>);
+
+impl RawCaller {
+    async fn connect(url: &str, user_id: Option<&str>) -> Result<Self, lapin::Error> {
+        let connection = Connection::connect(url, Default::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let queue = channel
+            .queue_declare(
+                ShortString::default(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let replies = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(RawCaller {
+            connection,
+            channel,
+            replies,
+            reply_to: queue.name().clone(),
+            user_id: user_id.map(str::to_owned),
+        })
+    }
+
+    /// Publishes one request for `procedure` and waits for the broker to
+    /// take it.
+    async fn send(&self, queue: &str, procedure: &str, body: &[u8]) -> Result<(), lapin::Error> {
+        let mut headers = FieldTable::default();
+        warren_client::protocol::set_header_text(&mut headers, HEADER_PROCEDURE, procedure);
+        let mut properties = BasicProperties::default()
+            .with_reply_to(self.reply_to.clone())
+            .with_correlation_id(uuid::Uuid::new_v4().to_string().into())
+            .with_headers(headers);
+        if let Some(user) = &self.user_id {
+            properties = properties.with_user_id(user.as_str().into());
+        }
+        self.channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    /// The next reply, within 30 s.
+    async fn reply(&mut self) -> Result<RawReply, lapin::Error> {
+        let reply = tokio::time::timeout(Duration::from_secs(30), self.replies.next())
+            .await
+            .expect("a reply within 30s")
+            .expect("the consumer is open")?;
+        let headers = reply.properties.headers().as_ref();
+        Ok((
+            header_text(headers, warren_client::protocol::HEADER_RPC_ERROR),
+            header_text(headers, HEADER_RETRY_AFTER_MS),
+            reply.data,
+        ))
+    }
+
+    async fn close(self) {
+        close_connection(&self.connection).await;
+    }
+}
+
+/// Sends one request by hand and returns the reply's `x-rpc-error` kind
+/// (`None` for success) and `x-retry-after-ms`.
 async fn raw_call(
     url: &str,
     queue: &str,
     procedure: &str,
     user_id: Option<&str>,
 ) -> Result<(Option<String>, Option<String>), lapin::Error> {
-    let connection = Connection::connect(url, Default::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let replies = channel
-        .queue_declare(
-            ShortString::default(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            replies.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut headers = FieldTable::default();
-    warren_client::protocol::set_header_text(&mut headers, HEADER_PROCEDURE, procedure);
-    let mut properties = BasicProperties::default()
-        .with_reply_to(replies.name().clone())
-        .with_correlation_id("raw-1".into())
-        .with_headers(headers);
-    if let Some(user) = user_id {
-        properties = properties.with_user_id(user.into());
-    }
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            b"10",
-            properties,
-        )
-        .await?
-        .await?;
-    let reply = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-        .await
-        .expect("a reply within 30s")
-        .expect("the consumer is open")?;
-    let headers = reply.properties.headers().as_ref();
-    let answer = (
-        header_text(headers, warren_client::protocol::HEADER_RPC_ERROR),
-        header_text(headers, HEADER_RETRY_AFTER_MS),
-    );
-    close_connection(&connection).await;
-    Ok(answer)
+    let mut caller = RawCaller::connect(url, user_id).await?;
+    caller.send(queue, procedure, b"10").await?;
+    let (kind, retry_after, _) = caller.reply().await?;
+    caller.close().await;
+    Ok((kind, retry_after))
 }
 
 fn rpc_kind(outcome: Result<warren_client::Reply, CallError>) -> Option<ErrorKind> {
@@ -185,6 +228,9 @@ async fn a_caller_over_its_rate_is_told_when_to_retry_and_others_are_not_slowed(
     let host = TestHost::start_with("rate", &[("fib", &fib_wasm())], |config| {
         config.callers.caller_rate = Some(2);
         config.callers.caller_burst = Some(3);
+        // Refusals answered at once, saying when to retry (held ones are
+        // the next test's).
+        config.callers.caller_hold = Duration::ZERO;
     })
     .await;
     let as_alice = RpcClient::connect(&alice.url(), &host.queue).await.unwrap();
@@ -210,8 +256,10 @@ async fn a_caller_over_its_rate_is_told_when_to_retry_and_others_are_not_slowed(
     match as_alice.call(call("10").procedure("fib")).await {
         Err(CallError::Rpc { error, .. }) => {
             assert_eq!(error.kind, ErrorKind::RateLimited, "{error}");
+            // Each refusal's turn is a token (500 ms) after the last
+            // one's, and never more than 2 s past the next token.
             let wait = error.retry_after().expect("a retry-after");
-            assert!(wait <= Duration::from_millis(500), "{wait:?}");
+            assert!(wait <= Duration::from_millis(2500), "{wait:?}");
         }
         other => panic!("alice must be over her rate, got {other:?}"),
     }
@@ -248,6 +296,100 @@ async fn a_caller_over_its_rate_is_told_when_to_retry_and_others_are_not_slowed(
     host.stop().await;
 }
 
+/// A caller that resends each refusal at once keeps its flood cycling
+/// through the queue in front of everyone else; held until the caller's
+/// turn, its refusals wait in the host instead, acked, so they take no
+/// room in the prefetch window and another caller's request is delivered
+/// and answered while they wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_are_held_until_the_callers_turn_and_others_go_first() {
+    let (Some(alice), Some(bob)) = (BrokerUser::create("alice"), BrokerUser::create("bob")) else {
+        return;
+    };
+    const FLOOD: usize = 12;
+    let host = TestHost::start_with("hold", &[("fib", &fib_wasm())], |config| {
+        config.callers.caller_rate = Some(1);
+        config.callers.caller_burst = Some(1);
+        config.callers.caller_hold = Duration::from_secs(30);
+        // Fewer than alice's flood: unacked, her refusals would fill it.
+        config.tuning.prefetch = Some(4);
+    })
+    .await;
+    let mut as_alice = RawCaller::connect(&alice.url(), Some(&alice.name))
+        .await
+        .unwrap();
+    for _ in 0..FLOOD {
+        as_alice.send(&host.queue, "fib", b"10").await.unwrap();
+    }
+    // One is within her burst.
+    let (kind, _, body) = as_alice.reply().await.unwrap();
+    assert_eq!((kind, body), (None, b"55".to_vec()));
+    // Bob's request comes after her flood in the queue, and is answered
+    // while her refusals are held: their turns are a second apart.
+    let mut as_bob = RawCaller::connect(&bob.url(), Some(&bob.name))
+        .await
+        .unwrap();
+    as_bob.send(&host.queue, "fib", b"10").await.unwrap();
+    let (kind, _, body) = as_bob.reply().await.unwrap();
+    assert_eq!((kind, body), (None, b"55".to_vec()));
+    let metrics = host.metrics_text();
+    let held = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("warren_refusals_held "))
+        .and_then(|count| count.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("a held count in the metrics:\n{metrics}"));
+    assert!(
+        (1..FLOOD).contains(&held),
+        "alice's refusals are held, not answered: {held}"
+    );
+    // Each is answered in its turn, saying to try again now.
+    for _ in 1..FLOOD {
+        let (kind, retry_after, body) = as_alice.reply().await.unwrap();
+        assert_eq!(kind.as_deref(), Some("rate-limited"));
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("until the caller's turn"), "{body}");
+    }
+    assert!(host.metrics_text().contains("warren_refusals_held 0"));
+    as_alice.close().await;
+    as_bob.close().await;
+    host.stop().await;
+}
+
+/// A host that stops sends the refusals it holds at once, rather than
+/// waiting for their turns or dropping them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_host_sends_the_refusals_it_holds() {
+    let Some(alice) = BrokerUser::create("alice") else {
+        return;
+    };
+    let host = TestHost::start_with("hold-stop", &[("fib", &fib_wasm())], |config| {
+        config.callers.caller_rate = Some(1);
+        config.callers.caller_burst = Some(1);
+        config.callers.caller_hold = Duration::from_secs(30);
+    })
+    .await;
+    let mut as_alice = RawCaller::connect(&alice.url(), Some(&alice.name))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        as_alice.send(&host.queue, "fib", b"10").await.unwrap();
+    }
+    assert_eq!(as_alice.reply().await.unwrap().0, None);
+    for _ in 0..100 {
+        if host.metrics_text().contains("warren_refusals_held 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    host.stop().await;
+    for _ in 0..2 {
+        let (kind, _, _) = as_alice.reply().await.unwrap();
+        assert_eq!(kind.as_deref(), Some("rate-limited"));
+    }
+    as_alice.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_callers_share_of_the_slots_leaves_room_for_others() {
     let (Some(alice), Some(bob)) = (BrokerUser::create("alice"), BrokerUser::create("bob")) else {
@@ -267,7 +409,7 @@ async fn a_callers_share_of_the_slots_leaves_room_for_others() {
         async move { as_alice.call(call("sleep").procedure("hostile")).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Alice's second request while her first holds her slot: refused at once.
+    // Alice's second request while her first holds her slot: refused.
     assert_eq!(
         rpc_kind(as_alice.call(call("echo").procedure("hostile")).await),
         Some(ErrorKind::RateLimited)

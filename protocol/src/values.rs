@@ -72,6 +72,12 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A duration that may be zero (`0s`: the thing it bounds is off).
+pub fn duration_or_zero(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (write a duration like 0s, 500ms or 2s)"))
+}
+
 /// The longest time a caller may wait for a reply: RabbitMQ's longest
 /// message `expiration` (2^32 - 1 ms, about 49 days), which a request
 /// carries.
@@ -142,6 +148,8 @@ mod tests {
         assert!(size("lots").unwrap_err().contains("like 64MiB"));
         assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
         assert!(duration("0s").unwrap_err().contains("at least 1ms"));
+        assert_eq!(duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert!(duration_or_zero("soon").unwrap_err().contains("like 0s"));
         let huge = call_timeout("99999999999d").unwrap_err();
         assert!(huge.contains("at most 49d"), "{huge}");
         assert_eq!(call_timeout("49d"), Ok(Duration::from_secs(49 * 86_400)));

@@ -7,7 +7,9 @@
 //! published. Each request runs in a task of its own; [`replies`] publishes
 //! what they answer and batches the acks. A request whose reply could not
 //! be published is returned to the queue, so the broker redelivers it
-//! rather than losing it.
+//! rather than losing it. The one exception is a refusal over quota held
+//! until its caller's turn ([`crate::callers::Holding`]): its request is
+//! acked at once and its reply sent later, or at once when the host stops.
 //!
 //! In durable mode ([`QueueMode::Durable`]) the queue is a quorum queue,
 //! replies are persistent, and "published" means confirmed by the broker:
@@ -27,23 +29,25 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{DeliveryTag, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use std::panic::AssertUnwindSafe;
 
 use futures_lite::FutureExt as _;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use warren_protocol::{
-    ANONYMOUS_CALLER, ERROR_CONTENT_TYPE, ErrorBody, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST,
-    HEADER_RETRY_AFTER_MS, HEADER_RPC_ERROR, HEADER_RPC_STATUS, QueueMode, STATUS_ERROR, STATUS_OK,
-    declare_request_queue, explain_queue_mismatch, header_text, header_text_strict, read_deadline,
-    set_header_text,
+    ANONYMOUS_CALLER, ERROR_CONTENT_TYPE, ErrorBody, ErrorKind, HEADER_PROCEDURE,
+    HEADER_PROCEDURE_DIGEST, HEADER_RETRY_AFTER_MS, HEADER_RPC_ERROR, HEADER_RPC_STATUS, QueueMode,
+    STATUS_ERROR, STATUS_OK, declare_request_queue, explain_queue_mismatch, header_text,
+    header_text_strict, read_deadline, set_header_text,
 };
 
 use warren_protocol::trace::{HEADER_TRACEPARENT, TraceParent};
 
 use self::replies::{Answer, Replies};
+use crate::callers::Hold;
 use crate::dispatch::{Dispatcher, Handled, Outcome};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
@@ -139,6 +143,9 @@ impl Requests {
         let in_flight = TaskTracker::new();
         let mut callers = CallerModes::default();
         let (replies, replying) = Replies::start(self.channel.clone(), self.prefetch);
+        // Cancelled when this loop ends: refusals held until their caller's
+        // turn are sent at once.
+        let stopping = CancellationToken::new();
         let result = loop {
             tokio::select! {
                 _ = shutdown.recv() => break Ok(()),
@@ -148,14 +155,15 @@ impl Requests {
                         let (dispatcher, replies) = (dispatcher.clone(), replies.clone());
                         let durable = self.durable;
                         callers.check(&delivery.properties, durable);
+                        let stopping = stopping.clone();
                         in_flight.spawn(async move {
                             let tag = delivery.delivery_tag;
                             // Boxed where it starts: the request's future is
                             // kilobytes (wasmtime's state machines), and
                             // spawning copies what it is given.
                             let answering = Box::pin(answer(dispatcher, delivery, durable));
-                            let answer = match AssertUnwindSafe(answering).catch_unwind().await {
-                                Ok(answer) => answer,
+                            let answered = match AssertUnwindSafe(answering).catch_unwind().await {
+                                Ok(answered) => answered,
                                 Err(panic) => {
                                     let why = panic
                                         .downcast_ref::<&str>()
@@ -163,10 +171,20 @@ impl Requests {
                                         .or_else(|| panic.downcast_ref::<String>().cloned())
                                         .unwrap_or_default();
                                     tracing::error!("a request task panicked: {why}; the request goes back to the queue");
-                                    Answer::Requeue(tag)
+                                    Answered::Now(Answer::Requeue(tag))
                                 }
                             };
-                            replies.send(answer);
+                            match answered {
+                                Answered::Now(answer) => replies.send(answer),
+                                Answered::Later { tag, reply, hold } => {
+                                    replies.send(Answer::Ack(tag));
+                                    tokio::select! {
+                                        _ = tokio::time::sleep_until(hold.until.into()) => {}
+                                        _ = stopping.cancelled() => {}
+                                    }
+                                    replies.send(reply);
+                                }
+                            }
                         });
                     }
                     Some(Err(error)) => break Err(anyhow::Error::from(error).context("receiving requests")),
@@ -185,6 +203,7 @@ impl Requests {
             }
             tracing::info!(in_flight = in_flight.len(), "finishing requests in flight");
         }
+        stopping.cancel();
         in_flight.close();
         in_flight.wait().await;
         drop(replies);
@@ -227,9 +246,23 @@ impl CallerModes {
     }
 }
 
+/// What a request task hands to [`replies`], and when.
+enum Answered {
+    /// This, now.
+    Now(Answer),
+    /// A refusal held until its caller's turn to try again: ack the
+    /// request `tag` now, and hand over `reply` at `hold.until` (or as
+    /// soon as the host stops taking requests).
+    Later {
+        tag: DeliveryTag,
+        reply: Answer,
+        hold: Hold,
+    },
+}
+
 /// Answers one request: runs it and makes the reply message, for
 /// [`replies`] to publish (or says there is no one to reply to).
-async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) -> Answer {
+async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) -> Answered {
     let Delivery {
         delivery_tag,
         properties,
@@ -262,7 +295,7 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
     async move {
         let Some(reply_to) = properties.reply_to().clone() else {
             tracing::warn!("request has no reply_to, so there is no one to answer; acked and dropped");
-            return Answer::Dropped(delivery_tag);
+            return Answered::Now(Answer::Ack(delivery_tag));
         };
         let started = Instant::now();
         let label = correlation_id
@@ -270,33 +303,46 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
             .map_or_else(|| format!("delivery-{delivery_tag}"), |id| id.to_string());
         let deadline = read_deadline(properties.headers().as_ref());
         let requested = requested.as_ref().map(Option::as_deref).map_err(String::as_str);
-        let reply = match dispatcher
+        let (reply, hold) = match dispatcher
             .handle(requested, caller, data, &label, deadline)
             .await {
-            Handled::Answered(reply) => reply,
+            Handled::Answered(reply) => (reply, None),
+            Handled::Held(reply, hold) => (reply, Some(hold)),
             Handled::CallerGone { late, .. } => {
                 tracing::info!(
                     late_ms = late.as_millis() as u64,
                     "not run: its caller stopped waiting before a slot was free (x-deadline)"
                 );
-                return Answer::Dropped(delivery_tag);
+                return Answered::Now(Answer::Ack(delivery_tag));
             }
         };
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         match &reply.result {
             Ok(body) => tracing::debug!(elapsed_ms, reply_bytes = body.len(), "answered"),
+            // A flood is counted in metrics, not logged line by line.
+            Err(error) if error.kind == ErrorKind::RateLimited => {
+                tracing::debug!(elapsed_ms, kind = %error.kind, "answered with error: {}", error.message)
+            }
             Err(error) => tracing::info!(elapsed_ms, kind = %error.kind, "answered with error: {}", error.message),
         }
         let (body, mut properties) = reply_message(reply, correlation_id, &trace);
         if durable {
             properties = properties.with_delivery_mode(PERSISTENT);
         }
-        Answer::Reply {
-            tag: delivery_tag,
+        let reply = |tag| Answer::Reply {
+            tag,
             to: reply_to,
             body,
             properties,
             span: tracing::Span::current(),
+        };
+        match hold {
+            None => Answered::Now(reply(Some(delivery_tag))),
+            Some(hold) => Answered::Later {
+                tag: delivery_tag,
+                reply: reply(None),
+                hold,
+            },
         }
     }
     .instrument(span)

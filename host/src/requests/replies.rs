@@ -51,19 +51,21 @@ use warren_protocol::broker::publish_to;
     reason = "nearly every answer is a reply: boxing it would cost an allocation per request"
 )]
 pub enum Answer {
-    /// Publish this reply to `to`, then ack the request; if the reply
-    /// cannot be published, return the request to the queue. `span` is
-    /// the request's, so what happens to the reply is logged (and traced)
-    /// under it.
+    /// Publish this reply to `to`, then ack the request `tag`; if the
+    /// reply cannot be published, return the request to the queue. No
+    /// `tag`: a refusal held until its caller's turn, whose request was
+    /// acked when it was refused. `span` is the request's, so what happens
+    /// to the reply is logged (and traced) under it.
     Reply {
-        tag: DeliveryTag,
+        tag: Option<DeliveryTag>,
         to: ShortString,
         body: Vec<u8>,
         properties: BasicProperties,
         span: tracing::Span,
     },
-    /// Nothing to publish (the request had no `reply_to`): ack it.
-    Dropped(DeliveryTag),
+    /// Nothing to publish now (the request had no `reply_to`, its caller
+    /// had gone, or its refusal is held to be sent later): ack it.
+    Ack(DeliveryTag),
     /// Not answered (its task panicked): return it to the queue.
     Requeue(DeliveryTag),
 }
@@ -155,13 +157,13 @@ async fn run(
                 // are left.
                 None => open = false,
             },
-            Some(done) = publishing.next(), if !publishing.is_empty() => settled.push(done),
+            Some(done) = publishing.next(), if !publishing.is_empty() => settled.extend(done),
         }
         // Queues the frames of the replies just taken (a publish future's
         // first poll does) and collects every reply whose write (or, in
         // durable mode, confirm) has completed by now.
         while let Some(Some(done)) = futures_lite::future::poll_once(publishing.next()).await {
-            settled.push(done);
+            settled.extend(done);
         }
         unsettled.fetch_sub(settled.len(), Ordering::Relaxed);
         for settled in settled.drain(..) {
@@ -190,9 +192,13 @@ async fn run(
 }
 
 /// The publish of `answer`'s reply (its frames are queued for lapin's I/O
-/// thread at the first poll), or, when there is nothing to publish, its
+/// thread at the first poll) and then the request's settlement, if it was
+/// not settled before; or, when there is nothing to publish, its
 /// settlement at once.
-fn take(answer: Answer, channel: &Channel) -> Result<impl Future<Output = Settled>, Settled> {
+fn take(
+    answer: Answer,
+    channel: &Channel,
+) -> Result<impl Future<Output = Option<Settled>>, Settled> {
     match answer {
         Answer::Reply {
             tag,
@@ -201,25 +207,31 @@ fn take(answer: Answer, channel: &Channel) -> Result<impl Future<Output = Settle
             properties,
             span,
         } => Ok(publish(channel, tag, to, body, properties).instrument(span)),
-        Answer::Dropped(tag) => Err(Settled::Done(tag)),
+        Answer::Ack(tag) => Err(Settled::Done(tag)),
         Answer::Requeue(tag) => Err(Settled::Requeue(tag)),
     }
 }
 
 async fn publish(
     channel: &Channel,
-    tag: DeliveryTag,
+    tag: Option<DeliveryTag>,
     to: ShortString,
     body: Vec<u8>,
     properties: BasicProperties,
-) -> Settled {
-    match publish_to(channel, to, &body, properties).await {
-        Ok(()) => Settled::Done(tag),
-        Err(error) => {
+) -> Option<Settled> {
+    let published = publish_to(channel, to, &body, properties).await;
+    match (published, tag) {
+        (Ok(()), tag) => tag.map(Settled::Done),
+        (Err(error), Some(tag)) => {
             tracing::error!(
                 "publishing the reply failed: {error:#}; the request goes back to the queue"
             );
-            Settled::Requeue(tag)
+            Some(Settled::Requeue(tag))
+        }
+        (Err(error), None) => {
+            // The request is acked; its caller sees its call time out.
+            tracing::debug!("publishing a held refusal failed: {error:#}");
+            None
         }
     }
 }

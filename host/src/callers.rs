@@ -28,8 +28,11 @@
 //!   caller floods"). Held, its requests wait in this host's memory, not
 //!   in the queue: the request is acked when refused (a refusal has no
 //!   effect to lose) and only its small reply is kept, so holding takes no
-//!   room in the prefetch window. The number held is bounded; past it, or
-//!   past the caller's deadline, a refusal is answered at once.
+//!   room in the prefetch window. A turn further off is held for
+//!   `--caller-hold` and the reply says how much longer to wait, so even a
+//!   caller far over its rate resends at most once per `--caller-hold` per
+//!   request. The number held is bounded; past it, or past the caller's
+//!   deadline, a refusal is answered at once.
 //! - **A rate is a token bucket** per caller per host: `rate` tokens a
 //!   second, at most `burst` saved up.
 //! - **A share bounds what one caller holds at once**: its requests waiting
@@ -63,7 +66,8 @@ const FIRST_SHARE_HINT: Duration = Duration::from_millis(10);
 const LATEST_TURN: Duration = Duration::from_secs(2);
 
 /// The most refusals one host holds at once ([`Holding`]); past it, they
-/// are answered at once. Each is a small reply, about a kilobyte.
+/// are answered at once. Each costs a few kilobytes (BENCHMARKS.md, "One
+/// caller floods").
 pub const MAX_HELD_REFUSALS: i64 = 4096;
 
 /// One quota's accounts: a token bucket and a count of requests held, per
@@ -275,33 +279,39 @@ impl Holding {
         Holding { longest, held }
     }
 
-    /// The `rate-limited` error for `refusal`, and whether to hold it back
-    /// until the caller's turn: only if that turn is at most `--caller-hold`
-    /// away and comes before the caller stops waiting (`deadline`), and
-    /// fewer than [`MAX_HELD_REFUSALS`] are held. A held refusal says to
-    /// try again at once, since it is sent at the caller's turn.
+    /// The `rate-limited` error for `refusal`, and whether to hold it back:
+    /// until the caller's turn, or for `--caller-hold` if that comes first,
+    /// unless the caller stops waiting before then (`deadline`) or
+    /// [`MAX_HELD_REFUSALS`] are held already. A reply held until the
+    /// caller's turn says to try again at once; one held for less says how
+    /// much longer to wait.
     pub fn refuse(
         &self,
         refusal: Refusal,
         deadline: Option<SystemTime>,
     ) -> (RpcError, Option<Hold>) {
         let Refusal { why, wait } = refusal;
-        let in_time = !self.longest.is_zero()
-            && wait <= self.longest
-            && deadline.is_none_or(|deadline| SystemTime::now() + wait < deadline);
+        let held_for = wait.min(self.longest);
+        let in_time = !held_for.is_zero()
+            && deadline.is_none_or(|deadline| SystemTime::now() + held_for < deadline);
         if in_time && self.held.inc() < MAX_HELD_REFUSALS {
-            let held_ms = wait.as_secs_f64() * 1000.0;
-            let error = RpcError::rate_limited(
+            let held_ms = held_for.as_secs_f64() * 1000.0;
+            let left = wait - held_for;
+            let message = if left.is_zero() {
                 format!(
                     "{why}; this reply was held {held_ms:.1} ms, until the caller's turn: try again now"
-                ),
-                Duration::ZERO,
-            );
+                )
+            } else {
+                format!(
+                    "{why}; this reply was held {held_ms:.1} ms (--caller-hold); try again in {} ms",
+                    left.as_millis().max(1)
+                )
+            };
             let hold = Hold {
-                until: Instant::now() + wait,
+                until: Instant::now() + held_for,
                 held: self.held.clone(),
             };
-            return (error, Some(hold));
+            return (RpcError::rate_limited(message, left), Some(hold));
         }
         if in_time {
             self.held.dec();
@@ -429,14 +439,18 @@ mod tests {
         drop(hold);
         assert_eq!(held.get(), 0);
 
-        // Too far off, or past the caller's deadline: answered at once.
+        // A turn further off than --caller-hold: held that long, then told
+        // the rest.
         let (error, hold) = holding.refuse(refusal(Duration::from_secs(3)), None);
-        assert!(hold.is_none());
-        assert_eq!(error.retry_after_ms, Some(3000));
-        assert!(error.message.ends_with("try again in 3000 ms"), "{error}");
+        assert!(hold.unwrap().until <= Instant::now() + Duration::from_secs(2));
+        assert_eq!(error.retry_after_ms, Some(1000));
+        assert!(error.message.ends_with("try again in 1000 ms"), "{error}");
+        // Past the caller's deadline: answered at once.
         let soon = SystemTime::now() + Duration::from_millis(100);
-        let (_, hold) = holding.refuse(refusal(Duration::from_millis(300)), Some(soon));
+        let (error, hold) = holding.refuse(refusal(Duration::from_millis(300)), Some(soon));
         assert!(hold.is_none(), "the caller stops waiting before its turn");
+        assert_eq!(error.retry_after_ms, Some(300));
+        assert!(error.message.ends_with("try again in 300 ms"), "{error}");
         assert_eq!(held.get(), 0);
 
         // No more than MAX_HELD_REFUSALS at once.

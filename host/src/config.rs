@@ -177,10 +177,10 @@ pub struct CallerOptions {
           value_parser = warren_protocol::manifest::parse_percent)]
     pub caller_share: Option<u8>,
 
-    /// The longest a caller's rate-limited reply is held back, until its
-    /// turn to try again; its request is acked at once, so a caller that
-    /// resends every refusal at once waits here instead of keeping its
-    /// flood in the queue in front of everyone else. 0s answers every
+    /// The longest a caller's rate-limited reply is held back, waiting for
+    /// its turn to try again; its request is acked at once, so a caller
+    /// that resends every refusal at once waits here instead of keeping
+    /// its flood in the queue in front of everyone else. 0s answers every
     /// refusal at once.
     #[arg(long, env = "WARREN_CALLER_HOLD", value_name = "DURATION", default_value = "2s",
           value_parser = values::duration_or_zero)]

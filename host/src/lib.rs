@@ -19,7 +19,8 @@
 //!   `warren status`; `admin`: `/metrics` and the health checks over HTTP.
 //! - **Deciding and running** — `dispatch`: one request to one outcome
 //!   (which procedure, who may call it, sizes, the caller's deadline), no
-//!   AMQP; `callers`: caller identity and per-caller quotas; `modules`:
+//!   AMQP; `callers`: caller identity, per-caller quotas and refusals held
+//!   until the caller's turn; `modules`:
 //!   which procedure versions serve, the modules folder and its watcher;
 //!   [`sandbox`]: wasmtime only (engine, compiling and the compiled-code
 //!   cache, one request in a fresh instance under its limits).

@@ -97,6 +97,7 @@ struct Account {
 pub struct Refusal {
     /// What was exceeded, without when to retry ([`Holding::refuse`] adds it).
     pub why: String,
+    /// How long from now until the caller's turn.
     pub wait: Duration,
 }
 

@@ -183,10 +183,15 @@ impl RpcClient {
         )
         .write(&mut headers);
         let (waiting, mut answers) = self.expect_replies();
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_reply_to(link.callback_queue.clone())
             .with_correlation_id(waiting.correlation_id.as_str().into())
             .with_headers(headers);
+        // Hosts act only on deploys whose user_id (checked by the broker)
+        // is a deploying user's (their --deploy-users).
+        if let Some(user) = &link.user {
+            properties = properties.with_user_id(user.clone());
+        }
         let stored = publish_deploy(&channel, &declared.name, &deploy.module, properties)
             .await
             .map_err(broker("publishing the deploy"))?;

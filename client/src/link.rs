@@ -25,7 +25,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use warren_protocol::broker::{Brokers, close_quietly};
+use warren_protocol::broker::{Brokers, close_quietly, ends_connection};
 
 use crate::CallError;
 
@@ -203,9 +203,15 @@ async fn route_replies(
                 _ => break,
             },
             event = events.next() => match event {
-                Some(lapin::Event::Error(error)) => {
+                Some(lapin::Event::Error(error)) if ends_connection(&error) => {
                     tracing::debug!("connection failed: {error}");
                     break;
+                }
+                // A channel the broker closed (a declaration it refused,
+                // say): the connection and this consumer go on.
+                Some(lapin::Event::Error(error)) => {
+                    tracing::debug!("a channel failed: {error}");
+                    continue;
                 }
                 Some(_) => continue,
                 None => break,

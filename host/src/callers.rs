@@ -1,17 +1,26 @@
 //! Who is calling, and how much they may use.
 //!
-//! A request's caller is its AMQP `user_id` property, or
-//! [`warren_protocol::ANONYMOUS_CALLER`] without one. A procedure's manifest may say who may
-//! call it (`callers`, checked by the [`crate::dispatch`] rules) and how much
-//! each caller may use of it (`[quota]`); the host has per-caller defaults
-//! across all its procedures (`--caller-rate`, `--caller-burst`,
-//! `--caller-share`). A [`QuotaBook`] keeps one such quota's accounts.
+//! A request's [`Caller`] is the broker user in its AMQP `user_id`
+//! property, or [`Caller::Unidentified`] without one. A procedure's
+//! manifest may say who may call it (`callers`, `callers-anonymous`,
+//! checked by the [`crate::dispatch`] rules) and how much each caller may
+//! use of it (`[quota]`); the host has per-caller defaults across all its
+//! procedures (`--caller-rate`, `--caller-burst`, `--caller-share`) and
+//! can refuse every request without `user_id` (`--refuse-anonymous`). A
+//! [`QuotaBook`] keeps one such quota's accounts.
 //!
 //! Why it is built this way:
 //! - **The broker is the authority on identity.** RabbitMQ refuses a
 //!   message whose `user_id` is not the user its publisher logged in as
 //!   (unless that user has the `impersonator` tag), so the host reads the
 //!   property and trusts it; it authenticates no one itself.
+//! - **No identity is not a name.** A request without `user_id` is not a
+//!   user called `anonymous`: no `callers` name or pattern (not even `*`)
+//!   matches it, only `callers-anonymous = true` lets it in beside
+//!   `callers`, and its quota account is one of its own, apart from every
+//!   user's (a user really named `anonymous` included). Otherwise anyone
+//!   refused under their own name could be let in by leaving `user_id` out
+//!   of a pattern like `a*`, and escape their own quota the same way.
 //! - **Excess is taken off the queue as it is consumed, not run.** The
 //!   request queue is first-in first-out: a flood stands in front of
 //!   everyone else. A request over quota is acked at once, without running
@@ -70,13 +79,67 @@ const LATEST_TURN: Duration = Duration::from_secs(2);
 /// caller floods").
 pub const MAX_HELD_REFUSALS: i64 = 4096;
 
+/// How identity-less callers are labelled in metrics, spans and log lines:
+/// not a name RabbitMQ hands out by default, and not `anonymous`, which
+/// older hosts used for them and a broker user can be called.
+pub const UNIDENTIFIED_LABEL: &str = "(none)";
+
+/// Who sent a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Caller<'a> {
+    /// The broker user the request's `user_id` names, which the broker
+    /// checked.
+    User(&'a str),
+    /// A request without `user_id`: no identity the broker vouched for.
+    /// Not a name: no `callers` pattern matches it.
+    Unidentified,
+}
+
+impl<'a> Caller<'a> {
+    /// The caller of a request whose `user_id` property is `user_id`.
+    pub fn from_user_id(user_id: Option<&'a str>) -> Self {
+        user_id.map_or(Caller::Unidentified, Caller::User)
+    }
+
+    /// Its label in metrics, spans and log lines: the user's name, or
+    /// [`UNIDENTIFIED_LABEL`].
+    pub fn label(self) -> &'a str {
+        match self {
+            Caller::User(name) => name,
+            Caller::Unidentified => UNIDENTIFIED_LABEL,
+        }
+    }
+
+    /// Its account in a [`QuotaBook`]: `None` is the one account all
+    /// identity-less requests share, which no user's name can reach.
+    fn account(self) -> Option<String> {
+        match self {
+            Caller::User(name) => Some(name.to_owned()),
+            Caller::Unidentified => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Caller<'_> {
+    /// `caller "alice"`, or what an identity-less caller is, for messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::User(name) => write!(f, "caller {name:?}"),
+            Caller::Unidentified => f.write_str(
+                "the caller without user_id (every request without one, counted together)",
+            ),
+        }
+    }
+}
+
 /// One quota's accounts: a token bucket and a count of requests held, per
 /// caller.
 pub struct QuotaBook {
     quota: Quota,
     /// How many requests one caller may hold (its share of the slots).
     share: Option<usize>,
-    accounts: Mutex<HashMap<String, Account>>,
+    /// By broker user; `None` is every request without `user_id`.
+    accounts: Mutex<HashMap<Option<String>, Account>>,
     /// How long a request holds its place, on average (microseconds, an
     /// exponentially weighted mean): when a caller over its share may try
     /// again.
@@ -110,7 +173,7 @@ pub struct Held {
 
 struct Place {
     book: Arc<QuotaBook>,
-    caller: String,
+    account: Option<String>,
     since: Instant,
 }
 
@@ -128,7 +191,11 @@ impl QuotaBook {
     /// Takes one request of `caller` into account, or refuses it, saying
     /// why and when its turn to try again comes. `procedure` names the
     /// procedure whose quota this is (none: the host's), for the message.
-    pub fn admit(self: &Arc<Self>, caller: &str, procedure: Option<&str>) -> Result<Held, Refusal> {
+    pub fn admit(
+        self: &Arc<Self>,
+        caller: Caller<'_>,
+        procedure: Option<&str>,
+    ) -> Result<Held, Refusal> {
         if self.quota.is_empty() {
             return Ok(Held { _place: None });
         }
@@ -137,19 +204,18 @@ impl QuotaBook {
             None => "this host".to_owned(),
         };
         let now = Instant::now();
+        let key = caller.account();
         let mut accounts = self.accounts.lock().expect("quota lock");
-        if accounts.len() > FORGET_IDLE_ABOVE && !accounts.contains_key(caller) {
+        if accounts.len() > FORGET_IDLE_ABOVE && !accounts.contains_key(&key) {
             self.forget_idle(&mut accounts, now);
         }
         let burst = f64::from(self.quota.burst_or_rate().unwrap_or(1));
-        let account = accounts
-            .entry(caller.to_owned())
-            .or_insert_with(|| Account {
-                tokens: burst,
-                refilled: now,
-                held: 0,
-                last_turn: now,
-            });
+        let account = accounts.entry(key.clone()).or_insert_with(|| Account {
+            tokens: burst,
+            refilled: now,
+            held: 0,
+            last_turn: now,
+        });
         if let Some(share) = self.share
             && account.held >= share
         {
@@ -162,7 +228,7 @@ impl QuotaBook {
             let spacing = hold / u32::try_from(share).unwrap_or(u32::MAX);
             return Err(Refusal {
                 why: format!(
-                    "caller {caller:?} already has {} requests waiting or running on {}, \
+                    "{caller} already has {} requests waiting or running on {}, \
                      its share ({}%)",
                     account.held,
                     what(),
@@ -180,7 +246,7 @@ impl QuotaBook {
                 let first = Duration::from_secs_f64((1.0 - account.tokens) / rate);
                 return Err(Refusal {
                     why: format!(
-                        "caller {caller:?} is over its rate on {} ({} requests a second, \
+                        "{caller} is over its rate on {} ({} requests a second, \
                          burst {})",
                         what(),
                         rate,
@@ -195,13 +261,13 @@ impl QuotaBook {
         Ok(Held {
             _place: Some(Place {
                 book: self.clone(),
-                caller: caller.to_owned(),
+                account: key,
                 since: now,
             }),
         })
     }
 
-    fn forget_idle(&self, accounts: &mut HashMap<String, Account>, now: Instant) {
+    fn forget_idle(&self, accounts: &mut HashMap<Option<String>, Account>, now: Instant) {
         let burst = f64::from(self.quota.burst_or_rate().unwrap_or(1));
         let rate = f64::from(self.quota.rate.unwrap_or(0));
         accounts.retain(|_, account| {
@@ -210,8 +276,8 @@ impl QuotaBook {
         });
     }
 
-    fn release(&self, caller: &str, held_for: Duration) {
-        if let Some(account) = self.accounts.lock().expect("quota lock").get_mut(caller) {
+    fn release(&self, account: &Option<String>, held_for: Duration) {
+        if let Some(account) = self.accounts.lock().expect("quota lock").get_mut(account) {
             account.held = account.held.saturating_sub(1);
         }
         // A mean over about the last 16 requests.
@@ -231,9 +297,11 @@ impl QuotaBook {
 
     /// How many requests `caller` holds now (for tests and status).
     #[cfg(test)]
-    fn held(&self, caller: &str) -> usize {
+    fn held(&self, caller: Caller<'_>) -> usize {
         let accounts = self.accounts.lock().expect("quota lock");
-        accounts.get(caller).map_or(0, |account| account.held)
+        accounts
+            .get(&caller.account())
+            .map_or(0, |account| account.held)
     }
 }
 
@@ -252,7 +320,7 @@ impl Account {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.book.release(&self.caller, self.since.elapsed());
+        self.book.release(&self.account, self.since.elapsed());
     }
 }
 
@@ -331,20 +399,66 @@ impl Drop for Hold {
     }
 }
 
-/// Whether a procedure whose manifest says `callers` (none: everyone) may
-/// be called by `caller`.
-pub fn may_call(callers: Option<&[String]>, caller: &str) -> bool {
-    callers.is_none_or(|patterns| {
-        patterns
+/// Whether a procedure whose manifest says `callers` (none: everyone) and
+/// `callers-anonymous` (`anonymous`) may be called by `caller`. Patterns
+/// match broker users only; a caller without identity is let in by
+/// `anonymous` alone (or by there being no `callers`).
+pub fn may_call(callers: Option<&[String]>, anonymous: bool, caller: Caller<'_>) -> bool {
+    let Some(patterns) = callers else {
+        return true;
+    };
+    match caller {
+        Caller::User(name) => patterns
             .iter()
-            .any(|pattern| warren_protocol::manifest::name_matches(pattern, caller))
-    })
+            .any(|pattern| warren_protocol::manifest::name_matches(pattern, name)),
+        Caller::Unidentified => anonymous,
+    }
+}
+
+/// Broker user names that identity-less callers could be mistaken for:
+/// each is warned about once per host, the first time a request comes
+/// from it ([`AmbiguousNames::first_time`]).
+#[derive(Default)]
+pub struct AmbiguousNames {
+    anonymous: std::sync::atomic::AtomicBool,
+    label: std::sync::atomic::AtomicBool,
+}
+
+impl AmbiguousNames {
+    /// When `caller` is a broker user whose name could be taken for a
+    /// caller without identity, and this is the first request this host
+    /// sees from it: why, to be warned about. `None` otherwise.
+    pub fn first_time(&self, caller: Caller<'_>) -> Option<&'static str> {
+        let (seen, why) = match caller {
+            Caller::User(warren_protocol::ANONYMOUS_CALLER) => (
+                &self.anonymous,
+                "a broker user named \"anonymous\" calls this host: older Warren hosts \
+                 logged and counted requests without user_id as \"anonymous\", so in their \
+                 logs and metrics this user cannot be told from callers without identity. \
+                 This host keeps them apart (callers without user_id are \"(none)\", with a \
+                 quota account of their own, and match no callers pattern); consider renaming \
+                 the user",
+            ),
+            Caller::User(UNIDENTIFIED_LABEL) => (
+                &self.label,
+                "a broker user named \"(none)\" calls this host: metrics and log lines label \
+                 callers without user_id \"(none)\", so there this user cannot be told from \
+                 them (its quota account and callers matching stay its own); consider \
+                 renaming the user",
+            ),
+            _ => return None,
+        };
+        (!seen.swap(true, Ordering::Relaxed)).then_some(why)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use warren_protocol::{ANONYMOUS_CALLER, ErrorKind};
+
+    const ALICE: Caller<'static> = Caller::User("alice");
+    const BOB: Caller<'static> = Caller::User("bob");
 
     #[test]
     fn a_rate_refuses_past_its_burst_and_says_when_the_next_token_comes() {
@@ -356,21 +470,21 @@ mod tests {
             },
             4,
         );
-        let held: Vec<Held> = (0..3).map(|_| book.admit("alice", None).unwrap()).collect();
-        let refused = book.admit("alice", None).err().unwrap();
+        let held: Vec<Held> = (0..3).map(|_| book.admit(ALICE, None).unwrap()).collect();
+        let refused = book.admit(ALICE, None).err().unwrap();
         assert!(refused.wait <= Duration::from_millis(100), "{refused:?}");
         assert!(refused.why.contains("\"alice\""), "{refused:?}");
         // The next refusal's turn is a token later, not the same one.
-        let next = book.admit("alice", None).err().unwrap();
+        let next = book.admit(ALICE, None).err().unwrap();
         assert!(
             next.wait >= refused.wait + Duration::from_millis(99),
             "{refused:?} then {next:?}"
         );
         // Another caller has a bucket of its own.
-        assert!(book.admit("bob", None).is_ok());
+        assert!(book.admit(BOB, None).is_ok());
         drop(held);
         std::thread::sleep(Duration::from_millis(120));
-        assert!(book.admit("alice", None).is_ok(), "a token came back");
+        assert!(book.admit(ALICE, None).is_ok(), "a token came back");
     }
 
     #[test]
@@ -382,14 +496,14 @@ mod tests {
             },
             4,
         );
-        let first = book.admit("alice", None).unwrap();
-        let _second = book.admit("alice", None).unwrap();
-        let refused = book.admit("alice", None).err().unwrap();
+        let first = book.admit(ALICE, None).unwrap();
+        let _second = book.admit(ALICE, None).unwrap();
+        let refused = book.admit(ALICE, None).err().unwrap();
         assert!(refused.wait > Duration::ZERO, "{refused:?}");
-        assert!(book.admit("bob", None).is_ok());
+        assert!(book.admit(BOB, None).is_ok());
         drop(first);
-        assert_eq!(book.held("alice"), 1);
-        assert!(book.admit("alice", None).is_ok());
+        assert_eq!(book.held(ALICE), 1);
+        assert!(book.admit(ALICE, None).is_ok());
     }
 
     #[test]
@@ -402,9 +516,9 @@ mod tests {
             },
             4,
         );
-        let _first = book.admit("alice", None).unwrap();
+        let _first = book.admit(ALICE, None).unwrap();
         let waits: Vec<Duration> = (0..100)
-            .map(|_| book.admit("alice", None).err().unwrap().wait)
+            .map(|_| book.admit(ALICE, None).err().unwrap().wait)
             .collect();
         // One token apart (a few microseconds pass between two calls)...
         for pair in waits[..15].windows(2) {
@@ -474,7 +588,7 @@ mod tests {
     fn no_quota_keeps_no_accounts() {
         let book = QuotaBook::new(Quota::default(), 4);
         for _ in 0..10 {
-            let _held = book.admit("alice", None).unwrap();
+            let _held = book.admit(ALICE, None).unwrap();
         }
         assert!(book.accounts.lock().unwrap().is_empty());
     }
@@ -482,11 +596,94 @@ mod tests {
     #[test]
     fn callers_match_names_and_patterns_and_none_means_everyone() {
         let callers = ["alice".to_owned(), "billing-*".to_owned()];
-        assert!(may_call(Some(&callers), "alice"));
-        assert!(may_call(Some(&callers), "billing-eu"));
-        assert!(!may_call(Some(&callers), "bob"));
-        assert!(!may_call(Some(&callers), ANONYMOUS_CALLER));
-        assert!(may_call(None, ANONYMOUS_CALLER));
-        assert!(may_call(Some(&["*".to_owned()]), ANONYMOUS_CALLER));
+        assert!(may_call(Some(&callers), false, ALICE));
+        assert!(may_call(Some(&callers), false, Caller::User("billing-eu")));
+        assert!(!may_call(Some(&callers), false, BOB));
+        assert!(may_call(None, false, BOB), "no callers: everyone");
+        assert!(may_call(None, false, Caller::Unidentified));
+    }
+
+    #[test]
+    fn no_identity_matches_no_pattern_only_callers_anonymous() {
+        let none = Caller::Unidentified;
+        // The patterns that matched the old "anonymous" caller.
+        for pattern in ["*", "a*", "*s", "anonymous", "an*mous", "(none)", "*none*"] {
+            let callers = [pattern.to_owned()];
+            assert!(!may_call(Some(&callers), false, none), "{pattern}");
+            assert!(may_call(Some(&callers), true, none), "{pattern}");
+        }
+        // A user who is refused under their own name is refused without it
+        // too: with callers = ["a*"], bob is out either way.
+        let callers = ["a*".to_owned()];
+        assert!(!may_call(Some(&callers), false, BOB));
+        assert!(!may_call(Some(&callers), false, none));
+        // callers-anonymous widens the list for no identity only.
+        assert!(!may_call(Some(&callers), true, BOB));
+        assert!(may_call(Some(&callers), true, ALICE));
+        // A broker user named anonymous is a user like any other.
+        let user = Caller::User(ANONYMOUS_CALLER);
+        assert!(may_call(Some(&callers), false, user));
+        assert!(!may_call(Some(&["b*".to_owned()]), true, user));
+        assert!(may_call(Some(&["*".to_owned()]), false, user));
+    }
+
+    #[test]
+    fn a_caller_is_its_user_id_or_no_one() {
+        assert_eq!(Caller::from_user_id(Some("alice")), ALICE);
+        assert_eq!(Caller::from_user_id(None), Caller::Unidentified);
+        assert_eq!(
+            Caller::from_user_id(Some(ANONYMOUS_CALLER)),
+            Caller::User("anonymous")
+        );
+        assert_ne!(
+            Caller::from_user_id(Some(ANONYMOUS_CALLER)),
+            Caller::Unidentified
+        );
+        assert_eq!(ALICE.label(), "alice");
+        assert_eq!(Caller::Unidentified.label(), UNIDENTIFIED_LABEL);
+        assert_eq!(ALICE.to_string(), "caller \"alice\"");
+        assert!(Caller::Unidentified.to_string().contains("without user_id"));
+    }
+
+    #[test]
+    fn no_identity_has_one_account_of_its_own() {
+        let book = QuotaBook::new(
+            Quota {
+                rate: Some(1),
+                burst: Some(1),
+                share: None,
+            },
+            4,
+        );
+        let anonymous = Caller::User(ANONYMOUS_CALLER);
+        let label = Caller::User(UNIDENTIFIED_LABEL);
+        let _alice = book.admit(ALICE, None).unwrap();
+        // Leaving user_id out does not escape alice's own quota: it is
+        // another account, shared by every request without one.
+        let _first = book.admit(Caller::Unidentified, None).unwrap();
+        let refused = book.admit(Caller::Unidentified, None).err().unwrap();
+        assert!(refused.why.contains("without user_id"), "{refused:?}");
+        assert!(book.admit(ALICE, None).is_err(), "alice's own stays spent");
+        // Users named like what stood (or stands) for no identity have
+        // accounts of their own.
+        let _anonymous = book.admit(anonymous, None).unwrap();
+        let _label = book.admit(label, None).unwrap();
+        assert!(book.admit(anonymous, None).is_err());
+        assert_eq!(book.held(Caller::Unidentified), 1);
+        assert_eq!(book.held(anonymous), 1);
+        assert_eq!(book.accounts.lock().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn users_named_like_no_identity_are_warned_about_once() {
+        let names = AmbiguousNames::default();
+        assert_eq!(names.first_time(ALICE), None);
+        assert_eq!(names.first_time(Caller::Unidentified), None);
+        let why = names.first_time(Caller::User(ANONYMOUS_CALLER)).unwrap();
+        assert!(why.contains("\"anonymous\""), "{why}");
+        assert_eq!(names.first_time(Caller::User(ANONYMOUS_CALLER)), None);
+        assert!(names.first_time(Caller::User(UNIDENTIFIED_LABEL)).is_some());
+        assert_eq!(names.first_time(Caller::User(UNIDENTIFIED_LABEL)), None);
+        assert_eq!(names.first_time(Caller::User("Anonymous")), None);
     }
 }

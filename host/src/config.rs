@@ -38,6 +38,12 @@ pub struct HostConfig {
     /// drop old deploys.
     #[arg(skip = StreamRetention::DEFAULT)]
     pub deploy_retention: StreamRetention,
+
+    /// Longest random wait before a host claims the publishing of a deploy
+    /// the stream would drop. Not an option: tests set it near zero, so
+    /// that every host of a fleet claims at once and one still publishes.
+    #[arg(skip = crate::deploy::stream::REPUBLISH_JITTER)]
+    pub deploy_republish_jitter: Duration,
 }
 
 /// Which broker, which queue, and how it is declared.
@@ -151,10 +157,11 @@ pub struct LimitOptions {
     pub max_output_bytes: u64,
 }
 
-/// How much one caller may use of this host, across its procedures. A
-/// caller is the broker user that published the request (its `user_id`),
-/// or `anonymous`; a procedure's manifest can set its own `[quota]`
-/// besides. Over quota, a request is answered `rate-limited` at once.
+/// Who may call this host, and how much one caller may use of it, across
+/// its procedures. A caller is the broker user that published the request
+/// (its `user_id`); requests without one share one account of their own.
+/// A procedure's manifest can set its own `[quota]` besides. Over quota, a
+/// request is answered `rate-limited` at once.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Callers")]
 pub struct CallerOptions {
@@ -185,6 +192,14 @@ pub struct CallerOptions {
     #[arg(long, env = "WARREN_CALLER_HOLD", value_name = "DURATION", default_value = "2s",
           value_parser = values::duration_or_zero)]
     pub caller_hold: Duration,
+
+    /// Refuse every request without user_id (`forbidden`, saying to set
+    /// it), whatever the procedure's manifest allows: every caller must be
+    /// a broker user the broker vouched for [default: requests without
+    /// user_id may call procedures without `callers`, and those whose
+    /// manifest says `callers-anonymous = true`].
+    #[arg(long, env = "WARREN_REFUSE_ANONYMOUS")]
+    pub refuse_anonymous: bool,
 }
 
 /// Which remote deploys this host accepts.
@@ -205,6 +220,21 @@ pub struct DeployOptions {
     /// Largest module a remote deploy may carry.
     #[arg(long, default_value = "64MiB", value_parser = values::nonzero_size)]
     pub max_module_bytes: u64,
+
+    /// Broker users whose deploys this host acts on, besides the user it
+    /// logs in as (hosts publish copies of deploys as themselves). The
+    /// broker checks a message's user_id against the user that published
+    /// it, and anyone who may publish a request can also publish into the
+    /// deploy stream, so a deploy-stream message from any other user is
+    /// skipped: not applied, answered or counted [default: only this
+    /// host's own user].
+    #[arg(
+        long,
+        env = "WARREN_DEPLOY_USERS",
+        value_name = "USER,...",
+        value_delimiter = ','
+    )]
+    pub deploy_users: Vec<String>,
 
     /// This host's name in deploy answers [default: HOSTNAME-PID].
     #[arg(long)]

@@ -1,7 +1,9 @@
 //! One request, from body to reply, with no AMQP in sight.
 //!
-//! The AMQP layer hands over the requested procedure name, who is calling,
-//! the body and when its caller stops waiting; the [`Dispatcher`] picks the
+//! The AMQP layer hands over the requested procedure name, who is calling
+//! (a [`Caller`]: a broker user, or no identity), the body and when its
+//! caller stops waiting; the [`Dispatcher`] refuses requests without
+//! identity if the host does (`--refuse-anonymous`), picks the
 //! procedure, checks that the caller may call it and is within its quotas
 //! (the procedure's and the host's), checks the size, waits for a slot,
 //! skips the request if its caller has given up by then, runs the sandbox
@@ -15,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use warren_protocol::{ErrorKind, RpcError};
 
-use crate::callers::{Hold, Holding, QuotaBook, Refusal, may_call};
+use crate::callers::{AmbiguousNames, Caller, Hold, Holding, QuotaBook, Refusal, may_call};
 use crate::metrics::Metrics;
 use crate::modules::Serving;
 use crate::sandbox::Sandbox;
@@ -58,19 +60,26 @@ pub struct Dispatcher {
     host_quota: Arc<QuotaBook>,
     /// Refusals held until their caller's turn (`--caller-hold`).
     holding: Holding,
+    /// Whether every request without `user_id` is refused
+    /// (`--refuse-anonymous`).
+    refuse_anonymous: bool,
+    /// Broker users named like no identity, warned about once.
+    ambiguous: AmbiguousNames,
 }
 
 impl Dispatcher {
     /// A dispatcher over `serving` (which knows the default procedure),
     /// counting every request's outcome and duration in `metrics`, each
     /// caller held to `host_quota` across procedures and a refusal held
-    /// for at most `hold` until its caller's turn.
+    /// for at most `hold` until its caller's turn, and every request
+    /// without `user_id` refused if `refuse_anonymous`.
     pub fn new(
         serving: Arc<Serving>,
         sandbox: Arc<Sandbox>,
         metrics: Arc<Metrics>,
         host_quota: Arc<QuotaBook>,
         hold: Duration,
+        refuse_anonymous: bool,
     ) -> Self {
         let holding = Holding::new(hold, metrics.refusals_held());
         Dispatcher {
@@ -79,6 +88,8 @@ impl Dispatcher {
             metrics,
             host_quota,
             holding,
+            refuse_anonymous,
+            ambiguous: AmbiguousNames::default(),
         }
     }
 
@@ -87,21 +98,36 @@ impl Dispatcher {
         &self.metrics
     }
 
-    /// Answers one request of `caller` (its broker user, or
-    /// [`warren_protocol::ANONYMOUS_CALLER`]), unless its caller stops
-    /// waiting at `deadline` before it can start. `requested` is its
-    /// `x-procedure` header: none, a name, or why it could not be read.
-    /// `label` identifies it in the logs.
+    /// Answers one request of `caller` (its broker user, or no identity),
+    /// unless its caller stops waiting at `deadline` before it can start.
+    /// `requested` is its `x-procedure` header: none, a name, or why it
+    /// could not be read. `label` identifies it in the logs.
     pub async fn handle(
         &self,
         requested: Result<Option<&str>, &str>,
-        caller: &str,
+        caller: Caller<'_>,
         body: Vec<u8>,
         label: &str,
         deadline: Option<SystemTime>,
     ) -> Handled {
         let timer = self.metrics.request_started();
+        if let Some(why) = self.ambiguous.first_time(caller) {
+            tracing::warn!("{why}");
+        }
         let handled = match requested {
+            // Before anything else: such a host tells them nothing more.
+            _ if self.refuse_anonymous && caller == Caller::Unidentified => {
+                Handled::Answered(Outcome {
+                    procedure: requested.ok().flatten().map(str::to_owned),
+                    digest: None,
+                    result: Err(RpcError::new(
+                        ErrorKind::Forbidden,
+                        "this host refuses requests without user_id (--refuse-anonymous): set \
+                         the request's user_id property to the broker user the caller logs in \
+                         as (the broker checks it; Warren's client sets it)",
+                    )),
+                })
+            }
             Ok(requested) => {
                 self.choose_and_run(requested, caller, body, label, deadline)
                     .await
@@ -115,7 +141,7 @@ impl Dispatcher {
         match &handled {
             Handled::Answered(reply) | Handled::Held(reply, _) => {
                 let kind = reply.result.as_ref().err().map(|error| error.kind);
-                timer.finish(reply.procedure.as_deref(), caller, kind);
+                timer.finish(reply.procedure.as_deref(), caller.label(), kind);
             }
             Handled::CallerGone { procedure, .. } => {
                 self.metrics.caller_gone(procedure.as_deref());
@@ -127,7 +153,7 @@ impl Dispatcher {
     async fn choose_and_run(
         &self,
         requested: Option<&str>,
-        caller: &str,
+        caller: Caller<'_>,
         body: Vec<u8>,
         label: &str,
         deadline: Option<SystemTime>,
@@ -169,16 +195,25 @@ impl Dispatcher {
             (error, None) => reply(Err(error)),
         };
         let grants = procedure.component.grants();
-        if !may_call(grants.callers(), caller) {
-            return reply(Err(RpcError::new(
-                ErrorKind::Forbidden,
-                format!(
-                    "caller {caller:?} may not call procedure {:?}: its manifest's callers do \
-                     not list it (a caller is the broker user that published the request; \
-                     ask the procedure's owner to add it)",
+        let anonymous = grants.effective().callers_anonymous;
+        if !may_call(grants.callers(), anonymous, caller) {
+            let message = match caller {
+                Caller::User(_) => format!(
+                    "{caller} may not call procedure {:?}: its manifest's callers do not list \
+                     it (a caller is the broker user that published the request; ask the \
+                     procedure's owner to add it)",
                     procedure.name
                 ),
-            )));
+                Caller::Unidentified => format!(
+                    "a request without user_id may not call procedure {:?}: its manifest lets \
+                     in only the broker users its callers list, and no name or pattern stands \
+                     for no identity; set the request's user_id property to the broker user the \
+                     caller logs in as (Warren's client does), or ask the procedure's owner for \
+                     callers-anonymous = true",
+                    procedure.name
+                ),
+            };
+            return reply(Err(RpcError::new(ErrorKind::Forbidden, message)));
         }
         // Held until the request is answered: what counts against each
         // caller's share of the slots.

@@ -116,9 +116,9 @@ pub async fn start(config: HostConfig) -> Result<RunningHost, StartError> {
         metrics.clone(),
     ));
     let watching = load_modules(&config, &folder, &trigger).await?;
-    let deployer = Arc::new(deployer(&config, &folder)?);
+    let deployer = Arc::new(deployer(&config, &brokers, &folder)?);
     let target = target(&config, brokers, &deployer, &metrics, &serving);
-    let stream_state = StreamState::new(config.deploy_retention);
+    let stream_state = StreamState::new(config.deploy_retention, config.deploy_republish_jitter);
     let connected = session::connect(
         &target,
         &deployer,
@@ -142,6 +142,7 @@ pub async fn start(config: HostConfig) -> Result<RunningHost, StartError> {
         metrics.clone(),
         callers::QuotaBook::new(config.caller_quota(), sandbox.limits().concurrency),
         config.callers.caller_hold,
+        config.callers.refuse_anonymous,
     ));
     let session = tokio::spawn(session::serve_forever(
         session,
@@ -238,8 +239,19 @@ async fn load_modules(
 }
 
 /// Who applies remote deploys here, under which policy.
-fn deployer(config: &HostConfig, folder: &Arc<ModulesFolder>) -> anyhow::Result<Deployer> {
+fn deployer(
+    config: &HostConfig,
+    brokers: &Brokers,
+    folder: &Arc<ModulesFolder>,
+) -> anyhow::Result<Deployer> {
     let options = &config.deploys;
+    let mut publishers = brokers.users();
+    for user in &options.deploy_users {
+        let user = user.trim();
+        if !user.is_empty() && !publishers.iter().any(|known| known == user) {
+            publishers.push(user.to_owned());
+        }
+    }
     let policy = DeployPolicy {
         trusted_keys: match &options.trusted_keys {
             Some(path) => warren_protocol::deploy::read_trusted_keys(path)?,
@@ -247,17 +259,25 @@ fn deployer(config: &HostConfig, folder: &Arc<ModulesFolder>) -> anyhow::Result<
         },
         allow_unsigned: options.allow_unsigned_deploys,
         max_module_bytes: usize::try_from(options.max_module_bytes).unwrap_or(usize::MAX),
+        publishers,
     };
     let host_id = options
         .host_id
         .clone()
         .unwrap_or_else(deploy::default_host_id);
-    let deployer = Deployer::new(host_id, policy, folder.clone());
+    let deployer = Deployer::new(host_id, policy, folder.clone())?;
     tracing::info!(
         host_id = deployer.host_id(),
         trusted_keys = deployer_keys_summary(config),
+        deploy_users = deployer.policy().publishers.join(","),
         "remote deploys"
     );
+    if deployer.policy().publishers.is_empty() {
+        tracing::warn!(
+            "no broker user may publish deploys here: this host logs in with a TLS client \
+             certificate, so name the deploying users, and this host's own, in --deploy-users"
+        );
+    }
     Ok(deployer)
 }
 

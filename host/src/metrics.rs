@@ -60,6 +60,14 @@ struct ProcedureInfoLabels {
     digest: String,
 }
 
+/// Labels of `warren_http_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpRefusedLabels {
+    /// `not-allowed`, `userinfo`, `forbidden-address`, `too-many-calls` or
+    /// `too-many-bytes` (`sandbox::http::Refusal`).
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeployLabels {
     /// `accepted` or `refused`.
@@ -105,11 +113,16 @@ pub struct Metrics {
     swaps: Family<ProcedureLabels, Counter>,
     deploys: Family<DeployLabels, Counter>,
     load_failures: Counter,
+    deploy_messages_skipped: Counter,
     connected: Gauge,
     reconnects: Counter,
     cpu_seconds: Counter<f64, AtomicU64>,
     resident_bytes: Gauge,
     spares_used: Counter,
+    /// Outbound HTTP calls refused, by reason: the sandbox counts them (a
+    /// looping procedure is refused a hundred thousand times a second),
+    /// read into this at each [`Metrics::encode`].
+    http_refused: Family<HttpRefusedLabels, Counter>,
     /// Consuming requests right now (for /healthz).
     consuming: AtomicBool,
     /// The broker node of the current connection, password hidden.
@@ -147,7 +160,7 @@ impl Metrics {
         let by_caller = Family::default();
         registry.register(
             "warren_caller_requests",
-            "Requests answered, by caller (the broker user; past the first 64, other) and \
+            "Requests answered, by caller (the broker user, (none) without user_id; past the first 64, other) and \
              outcome (ok|error|forbidden|rate-limited)",
             Family::clone(&by_caller),
         );
@@ -202,6 +215,13 @@ impl Metrics {
             "Remote deploys answered, by result (accepted|refused), replays included",
             Family::clone(&deploys),
         );
+        let deploy_messages_skipped = Counter::default();
+        registry.register(
+            "warren_deploy_messages_skipped",
+            "Deploy-stream messages skipped because no deploying broker user published them \
+             (--deploy-users)",
+            deploy_messages_skipped.clone(),
+        );
         let load_failures = Counter::default();
         registry.register(
             "warren_module_load_failures",
@@ -238,6 +258,18 @@ impl Metrics {
             "Requests that ran in an instance started ahead of them (--spare-instances)",
             spares_used.clone(),
         );
+        let http_refused = Family::default();
+        registry.register(
+            "warren_http_refused",
+            "Outbound HTTP calls of procedures refused, by reason (not-allowed|userinfo|\
+             forbidden-address|too-many-calls|too-many-bytes); only a request's first refusal \
+             is logged",
+            Family::clone(&http_refused),
+        );
+        for (reason, _) in crate::sandbox::http_refusals() {
+            // Every reason from the start, at 0.
+            let _ = http_refused.get_or_create(&HttpRefusedLabels { reason });
+        }
         Metrics {
             registry,
             started: Instant::now(),
@@ -253,11 +285,13 @@ impl Metrics {
             swaps,
             deploys,
             load_failures,
+            deploy_messages_skipped,
             connected,
             reconnects,
             cpu_seconds,
             resident_bytes,
             spares_used,
+            http_refused,
             consuming: AtomicBool::new(false),
             node: std::sync::Mutex::new(None),
             served: AtomicU64::new(0),
@@ -303,6 +337,11 @@ impl Metrics {
     pub fn deploy_answered(&self, accepted: bool) {
         let result = if accepted { "accepted" } else { "refused" };
         self.deploys.get_or_create(&DeployLabels { result }).inc();
+    }
+
+    /// A deploy-stream message was skipped: no deploying user published it.
+    pub fn deploy_message_skipped(&self) {
+        self.deploy_messages_skipped.inc();
     }
 
     /// A module file failed to load.
@@ -381,8 +420,8 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with `served` (every procedure
-    /// served now), `spares_used` (the sandbox's count) and the process's
-    /// CPU and memory read at this moment.
+    /// served now), `spares_used` (the sandbox's count), the outbound HTTP
+    /// calls refused and the process's CPU and memory read at this moment.
     pub fn encode(&self, served: &[Served], spares_used: u64) -> String {
         self.procedures.clear();
         for procedure in served {
@@ -403,6 +442,17 @@ impl Metrics {
         let seen = self.spares_used.get();
         if spares_used > seen {
             self.spares_used.inc_by(spares_used - seen);
+        }
+        // Counted by the sandbox for the whole process (one host per
+        // process outside tests).
+        for (reason, refused) in crate::sandbox::http_refusals() {
+            let counter = self
+                .http_refused
+                .get_or_create(&HttpRefusedLabels { reason });
+            let seen = counter.get();
+            if refused > seen {
+                counter.inc_by(refused - seen);
+            }
         }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
@@ -562,6 +612,11 @@ mod tests {
             "warren_broker_connected 1",
             "warren_reconnects_total 0",
             "warren_spare_instances_used_total 7",
+            r#"warren_http_refused_total{reason="not-allowed"}"#,
+            r#"warren_http_refused_total{reason="userinfo"}"#,
+            r#"warren_http_refused_total{reason="forbidden-address"}"#,
+            r#"warren_http_refused_total{reason="too-many-calls"}"#,
+            r#"warren_http_refused_total{reason="too-many-bytes"}"#,
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
         ] {

@@ -23,7 +23,7 @@ use warren_protocol::broker::{Backoff, Brokers, close_quietly};
 use crate::causes::Causes;
 use crate::control::{Control, StatusSource};
 use crate::deploy::Deployer;
-use crate::deploy::stream::{DeployStream, StreamState};
+use crate::deploy::stream::{DeployStream, RetentionRefused, StreamState};
 use crate::dispatch::Dispatcher;
 use crate::requests::dead::DeadLetters;
 use crate::requests::{RequestQueue, Requests};
@@ -105,7 +105,7 @@ pub struct SetupRefused(pub String);
 /// under it) is taken to pass.
 fn needs_a_person(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
-        if cause.is::<SetupRefused>() {
+        if cause.is::<SetupRefused>() || cause.is::<RetentionRefused>() {
             return true;
         }
         let Some(lapin) = cause.downcast_ref::<lapin::Error>() else {
@@ -148,9 +148,16 @@ impl Session {
             let queue =
                 RequestQueue::declare(&connection, &target.queue, target.mode, target.prefetch)
                     .await?;
-            let mut deploys =
-                DeployStream::open(&connection, &target.queue, target.retention, state.clone())
-                    .await?;
+            let user = warren_protocol::amqp_user(&broker);
+            let mut deploys = DeployStream::open(
+                &connection,
+                deployer,
+                user,
+                &target.queue,
+                target.retention,
+                state.clone(),
+            )
+            .await?;
             deploys.catch_up(deployer, history).await?;
             let dead_letters = match target.mode {
                 QueueMode::Durable { delivery_limit } => {

@@ -276,7 +276,9 @@ async fn deploy_names_are_checked_by_the_client_and_the_host() {
             deploy_stream(&host.queue).as_str().into(),
             BasicPublishOptions::default(),
             &v1,
-            BasicProperties::default().with_headers(headers),
+            BasicProperties::default()
+                .with_headers(headers)
+                .with_user_id(amqp_user_id()),
         )
         .await
         .unwrap();

@@ -219,6 +219,192 @@ async fn secrets_reach_the_guest_and_nothing_else() {
     delete_queues(&queue).await;
 }
 
+/// Issue 37, finding 8: a trap reply quotes the guest's last stderr line,
+/// and a procedure that fails on its secret (CPython's `ValueError:
+/// invalid literal for int() with base 10: 'VALUE'`, a Rust parser's
+/// panic) put the value there. Every granted secret value is replaced by
+/// `[secret]` in error replies and in what the host logs, guest output
+/// included (logged at debug level, which this host logs).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_procedure_failing_on_its_secret_does_not_show_it() {
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("api-key"), format!("{SECRET_VALUE}\n")).unwrap();
+    let manifest = b"[secrets]\nnames = [\"api-key\"]\n";
+    let configured = configured_wasm();
+    let python = secret_py_wasm();
+    let mut modules: Vec<(&str, &[u8])> = vec![("conf", &configured), ("conf.toml", manifest)];
+    if let Some(python) = &python {
+        modules.extend([("py", python.as_slice()), ("py.toml", manifest)]);
+    }
+    let queue = unique_queue("grants-secret-trap");
+    let host = DebugHost::start(&queue, &modules, secrets.path());
+    host.wait_for_log("warren-host ready", Duration::from_secs(180))
+        .await;
+
+    let client = warren_client::RpcClient::connect(&amqp_url(), &queue)
+        .await
+        .unwrap();
+    let mut replies = Vec::new();
+    let rust = client.call(call("panic api-key").procedure("conf")).await;
+    let message = format!("{rust:?}");
+    assert_eq!(error_kind(rust), ErrorKind::Trap);
+    assert!(
+        message.contains(r#"invalid digit in \"[secret]\""#)
+            || message.contains(r#"invalid digit in "[secret]""#),
+        "{message}"
+    );
+    replies.push(message);
+    if python.is_some() {
+        let py = client.call(call("api-key").procedure("py")).await;
+        let message = format!("{py:?}");
+        assert_eq!(error_kind(py), ErrorKind::Trap);
+        assert!(
+            message.contains("ValueError: invalid literal for int() with base 10: '[secret]'"),
+            "{message}"
+        );
+        replies.push(message);
+    }
+    client.close().await;
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = host.log();
+        if log.matches("answered with error").count() >= replies.len() {
+            break log;
+        }
+        assert!(std::time::Instant::now() < give_up, "{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        log.contains("guest output"),
+        "debug lines are logged: {log}"
+    );
+    assert!(log.contains("[secret]"), "{log}");
+    drop(host);
+    for text in replies.iter().chain([&log]) {
+        assert!(
+            !text.contains(SECRET_VALUE),
+            "the secret's value shows: {text}"
+        );
+        assert!(
+            !text.contains("tr0ub4dor"),
+            "part of the secret shows: {text}"
+        );
+    }
+    delete_queues(&queue).await;
+}
+
+/// The Python procedure of [`a_procedure_failing_on_its_secret_does_not_show_it`]
+/// (test-guests/secret-py, against test-guests/configured/wit), built into
+/// target/guests/secret-py.wasm with componentize-py when missing or older
+/// than its source (about 30 s); `None`, after saying SKIPPED, without
+/// python3.
+fn secret_py_wasm() -> Option<Vec<u8>> {
+    let root = workspace();
+    let source = root.join("test-guests/secret-py/app.py");
+    let out = root.join("target/guests/secret-py.wasm");
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if modified(&out).is_some_and(|built| Some(built) >= modified(&source)) {
+        return Some(std::fs::read(&out).unwrap());
+    }
+    if !on_path("python3") {
+        eprintln!(
+            "SKIPPED: python3 is not installed, so the Python secret test guest could not be built"
+        );
+        return None;
+    }
+    let venv = std::process::Command::new(root.join("scripts/py-env"))
+        .args(["target/py-guest", "guest-fib-py/requirements.txt"])
+        .output()
+        .expect("running scripts/py-env");
+    assert!(
+        venv.status.success(),
+        "scripts/py-env: {}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let python = String::from_utf8(venv.stdout).unwrap();
+    let componentize = std::path::Path::new(python.trim()).with_file_name("componentize-py");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let tmp = out.with_extension(format!("wasm.{}.tmp", std::process::id()));
+    let built = std::process::Command::new(componentize)
+        .current_dir(source.parent().unwrap())
+        .arg("-d")
+        .arg(root.join("test-guests/configured/wit"))
+        .args(["-w", "configured", "componentize", "app", "-o"])
+        .arg(&tmp)
+        .output()
+        .expect("running componentize-py");
+    assert!(
+        built.status.success(),
+        "componentize-py: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    std::fs::rename(&tmp, &out).unwrap();
+    Some(std::fs::read(&out).unwrap())
+}
+
+/// A `warren-host` process like [`HostProcess`], logging the host's own
+/// debug lines too (`RUST_LOG=info,warren_host=debug`: guest output).
+struct DebugHost {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl DebugHost {
+    fn start(queue: &str, modules: &[(&str, &[u8])], secrets: &std::path::Path) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("modules");
+        std::fs::create_dir(&folder).unwrap();
+        for (name, bytes) in modules {
+            let file = if name.contains('.') {
+                (*name).to_owned()
+            } else {
+                format!("{name}.wasm")
+            };
+            std::fs::write(folder.join(file), bytes).unwrap();
+        }
+        let log = std::fs::File::create(dir.path().join("host.log")).unwrap();
+        let child = std::process::Command::new(binary("warren-host"))
+            .args(["--queue", queue, "--concurrency", "2", "--modules-dir"])
+            .arg(&folder)
+            .arg("--secrets-dir")
+            .arg(secrets)
+            .env("AMQP_URL", amqp_url())
+            .env("RUST_LOG", "info,warren_host=debug")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting warren-host");
+        DebugHost { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("host.log")).unwrap_or_default()
+    }
+
+    async fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        let give_up = std::time::Instant::now() + within;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "warren-host did not log {needle:?} within {within:?}; its log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for DebugHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A manifest in a signed deploy: served by every host with its grants and
 /// saved beside the module; a manifest changed or stripped after signing is
 /// refused by every host.

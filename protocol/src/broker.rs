@@ -118,6 +118,18 @@ impl Brokers {
             .join(", ")
     }
 
+    /// The broker users these URLs log in as ([`crate::amqp_user`]), each
+    /// once; URLs whose user is a TLS client certificate's are left out.
+    pub fn users(&self) -> Vec<String> {
+        let mut users: Vec<String> = Vec::new();
+        for user in self.urls.iter().filter_map(|url| crate::amqp_user(url)) {
+            if !users.contains(&user) {
+                users.push(user);
+            }
+        }
+        users
+    }
+
     /// How many nodes there are.
     pub fn len(&self) -> usize {
         self.urls.len()
@@ -171,6 +183,21 @@ impl Brokers {
             }
         }
         Err(last_error.expect("at least one URL was tried"))
+    }
+}
+
+/// Whether `error` ended the whole connection, not just one channel (a
+/// soft error such as `PRECONDITION_FAILED` closes only its channel, and
+/// lapin reports it on the connection's events all the same).
+pub fn ends_connection(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Hard(_))
+        }
+        lapin::ErrorKind::IOError(_)
+        | lapin::ErrorKind::MissingHeartbeatError
+        | lapin::ErrorKind::InvalidConnectionState(_) => true,
+        _ => false,
     }
 }
 

@@ -60,9 +60,11 @@ pub const HEADER_DEADLINE: &str = "x-deadline";
 /// On a `rate-limited` error reply: milliseconds until the caller may try
 /// again (the same value as the body's `retry_after_ms`).
 pub const HEADER_RETRY_AFTER_MS: &str = "x-retry-after-ms";
-/// Who a request without a `user_id` property is from: a caller the broker
-/// did not vouch for (the seed's `rpc_client.py`, any client that does not
-/// set it). Manifests name it like any other caller.
+/// What earlier hosts called a request without a `user_id` property. Such a
+/// request now has no identity: no `callers` pattern matches it (a
+/// manifest admits it only with `callers-anonymous = true`), and metrics
+/// label it `(none)`. A broker user really named this is warned about,
+/// since older logs and metrics cannot tell it from no identity.
 pub const ANONYMOUS_CALLER: &str = "anonymous";
 
 /// Value of [`HEADER_RPC_STATUS`] when the procedure returned `ok`.

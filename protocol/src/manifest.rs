@@ -9,6 +9,7 @@
 //!
 //! ```toml
 //! callers = ["alice", "billing-*"]   # who may call it (broker users)
+//! callers-anonymous = false          # and requests without user_id too
 //! [quota]                            # per caller, on each host
 //! rate = 50                          # requests per second
 //! burst = 100                        # at once above the rate
@@ -52,10 +53,22 @@ pub const MAX_MANIFEST_BYTES: usize = 64 << 10;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Who may call the procedure (`*` matches any run of characters);
-    /// `None`: everyone.
+    /// Who may call the procedure: broker users, by name or pattern (`*`
+    /// matches any run of characters); `None`: everyone, requests without
+    /// `user_id` included. No pattern matches a request without `user_id`:
+    /// having no identity is not a name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callers: Option<Vec<String>>,
+    /// `callers-anonymous`: whether, besides `callers`, requests without
+    /// `user_id` (no identity the broker vouched for) may call it. Only
+    /// beside `callers` (without it everyone may call); written `false`,
+    /// it says what leaving it out does.
+    #[serde(
+        default,
+        rename = "callers-anonymous",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub callers_anonymous: Option<bool>,
     /// How much each caller may use of it, on each host.
     #[serde(default, skip_serializing_if = "Quota::is_empty")]
     pub quota: Quota,
@@ -327,6 +340,14 @@ impl Manifest {
                     );
                 }
             }
+        } else if self.callers_anonymous.is_some() {
+            return at(
+                "callers-anonymous",
+                "callers-anonymous only goes with callers: without callers everyone may call, \
+                 requests without user_id included; to let in every broker user but not \
+                 requests without user_id, write callers = [\"*\"]"
+                    .to_owned(),
+            );
         }
         Ok(())
     }
@@ -487,9 +508,14 @@ pub struct EffectiveGrants {
     /// `sha256:<hex>` of the manifest's text; absent without a manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
-    /// Who may call it; absent: everyone.
+    /// Who may call it (broker users); absent: everyone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callers: Option<Vec<String>>,
+    /// With `callers`: whether requests without `user_id` may call it too
+    /// (`callers-anonymous = true`). Without `callers` they may, and this
+    /// is false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub callers_anonymous: bool,
     /// How much each caller may use of it on this host (its `[quota]`; the
     /// host's own per-caller quota applies besides).
     #[serde(default, skip_serializing_if = "Quota::is_empty")]
@@ -521,6 +547,10 @@ pub struct EffectiveGrants {
 
 fn is_zero(value: &u64) -> bool {
     *value == 0
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl std::fmt::Display for EffectiveGrants {
@@ -556,7 +586,11 @@ impl std::fmt::Display for EffectiveGrants {
             list(&self.config),
             list(&self.secrets),
             http,
-            self.callers.as_deref().map_or("everyone".to_owned(), list),
+            match (self.callers.as_deref(), self.callers_anonymous) {
+                (None, _) => "everyone".to_owned(),
+                (Some(callers), false) => list(callers),
+                (Some(callers), true) => format!("{} and requests without user_id", list(callers)),
+            },
             self.quota,
         )
     }
@@ -715,6 +749,71 @@ allow = ["http://127.0.0.1:8081", "https://api.example.com"]
         assert!(HttpPattern::parse("http://host/path").is_err());
         assert!(HttpPattern::parse("http://host:0").is_err());
         assert!(HttpPattern::parse("host:80").is_err());
+    }
+
+    #[test]
+    fn callers_anonymous_is_explicit_and_only_beside_callers() {
+        let manifest = Manifest::parse("callers = [\"a*\"]\n").unwrap();
+        assert_eq!(manifest.callers_anonymous, None);
+        let manifest = Manifest::parse("callers = [\"a*\"]\ncallers-anonymous = true\n").unwrap();
+        assert_eq!(manifest.callers_anonymous, Some(true));
+        assert!(!manifest.grants_nothing());
+        let json = serde_json::to_value(&manifest).unwrap();
+        assert_eq!(json["callers-anonymous"], true, "{json}");
+        let manifest = Manifest::parse("callers = [\"a*\"]\ncallers-anonymous = false\n").unwrap();
+        assert_eq!(manifest.callers_anonymous, Some(false));
+        // Without callers, everyone may call: the setting would say nothing,
+        // or (false) promise what is not done.
+        for value in ["true", "false"] {
+            let alone = Manifest::parse(&format!("\ncallers-anonymous = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                alone.contains("line 2") && alone.contains("callers = [\"*\"]"),
+                "{alone}"
+            );
+        }
+        let typo = Manifest::parse("callers = [\"a\"]\ncallers_anonymous = true\n");
+        assert!(typo.is_err(), "the key is spelt with a hyphen");
+    }
+
+    #[test]
+    fn grants_say_when_requests_without_user_id_are_let_in() {
+        let grants = EffectiveGrants {
+            manifest: None,
+            callers: Some(vec!["a*".to_owned()]),
+            callers_anonymous: true,
+            quota: Quota::default(),
+            timeout_ms: 1000,
+            memory_bytes: 1 << 20,
+            reply_bytes: 1 << 20,
+            concurrency: 1,
+            config: Vec::new(),
+            secrets: Vec::new(),
+            http: Vec::new(),
+            http_calls: 0,
+            http_bytes: 0,
+        };
+        assert!(
+            grants
+                .to_string()
+                .contains("callers [a*] and requests without user_id"),
+            "{grants}"
+        );
+        let json = serde_json::to_value(&grants).unwrap();
+        assert_eq!(json["callers_anonymous"], true);
+        let listed_only = EffectiveGrants {
+            callers_anonymous: false,
+            ..grants
+        };
+        assert!(listed_only.to_string().contains("callers [a*], "));
+        let json = serde_json::to_value(&listed_only).unwrap();
+        assert!(json.get("callers_anonymous").is_none(), "{json}");
+        let read: EffectiveGrants = serde_json::from_value(json).unwrap();
+        assert!(
+            !read.callers_anonymous,
+            "older hosts' status reads as false"
+        );
     }
 
     #[test]

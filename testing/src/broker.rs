@@ -10,6 +10,15 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| warren_protocol::DEFAULT_AMQP_URL.into())
 }
 
+/// The broker user [`amqp_url`] logs in as: the `user_id` a deploy must
+/// carry for hosts to read it (`--deploy-users`; a host reads its own
+/// user's).
+pub fn amqp_user_id() -> lapin::types::ShortString {
+    warren_protocol::amqp_user(&amqp_url())
+        .expect("AMQP_URL logs in with a user name")
+        .into()
+}
+
 /// A unique queue name for one test.
 pub fn unique_queue(test: &str) -> String {
     format!("warren-test-{test}-{}", uuid::Uuid::new_v4())
@@ -73,8 +82,9 @@ pub async fn wait_for_consumer(queue: &str) {
     .await;
 }
 
-/// Publishes a deploy message onto `queue`'s deploy stream by hand, as
-/// anyone who may publish to the broker could, without waiting for answers.
+/// Publishes a deploy message onto `queue`'s deploy stream by hand, as a
+/// deploying user could (named as its `user_id`), without waiting for
+/// answers.
 pub async fn publish_raw_deploy(queue: &str, headers: lapin::types::FieldTable, module: &[u8]) {
     let connection = lapin::Connection::connect(&amqp_url(), Default::default())
         .await
@@ -88,7 +98,9 @@ pub async fn publish_raw_deploy(queue: &str, headers: lapin::types::FieldTable, 
                 .into(),
             lapin::options::BasicPublishOptions::default(),
             module,
-            lapin::BasicProperties::default().with_headers(headers),
+            lapin::BasicProperties::default()
+                .with_headers(headers)
+                .with_user_id(amqp_user_id()),
         )
         .await
         .unwrap();
@@ -96,9 +108,23 @@ pub async fn publish_raw_deploy(queue: &str, headers: lapin::types::FieldTable, 
 }
 
 /// Publishes deploy messages (headers, module) onto `queue`'s deploy
-/// stream, declaring it first, in order, each confirmed by the broker.
+/// stream as a deploying user, declaring it first, in order, each
+/// confirmed by the broker.
 pub async fn publish_raw_deploys(queue: &str, deploys: &[(lapin::types::FieldTable, Vec<u8>)]) {
-    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+    publish_raw_deploys_from(&amqp_url(), queue, deploys).await;
+}
+
+/// [`publish_raw_deploys`] as the broker user `url` logs in as (named as
+/// each message's `user_id`).
+pub async fn publish_raw_deploys_from(
+    url: &str,
+    queue: &str,
+    deploys: &[(lapin::types::FieldTable, Vec<u8>)],
+) {
+    let user_id: lapin::types::ShortString = warren_protocol::amqp_user(url)
+        .expect("a URL with a user name")
+        .into();
+    let connection = lapin::Connection::connect(url, Default::default())
         .await
         .unwrap();
     let declared = warren_protocol::deploy::declare_deploy_stream(
@@ -121,7 +147,9 @@ pub async fn publish_raw_deploys(queue: &str, deploys: &[(lapin::types::FieldTab
                 declared.name.as_str().into(),
                 lapin::options::BasicPublishOptions::default(),
                 module,
-                lapin::BasicProperties::default().with_headers(headers.clone()),
+                lapin::BasicProperties::default()
+                    .with_headers(headers.clone())
+                    .with_user_id(user_id.clone()),
             )
             .await
             .unwrap()

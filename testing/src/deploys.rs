@@ -128,6 +128,7 @@ pub async fn answers_to_raw_messages_from(
                 &body,
                 BasicProperties::default()
                     .with_headers(headers)
+                    .with_user_id(crate::amqp_user_id())
                     .with_reply_to(replies.name().clone()),
             )
             .await

@@ -1,6 +1,6 @@
-//! Real broker users for the tests of caller identity: made with
-//! `rabbitmqctl add_user` and `set_permissions` (full rights on the test
-//! vhost `/`), deleted when dropped.
+//! Real broker users for the tests of caller identity and deploy rights:
+//! made with `rabbitmqctl add_user` and `set_permissions` (full rights on
+//! the test vhost `/`, or the ones a test gives), deleted when dropped.
 
 use std::process::Command;
 
@@ -16,6 +16,12 @@ impl BrokerUser {
     /// `None` (after saying SKIPPED) where `rabbitmqctl` cannot reach the
     /// broker: there the tests that need one skip.
     pub fn create(prefix: &str) -> Option<BrokerUser> {
+        Self::create_with(prefix, [".*", ".*", ".*"])
+    }
+
+    /// Like [`BrokerUser::create`], with these configure, write and read
+    /// permissions on `/` (`rabbitmqctl set_permissions` regexes).
+    pub fn create_with(prefix: &str, permissions: [&str; 3]) -> Option<BrokerUser> {
         if !crate::on_path("rabbitmqctl") {
             eprintln!("SKIPPED: rabbitmqctl is not installed, so no broker users can be made");
             return None;
@@ -29,8 +35,17 @@ impl BrokerUser {
             eprintln!("SKIPPED: rabbitmqctl add_user failed ({why}); is it this broker's node?");
             return None;
         }
-        rabbitmqctl(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"])
-            .unwrap_or_else(|why| panic!("rabbitmqctl set_permissions: {why}"));
+        let [configure, write, read] = permissions;
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            &user.name,
+            configure,
+            write,
+            read,
+        ])
+        .unwrap_or_else(|why| panic!("rabbitmqctl set_permissions: {why}"));
         Some(user)
     }
 

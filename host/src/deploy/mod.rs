@@ -6,17 +6,23 @@
 //! the host's [`DeployPolicy`], compile off the async runtime, save it into
 //! the modules folder (so a restart serves it too), and only then swap it in
 //! (make-before-break, like a file change). A deploy is all or nothing: a
-//! refused one is neither served nor stored. Per name, a deploy must carry
-//! a higher sequence than the newest one this host accepted (the sequence
-//! is signed), so an old signed deploy replayed onto the stream cannot roll
-//! a procedure back; the very deploy it accepted seen again (a copy a host
-//! published to keep it in the stream, see [`keeper`]) changes nothing.
-//! [`stream`] reads the deploys from the broker, a [`Batch`] at a time, and
-//! answers the deployers.
+//! refused one is neither served nor stored.
+//!
+//! The broker is untrusted transport. Per name, a deploy must carry a
+//! higher sequence than the newest one this host accepted (the sequence is
+//! signed), so an old signed deploy put back onto the stream cannot roll a
+//! procedure back; the very deploy it accepted seen again (a copy a host
+//! published to keep it in the stream, see [`keeper`]) changes nothing. The
+//! newest accepted deploy is saved with the module ([`record`]) and read
+//! back before the stream, so this holds across restarts and however much
+//! of the stream was lost. [`stream`] acts only on messages a deploying
+//! broker user published (their broker-checked `user_id`), reads the
+//! deploys a [`Batch`] at a time, and answers the deployers.
 
 mod answers;
 mod keeper;
 mod parts;
+pub mod record;
 pub mod stream;
 
 use std::collections::HashMap;
@@ -29,6 +35,7 @@ use warren_protocol::deploy::{DeployAnswer, DeployHeaders, PublicKey};
 use warren_protocol::manifest::Manifest;
 
 use crate::modules::{ModulesFolder, Procedure, digest, version};
+use record::{DeployRecord, Records};
 
 /// Which deploys a host accepts.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +46,18 @@ pub struct DeployPolicy {
     pub allow_unsigned: bool,
     /// Largest module accepted, in bytes.
     pub max_module_bytes: usize,
+    /// The broker users whose deploy-stream messages this host acts on
+    /// (`--deploy-users`, and this host's own user, which publishes
+    /// copies): the broker checks a message's `user_id` against the user
+    /// that published it. Messages of anyone else are skipped unread.
+    pub publishers: Vec<String>,
+}
+
+impl DeployPolicy {
+    /// Whether a deploy-stream message with this `user_id` is to be read.
+    pub fn admits_publisher(&self, user_id: Option<&str>) -> bool {
+        user_id.is_some_and(|user| self.publishers.iter().any(|known| known == user))
+    }
 }
 
 /// One deploy as received: the module and what its headers claim.
@@ -58,14 +77,20 @@ struct Verified {
     sequence: Option<u64>,
     /// The manifest's text, already checked to parse.
     manifest: Option<String>,
+    /// What is saved beside the module; absent without a sequence.
+    record: Option<DeployRecord>,
 }
 
 /// The newest deploy this host accepted for one name: its sequence and
 /// digest, so a replay is refused and a copy of it recognised.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Newest {
+struct Accepted {
     sequence: u64,
     digest: String,
+    /// Read from a record whose module the folder no longer serves (a save
+    /// cut short, a module replaced by hand): that same deploy seen again
+    /// is applied again rather than taken for a copy.
+    unserved: bool,
 }
 
 /// Applies deploys to this host's modules folder (and so to what it serves).
@@ -74,7 +99,10 @@ pub struct Deployer {
     policy: DeployPolicy,
     folder: Arc<ModulesFolder>,
     /// Per name, the newest deploy that passed the checks.
-    newest: Mutex<HashMap<String, Newest>>,
+    accepted: Mutex<HashMap<String, Accepted>>,
+    /// Names whose record could not be read, with why: every deploy of them
+    /// is refused until a person removes or mends the record.
+    unreadable: HashMap<String, String>,
 }
 
 /// What became of one deploy of a [`Batch`].
@@ -137,7 +165,7 @@ impl<T> Batch<'_, T> {
                 let waiting = Waiting {
                     place,
                     tag,
-                    verified,
+                    verified: *verified,
                     module: request.module,
                     received,
                 };
@@ -167,8 +195,8 @@ impl<T> Batch<'_, T> {
     pub fn refuse(&mut self, headers: DeployHeaders, reason: String, tag: T) {
         let place = self.added;
         self.added += 1;
-        let digest = headers.digest.clone().unwrap_or_default();
-        let answer = self.deployer.refusal(digest, reason, Instant::now());
+        // The claimed digest is not repeated: nothing checked it.
+        let answer = self.deployer.refusal(String::new(), reason, Instant::now());
         self.settled.push((
             place,
             Settled {
@@ -184,6 +212,17 @@ impl<T> Batch<'_, T> {
     /// The largest module this host accepts (`--max-module-bytes`).
     pub fn max_module_bytes(&self) -> usize {
         self.deployer.policy.max_module_bytes
+    }
+
+    /// Whether a message whose `user_id` is `user` is to be read at all
+    /// ([`DeployPolicy::publishers`]).
+    pub fn admits_publisher(&self, user: Option<&str>) -> bool {
+        self.deployer.policy.admits_publisher(user)
+    }
+
+    /// Counts a message skipped because no deploying user published it.
+    pub fn skipped_publisher(&self) {
+        self.deployer.folder.metrics().deploy_message_skipped();
     }
 
     /// Answers a deploy that a newer one of its name replaced before it
@@ -250,20 +289,74 @@ impl<T> Batch<'_, T> {
 /// Where a verified deploy stands against the newest accepted of its name.
 enum Order {
     /// Newer: to be applied.
-    New(Verified),
+    New(Box<Verified>),
     /// The very deploy accepted last (same sequence and digest).
     Copy,
 }
 
 impl Deployer {
-    /// A deployer for this host.
-    pub fn new(host_id: String, policy: DeployPolicy, folder: Arc<ModulesFolder>) -> Self {
-        Deployer {
+    /// A deployer for this host, which remembers the newest deploy of each
+    /// name from the records in the modules folder ([`record`]). Call it
+    /// after the folder is loaded, so it knows what the folder serves.
+    pub fn new(
+        host_id: String,
+        policy: DeployPolicy,
+        folder: Arc<ModulesFolder>,
+    ) -> anyhow::Result<Self> {
+        let Records { read, unreadable } = record::read_records(folder.dir())?;
+        let mut accepted = HashMap::new();
+        for (name, record) in read {
+            let version = version(&record.digest, record.manifest_digest.as_deref());
+            let served = folder.serving().get(&name).map(|p| p.version());
+            let unserved = served.as_ref() != Some(&version);
+            if unserved {
+                tracing::info!(
+                    procedure = %name,
+                    sequence = record.sequence,
+                    serving = served.as_deref().unwrap_or("nothing"),
+                    "the folder does not serve the last deploy of this procedure (its record \
+                     says {version}): deploys not newer than it are still refused, and that \
+                     deploy is applied again if the deploy stream holds it"
+                );
+            }
+            if !policy.trusted_keys.is_empty() && !record.signed_by_one_of(&policy.trusted_keys) {
+                tracing::warn!(
+                    procedure = %name,
+                    sequence = record.sequence,
+                    "the record of this procedure's last deploy is not signed by a key this host \
+                     trusts now (a key taken out of --trusted-keys, or a record edited by hand); \
+                     deploys not newer than it are still refused"
+                );
+            }
+            accepted.insert(
+                name,
+                Accepted {
+                    sequence: record.sequence,
+                    digest: record.digest,
+                    unserved,
+                },
+            );
+        }
+        for (name, why) in &unreadable {
+            tracing::error!(
+                procedure = %name,
+                "the record of this procedure's last deploy cannot be read ({why}): every deploy \
+                 of it is refused, since this host no longer knows which are old. Remove the file \
+                 (the next signed deploy is then accepted) or put back a good copy"
+            );
+        }
+        Ok(Deployer {
             host_id,
             policy,
             folder,
-            newest: Mutex::default(),
-        }
+            accepted: Mutex::new(accepted),
+            unreadable,
+        })
+    }
+
+    /// What this host accepts.
+    pub fn policy(&self) -> &DeployPolicy {
+        &self.policy
     }
 
     /// This host's id, as it signs its answers.
@@ -307,13 +400,22 @@ impl Deployer {
     }
 
     /// Every check that needs no compiling: name, size, digest, signature.
+    /// A refusal's reason never repeats a header's value: whoever wrote
+    /// the headers chose it, and the reason goes back to a deployer and
+    /// into the log.
     fn verify(&self, request: &DeployRequest, actual_digest: &str) -> Result<Verified, String> {
         let headers = &request.headers;
         let name = headers
             .name
             .clone()
             .ok_or("the deploy names no procedure (header x-deploy-name)")?;
-        check_procedure_name(&name)?;
+        check_procedure_name(&name).map_err(|_| {
+            format!(
+                "the deploy's name (header x-deploy-name) is not a valid procedure name \
+                 ({})",
+                warren_protocol::PROCEDURE_NAME_RULE
+            )
+        })?;
         if request.module.len() > self.policy.max_module_bytes {
             return Err(format!(
                 "the module is {} bytes; this host accepts at most {} (--max-module-bytes)",
@@ -321,16 +423,20 @@ impl Deployer {
                 self.policy.max_module_bytes
             ));
         }
-        let claimed = headers.digest.as_deref().unwrap_or_default();
-        if claimed != actual_digest {
-            return Err(format!(
-                "the module's digest is {actual_digest}, not {claimed:?} as its header says"
-            ));
+        match headers.digest.as_deref() {
+            None => return Err("the deploy has no digest header (x-deploy-digest)".into()),
+            Some(claimed) if claimed != actual_digest => {
+                return Err(format!(
+                    "the digest header (x-deploy-digest) does not match the module, whose \
+                     digest is {actual_digest}"
+                ));
+            }
+            Some(_) => {}
         }
         let sequence = match &headers.sequence {
             None => None,
             Some(text) => Some(text.trim().parse::<u64>().map_err(|_| {
-                format!("the deploy's sequence (x-deploy-sequence) {text:?} is not a whole number")
+                "the deploy's sequence (header x-deploy-sequence) is not a whole number".to_owned()
             })?),
         };
         self.check_signature(request, &name, actual_digest, sequence)?;
@@ -338,47 +444,66 @@ impl Deployer {
         if let Some(text) = &headers.manifest {
             Manifest::parse(text).map_err(|error| format!("its manifest is refused: {error}"))?;
         }
+        let record = sequence.map(|sequence| DeployRecord {
+            name: name.clone(),
+            sequence,
+            digest: actual_digest.to_owned(),
+            manifest_digest: headers.manifest_digest(),
+            key: headers.key.clone(),
+            signature: headers.signature.clone(),
+        });
         Ok(Verified {
             name,
             digest: actual_digest.to_owned(),
             sequence,
             manifest: headers.manifest.clone(),
+            record,
         })
     }
 
     /// Refuses a deploy that is not newer than the newest accepted for its
     /// name (a replay), recognises that newest one seen again (a copy), and
     /// otherwise remembers it as the newest. Deploys are checked in stream
-    /// order, so this holds on replay too.
+    /// order, so this holds on replay too; the records saved with the
+    /// modules make it hold across restarts.
     fn check_order(&self, verified: Verified) -> Result<Order, String> {
+        if self.unreadable.contains_key(&verified.name) {
+            return Err(format!(
+                "the record of the last deploy of {} on this host cannot be read, so it refuses \
+                 every deploy of it until a person removes or mends {}.{} (the host's log says why)",
+                verified.name,
+                verified.name,
+                record::RECORD_EXTENSION
+            ));
+        }
         let Some(sequence) = verified.sequence else {
-            return Ok(Order::New(verified));
+            return Ok(Order::New(Box::new(verified)));
         };
-        let mut newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
-        match newest.get(&verified.name) {
-            Some(accepted)
-                if accepted.sequence == sequence && accepted.digest == verified.digest =>
-            {
-                Ok(Order::Copy)
+        let mut accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(newest) = accepted.get(&verified.name) {
+            let same = newest.sequence == sequence && newest.digest == verified.digest;
+            if same && !newest.unserved {
+                return Ok(Order::Copy);
             }
-            Some(accepted) if sequence <= accepted.sequence => Err(format!(
-                "older than a deploy of {} this host already accepted (sequence {sequence} is not \
-                 above {}): a replayed deploy cannot roll a procedure back. To go back to \
-                 an old version, deploy it again; if this is a new deploy, the deployer's clock \
-                 is behind",
-                verified.name, accepted.sequence
-            )),
-            _ => {
-                newest.insert(
-                    verified.name.clone(),
-                    Newest {
-                        sequence,
-                        digest: verified.digest.clone(),
-                    },
-                );
-                Ok(Order::New(verified))
+            if sequence < newest.sequence || (sequence == newest.sequence && !same) {
+                return Err(format!(
+                    "older than a deploy of {} this host already accepted (sequence {sequence} is \
+                     not above {}): a replayed deploy cannot roll a procedure back. To go back to \
+                     an old version, deploy it again; if this is a new deploy, the deployer's \
+                     clock is behind",
+                    verified.name, newest.sequence
+                ));
             }
         }
+        accepted.insert(
+            verified.name.clone(),
+            Accepted {
+                sequence,
+                digest: verified.digest.clone(),
+                unserved: false,
+            },
+        );
+        Ok(Order::New(Box::new(verified)))
     }
 
     fn check_signature(
@@ -450,6 +575,7 @@ impl Deployer {
             name,
             digest,
             manifest,
+            record,
             ..
         } = verified;
         let manifest_digest = manifest.as_deref().map(warren_protocol::manifest::digest);
@@ -473,8 +599,9 @@ impl Deployer {
             .await
             .context("the compile task failed")??
         };
+        let record = record.as_ref().map(DeployRecord::to_text);
         self.folder
-            .save_and_serve(procedure, module, manifest.clone())
+            .save_and_serve(procedure, module, manifest.clone(), record)
             .await
     }
 }

@@ -30,8 +30,9 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use tokio::time::Instant;
 use warren_protocol::deploy::{
-    DeployHeaders, HEADER_DEPLOY_COPY, HEADER_DEPLOY_SYNC, HEADER_STREAM_OFFSET, Part,
-    StreamRetention, declare_deploy_stream, decode_module, encode_module, publish_encoded,
+    DeployHeaders, HEADER_DEPLOY_CLAIM, HEADER_DEPLOY_COPY, HEADER_DEPLOY_SYNC,
+    HEADER_STREAM_OFFSET, Part, StreamRetention, declare_deploy_stream, decode_module,
+    encode_module, publish_encoded,
 };
 use warren_protocol::{header_text, set_header_text};
 
@@ -41,7 +42,7 @@ use super::parts::{Assembler, Joined};
 use super::{Deployer, Settled};
 use crate::modules::{MODULE_EXTENSION, digest};
 use crate::shutdown::Shutdown;
-use warren_protocol::broker::close_quietly;
+use warren_protocol::broker::{close_quietly, ends_connection};
 
 /// Stream messages delivered ahead of the one being read. Each is acked
 /// (which, on a stream, only asks for the next) as soon as it is read, so a
@@ -49,9 +50,10 @@ use warren_protocol::broker::close_quietly;
 const DEPLOY_PREFETCH: u16 = 16;
 /// Quiet time that ends a burst of live deploys.
 const DEPLOY_SETTLE: Duration = Duration::from_millis(200);
-/// Longest random wait before re-publishing a deploy the stream would drop,
-/// so that the hosts of a fleet do not all publish the same copy.
-const REPUBLISH_JITTER: Duration = Duration::from_secs(2);
+/// Longest random wait before claiming the publishing of a deploy the
+/// stream would drop, so that few hosts of a fleet claim each round (one
+/// wins, see [`super::keeper`]).
+pub const REPUBLISH_JITTER: Duration = Duration::from_secs(2);
 
 /// What a host knows of its queue's deploy stream, kept across connections:
 /// the offset it has read up to, and the [`Keeper`]'s counts.
@@ -60,6 +62,8 @@ pub struct StreamState(Arc<Mutex<State>>);
 
 #[derive(Debug)]
 struct State {
+    /// Longest random wait before claiming ([`REPUBLISH_JITTER`]).
+    jitter: Duration,
     /// Offset of the last message handled.
     position: Option<u64>,
     keeper: Keeper,
@@ -68,9 +72,11 @@ struct State {
 }
 
 impl StreamState {
-    /// A host that has read nothing yet, of a stream declared with `retention`.
-    pub fn new(retention: StreamRetention) -> Self {
+    /// A host that has read nothing yet, of a stream declared with
+    /// `retention`, waiting at most `jitter` before it claims a copy.
+    pub fn new(retention: StreamRetention, jitter: Duration) -> Self {
         StreamState(Arc::new(Mutex::new(State {
+            jitter,
             position: None,
             keeper: Keeper::new(retention),
             parts: Assembler::default(),
@@ -96,6 +102,13 @@ pub struct DeployStream {
     state: StreamState,
     /// When to look for deploys to publish again, if any are due.
     republish_at: Option<Instant>,
+    /// The broker user this connection logged in as, named as the
+    /// `user_id` of what this host publishes (so other hosts read its
+    /// copies); `None` for a TLS client certificate's user.
+    user: Option<String>,
+    /// Messages skipped because no deploying user published them, since
+    /// the stream was opened (the first is logged).
+    foreign: u64,
 }
 
 /// What a stream message was for the [`Keeper`], when it was the newest
@@ -118,13 +131,37 @@ struct Read {
     /// What the whole deploy it completes costs (more than `size` when it
     /// came in parts).
     whole: u64,
+    /// Set when it was a claim ([`HEADER_DEPLOY_CLAIM`]).
+    claim: Option<Claim>,
+}
+
+/// A host's claim to publish the copy of a procedure's deploy.
+struct Claim {
+    name: String,
+    digest: Option<String>,
+    host: String,
+}
+
+impl Read {
+    fn of(offset: Option<u64>, size: u64) -> Self {
+        Read {
+            offset,
+            size,
+            whole: size,
+            claim: None,
+        }
+    }
 }
 
 impl DeployStream {
     /// Declares the deploy stream of `queue` and starts reading it after
     /// where `state` says this host stopped (from its start the first time).
+    /// A stream that already exists keeping less than Warren needs is
+    /// refused ([`RetentionRefused`]).
     pub async fn open(
         connection: &Connection,
+        deployer: &Deployer,
+        user: Option<String>,
         queue: &str,
         retention: StreamRetention,
         state: StreamState,
@@ -137,12 +174,12 @@ impl DeployStream {
                     warren_protocol::deploy::deploy_stream(queue)
                 )
             })?;
-        if let Some(said) = &declared.mismatch {
+        if let Some(settings) = &declared.existing {
+            check_retention(&declared, settings, deployer.policy().max_module_bytes)?;
             tracing::info!(
                 stream = %declared.name,
-                "the deploy stream exists with other settings than this host declares (an earlier \
-                 warren's, without a segment size): it is used as it is, assumed to keep 1 GiB \
-                 in segments of 500 MB. (The broker said: {said})"
+                "the deploy stream exists with other settings than this host declares ({settings}): \
+                 it is used as it is"
             );
         }
         state.lock().keeper.set_retention(declared.retention);
@@ -182,6 +219,8 @@ impl DeployStream {
             stream: declared.name,
             state,
             republish_at: None,
+            user,
+            foreign: 0,
         })
     }
 
@@ -190,6 +229,10 @@ impl DeployStream {
     /// connected. `history` says whether these deploys are the history a
     /// starting host replays (their refusals were reported when they were
     /// new, so they are logged at debug level only).
+    ///
+    /// Nothing read in a starting host's history is answered: those
+    /// deploys' deployers were answered when they were new, and whatever
+    /// `reply_to` an old message names is no one's business now.
     pub async fn catch_up(&mut self, deployer: &Deployer, history: bool) -> anyhow::Result<()> {
         let marker = uuid::Uuid::new_v4().to_string();
         self.append_marker(&marker).await?;
@@ -211,7 +254,10 @@ impl DeployStream {
             }
         }
         let settled = batch.finish().await;
-        self.record(reads, settled, history).await;
+        // A claim of this host's in what it catches up with is from before
+        // a reconnect: its keeping rounds start again once it follows.
+        self.record(reads, settled, history, deployer.host_id())
+            .await;
         Ok(())
     }
 
@@ -232,7 +278,8 @@ impl DeployStream {
                 _ = shutdown.recv() => break,
                 () = republish => {
                     self.republish_at = None;
-                    self.republish_due(&deployer).await;
+                    self.claim_due(&deployer).await;
+                    self.schedule_republish();
                     continue;
                 }
                 next = self.consumer.next() => next,
@@ -242,7 +289,7 @@ impl DeployStream {
                 Some(Err(error)) => {
                     // A lost connection is reported once, by the session;
                     // only the stream's own failure is news here.
-                    if connection_lost(&error) {
+                    if ends_connection(&error) {
                         tracing::debug!(%error, "reading the deploy stream stopped with the connection");
                     } else {
                         tracing::warn!(%error, "reading the deploy stream stopped; remote deploys are off until reconnect");
@@ -260,7 +307,8 @@ impl DeployStream {
                 self.take(delivery, &mut batch, &mut reads).await;
             }
             let settled = batch.finish().await;
-            self.record(reads, settled, false).await;
+            let won = self.record(reads, settled, false, deployer.host_id()).await;
+            self.publish_copies(&deployer, won).await;
             self.schedule_republish();
         }
         close_quietly(self.publisher.close(200, "warren-host stopping".into())).await;
@@ -268,9 +316,10 @@ impl DeployStream {
     }
 
     /// Acks one stream message at once (so the broker sends the next) and
-    /// adds it to `batch` unless it is a sync marker.
+    /// adds it to `batch` unless it is a sync marker or was not published
+    /// by a deploying user (see [`super::DeployPolicy::publishers`]).
     async fn take(
-        &self,
+        &mut self,
         delivery: Delivery,
         batch: &mut super::Batch<'_, (usize, BasicProperties)>,
         reads: &mut Vec<Read>,
@@ -288,14 +337,43 @@ impl DeployStream {
         let offset = stream_offset(&properties);
         let headers = properties.headers().as_ref();
         if header_text(headers, HEADER_DEPLOY_SYNC).is_some() {
-            reads.push(Read {
-                offset,
-                size,
-                whole: size,
-            });
+            reads.push(Read::of(offset, size));
+            return;
+        }
+        let user_id = properties.user_id().as_ref().map(|user| user.as_str());
+        if !batch.admits_publisher(user_id) {
+            // Anyone who may publish a request may publish here: what they
+            // wrote takes room in the stream, and nothing else.
+            self.foreign += 1;
+            if self.foreign == 1 {
+                tracing::warn!(
+                    stream = %self.stream,
+                    user_id = user_id.unwrap_or("(none)"),
+                    "skipping a deploy-stream message no deploying user published (the first; \
+                     the rest are counted in warren_deploy_messages_skipped_total). To deploy \
+                     as this user, add it to --deploy-users"
+                );
+            }
+            batch.skipped_publisher();
+            reads.push(Read::of(offset, size));
             return;
         }
         let deploy = DeployHeaders::read(headers);
+        if let Some(host) = header_text(headers, HEADER_DEPLOY_CLAIM) {
+            if let Some(name) = deploy.name {
+                reads.push(Read {
+                    claim: Some(Claim {
+                        name,
+                        digest: deploy.digest,
+                        host,
+                    }),
+                    ..Read::of(offset, size)
+                });
+            } else {
+                reads.push(Read::of(offset, size));
+            }
+            return;
+        }
         let part = Part::read(headers);
         let parts = part
             .as_ref()
@@ -310,9 +388,8 @@ impl DeployStream {
             _ => size,
         };
         reads.push(Read {
-            offset,
-            size,
             whole,
+            ..Read::of(offset, size)
         });
         let tag = (reads.len() - 1, properties);
         match joined {
@@ -333,14 +410,16 @@ impl DeployStream {
     }
 
     /// Logs each settled deploy and answers its deployer, counts every
-    /// message read for the [`Keeper`], in stream order, and moves the
-    /// position past them.
+    /// message read for the [`Keeper`] (claims too), in stream order, and
+    /// moves the position past them. Returns the procedures whose copy
+    /// this host (`me`) won the claim to publish.
     async fn record(
         &self,
         reads: Vec<Read>,
         settled: Vec<Settled<(usize, BasicProperties)>>,
         history: bool,
-    ) {
+        me: &str,
+    ) -> Vec<String> {
         let mut newest: Vec<Option<Newest>> = vec![None; reads.len()];
         for Settled {
             tag: (index, properties),
@@ -353,7 +432,9 @@ impl DeployStream {
             let name = name.unwrap_or_default();
             let republished = header_text(properties.headers().as_ref(), HEADER_DEPLOY_COPY);
             log_answer(&name, &answer, history || republished.is_some(), copy);
-            answer_deployer(&self.channel, &properties, &answer).await;
+            if !history {
+                answer_deployer(&self.channel, &properties, &answer).await;
+            }
             newest[index] = if answer.accepted {
                 let headers = DeployHeaders::read(properties.headers().as_ref());
                 Some(Newest::Serving(name, headers))
@@ -364,7 +445,18 @@ impl DeployStream {
             };
         }
         let mut state = self.state.lock();
+        let mut won = Vec::new();
+        let now = std::time::Instant::now();
         for (read, newest) in reads.into_iter().zip(newest) {
+            if let Some(claim) = &read.claim {
+                let first =
+                    state
+                        .keeper
+                        .claim(&claim.name, claim.digest.as_deref(), &claim.host, now);
+                if first && claim.host == me {
+                    won.push(claim.name.clone());
+                }
+            }
             match newest {
                 Some(Newest::Serving(name, headers)) => {
                     state
@@ -381,21 +473,68 @@ impl DeployStream {
                 state.position = Some(state.position.map_or(offset, |last| last.max(offset)));
             }
         }
+        won
     }
 
     /// If deploys are due to be published again, picks a random moment
-    /// soon to do it (unless one is picked already).
+    /// soon to claim them; if a claim is pending instead, looks again when
+    /// it lapses. An earlier moment already picked stands (looking early
+    /// costs nothing: nothing due, nothing claimed).
     fn schedule_republish(&mut self) {
-        if self.republish_at.is_none() && !self.state.lock().keeper.due().is_empty() {
-            self.republish_at = Some(Instant::now() + REPUBLISH_JITTER.mul_f64(fastrand::f64()));
+        let now = std::time::Instant::now();
+        let mut state = self.state.lock();
+        let wait = state.jitter.mul_f64(fastrand::f64());
+        let at = if !state.keeper.due(now).is_empty() {
+            Some(Instant::now() + wait)
+        } else {
+            let lapse = state.keeper.next_lapse(now);
+            lapse.map(|lapse| Instant::from_std(lapse) + wait)
+        };
+        drop(state);
+        self.republish_at = match (self.republish_at, at) {
+            (Some(picked), Some(at)) => Some(picked.min(at)),
+            (picked, at) => picked.or(at),
+        };
+    }
+
+    /// Claims the publishing of each deploy still due (another host may
+    /// have claimed it meanwhile) whose module this host has in its
+    /// folder. The claim comes back through the stream; if it is the first
+    /// of its round, [`Self::publish_copies`] publishes the copy.
+    async fn claim_due(&self, deployer: &Deployer) {
+        let due = self.state.lock().keeper.due(std::time::Instant::now());
+        for (name, kept) in due {
+            let claimed = match self.read_kept_module(deployer, &name, &kept).await {
+                Ok(Some(_)) => {
+                    let mut headers = FieldTable::default();
+                    DeployHeaders {
+                        name: kept.headers.name.clone(),
+                        digest: kept.headers.digest.clone(),
+                        sequence: kept.headers.sequence.clone(),
+                        ..DeployHeaders::default()
+                    }
+                    .write(&mut headers);
+                    set_header_text(&mut headers, HEADER_DEPLOY_CLAIM, deployer.host_id());
+                    self.publish_confirmed(Vec::new(), headers).await
+                }
+                Ok(None) => continue,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = claimed {
+                tracing::warn!(
+                    procedure = %name,
+                    "claiming the publishing of the deploy again, so the deploy stream keeps it: {error:#}"
+                );
+            }
         }
     }
 
-    /// Publishes again, unchanged, each deploy still due (another host may
-    /// have done it meanwhile) whose module this host has in its folder.
-    async fn republish_due(&self, deployer: &Deployer) {
-        let due = self.state.lock().keeper.due();
-        for (name, kept) in due {
+    /// Publishes again, unchanged, each deploy whose claim this host won.
+    async fn publish_copies(&self, deployer: &Deployer, won: Vec<String>) {
+        for name in won {
+            let Some(kept) = self.state.lock().keeper.kept(&name) else {
+                continue;
+            };
             match self.republish(deployer, &name, &kept).await {
                 Ok(true) => tracing::info!(
                     procedure = %name,
@@ -418,6 +557,22 @@ impl DeployStream {
         name: &str,
         kept: &Kept,
     ) -> anyhow::Result<bool> {
+        let Some(module) = self.read_kept_module(deployer, name, kept).await? else {
+            return Ok(false);
+        };
+        let mut headers = FieldTable::default();
+        kept.headers.write(&mut headers);
+        set_header_text(&mut headers, HEADER_DEPLOY_COPY, deployer.host_id());
+        self.publish_confirmed(module, headers).await.map(|()| true)
+    }
+
+    /// The module of `kept` from this host's folder, if it still holds it.
+    async fn read_kept_module(
+        &self,
+        deployer: &Deployer,
+        name: &str,
+        kept: &Kept,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
         let path = deployer
             .folder()
             .dir()
@@ -426,16 +581,13 @@ impl DeployStream {
             .await
             .context("the read task failed")?;
         let Ok(module) = module else {
-            return Ok(false);
+            return Ok(None);
         };
         if Some(digest(&module)) != kept.headers.digest {
             tracing::debug!(procedure = %name, "not publishing the deploy again: this host's folder holds another version");
-            return Ok(false);
+            return Ok(None);
         }
-        let mut headers = FieldTable::default();
-        kept.headers.write(&mut headers);
-        set_header_text(&mut headers, HEADER_DEPLOY_COPY, deployer.host_id());
-        self.publish_confirmed(module, headers).await.map(|()| true)
+        Ok(Some(module))
     }
 
     /// Appends a sync marker, so it is in the stream before the host starts
@@ -452,7 +604,10 @@ impl DeployStream {
     /// large, see `warren_protocol::deploy::Part`; deflating off the async
     /// runtime) and waits for the broker to store it.
     async fn publish_confirmed(&self, body: Vec<u8>, headers: FieldTable) -> anyhow::Result<()> {
-        let properties = BasicProperties::default().with_headers(headers);
+        let mut properties = BasicProperties::default().with_headers(headers);
+        if let Some(user) = &self.user {
+            properties = properties.with_user_id(user.as_str().into());
+        }
         let (encoded, encoding) = tokio::task::spawn_blocking(move || {
             let (encoded, encoding) = encode_module(&body);
             (encoded.into_owned(), encoding)
@@ -476,6 +631,51 @@ impl DeployStream {
     }
 }
 
+/// A deploy stream that exists with a retention too short for Warren: a
+/// setup a person must change (the message says how).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RetentionRefused(String);
+
+/// How many of the largest modules a host accepts must fit in what may
+/// follow a deploy before it is published again
+/// ([`StreamRetention::republish_after`]).
+const MODULES_THE_STREAM_MUST_KEEP: u64 = 4;
+
+/// Refuses a stream that drops messages by age, or keeps too few bytes for
+/// hosts to publish deploys again before it drops them.
+fn check_retention(
+    declared: &warren_protocol::deploy::DeclaredStream,
+    settings: &str,
+    max_module_bytes: usize,
+) -> Result<(), RetentionRefused> {
+    let needed = MODULES_THE_STREAM_MUST_KEEP.saturating_mul(max_module_bytes as u64);
+    let why = if let Some(age) = &declared.max_age {
+        format!(
+            "it drops messages older than {age} (x-max-age), so a procedure not deployed for \
+             that long disappears for hosts that start later"
+        )
+    } else if declared.retention.republish_after() < needed {
+        format!(
+            "it keeps too few bytes: hosts publish a deploy again once half of what the stream \
+             keeps beyond a segment follows it, {} bytes here, which must hold at least \
+             {MODULES_THE_STREAM_MUST_KEEP} of the largest modules this host accepts \
+             ({needed} bytes; --max-module-bytes)",
+            declared.retention.republish_after()
+        )
+    } else {
+        return Ok(());
+    };
+    let name = &declared.name;
+    Err(RetentionRefused(format!(
+        "the deploy stream {name} exists with settings that keep less than Warren needs \
+         ({settings}): {why}. To fix it, delete it (rabbitmqctl delete_queue {name}): hosts \
+         declare it anew at their next try (1 GiB in 16 MiB segments, no age limit), keep \
+         serving their modules folders and still refuse deploys older than their records; then \
+         deploy each procedure again, so that hosts started later find it"
+    )))
+}
+
 /// The module a deploy body carries (`decode_module`), inflated off the
 /// async runtime when it is deflated.
 async fn decode(encoding: Option<String>, body: Vec<u8>, max: usize) -> Result<Vec<u8>, String> {
@@ -485,19 +685,6 @@ async fn decode(encoding: Option<String>, body: Vec<u8>, max: usize) -> Result<V
     tokio::task::spawn_blocking(move || decode_module(encoding.as_deref(), body, max))
         .await
         .unwrap_or_else(|error| Err(format!("inflating the module failed: {error}")))
-}
-
-/// Whether `error` ended the whole connection, not just the stream's channel.
-fn connection_lost(error: &lapin::Error) -> bool {
-    match error.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) => {
-            matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Hard(_))
-        }
-        lapin::ErrorKind::IOError(_)
-        | lapin::ErrorKind::MissingHeartbeatError
-        | lapin::ErrorKind::InvalidConnectionState(_) => true,
-        _ => false,
-    }
 }
 
 /// The stream offset RabbitMQ put on a message read from a stream.

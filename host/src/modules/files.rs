@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use warren_protocol::manifest::MANIFEST_EXTENSION;
 
-use super::MODULE_EXTENSION;
+use super::{MODULE_EXTENSION, RECORD_EXTENSION};
 
 /// A module file's [`FileFingerprint`], and its manifest's when there is
 /// one: a procedure is read again when either changes.
@@ -75,15 +75,19 @@ pub(super) fn lock(seen: &SeenFiles) -> std::sync::MutexGuard<'_, HashMap<PathBu
     seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What a deploy saves: the module and its manifest, if it has one.
+/// What a deploy saves: the module, its manifest if it has one, and the
+/// record of the deploy (`crate::deploy::record`) if it has a sequence.
 pub(super) struct Files<'a> {
     pub(super) module: &'a [u8],
     pub(super) manifest: Option<&'a str>,
+    /// The record's text, saved as `NAME.deploy`; `None` leaves an older
+    /// record as it is (a host never forgets how new a deploy must be).
+    pub(super) record: Option<&'a str>,
 }
 
-/// Writes `target` (and its manifest beside it, or removes an old one)
-/// through hidden temporary files and renames, so no one ever reads half a
-/// module, and records the result as already loaded (under the lock the
+/// Writes `target` (and its manifest beside it, or removes an old one, and
+/// the deploy's record) through hidden temporary files and renames, so no
+/// one ever reads half a module, and records the result as already loaded (under the lock the
 /// watcher's [`ModulesFolder::reload`] also takes, so it cannot read the
 /// files in between and load them a second time).
 pub(super) fn save_atomically(
@@ -97,14 +101,30 @@ pub(super) fn save_atomically(
     let temporary =
         |extension| dir.join(format!(".{name}.{extension}.deploy-{}", std::process::id()));
     let (tmp, tmp_manifest) = (temporary(MODULE_EXTENSION), temporary(MANIFEST_EXTENSION));
+    let tmp_record = temporary(RECORD_EXTENSION);
     let manifest_target = target.with_extension(MANIFEST_EXTENSION);
+    // The record this save replaced (`Some(None)`: there was none).
+    let old_record = &mut None;
     let written = std::fs::write(&tmp, files.module)
         .and_then(|()| match files.manifest {
             Some(text) => std::fs::write(&tmp_manifest, text),
             None => Ok(()),
         })
+        .and_then(|()| match files.record {
+            Some(text) => std::fs::write(&tmp_record, text),
+            None => Ok(()),
+        })
         .and_then(|()| {
             let mut seen = lock(seen);
+            // The record first: a save cut short by a crash leaves the
+            // floor raised (fail safe: the deploy is applied again from the
+            // stream) rather than a new module under an old floor. A save
+            // that fails puts the old record back (below).
+            let record_target = target.with_extension(RECORD_EXTENSION);
+            if files.record.is_some() {
+                *old_record = Some(std::fs::read(&record_target).ok());
+                std::fs::rename(&tmp_record, &record_target)?;
+            }
             match files.manifest {
                 Some(_) => std::fs::rename(&tmp_manifest, &manifest_target)?,
                 None => match std::fs::remove_file(&manifest_target) {
@@ -129,6 +149,17 @@ pub(super) fn save_atomically(
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
         let _ = std::fs::remove_file(&tmp_manifest);
+        let _ = std::fs::remove_file(&tmp_record);
+        let record_target = target.with_extension(RECORD_EXTENSION);
+        match old_record.take() {
+            Some(Some(bytes)) => {
+                let _ = std::fs::write(&record_target, bytes);
+            }
+            Some(None) => {
+                let _ = std::fs::remove_file(&record_target);
+            }
+            None => {}
+        }
     }
     written
 }

@@ -206,8 +206,9 @@ impl ModulesFolder {
     }
 
     /// Saves a deployed, already compiled module as `NAME.wasm` (and its
-    /// manifest as `NAME.toml`, or removes an old one when it has none) and
-    /// then serves it: all or nothing. If the files cannot be saved, nothing
+    /// manifest as `NAME.toml`, or removes an old one when it has none, and
+    /// the deploy's `record` as `NAME.deploy`) and then serves it: all or
+    /// nothing. If the files cannot be saved, nothing
     /// changes and the error says why; once they are saved, the watcher
     /// finds them already known and does not load them again.
     pub async fn save_and_serve(
@@ -215,6 +216,7 @@ impl ModulesFolder {
         procedure: Procedure,
         module: Vec<u8>,
         manifest: Option<String>,
+        record: Option<String>,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let target = self
@@ -228,6 +230,7 @@ impl ModulesFolder {
                 let files = Files {
                     module: &module,
                     manifest: manifest.as_deref(),
+                    record: record.as_deref(),
                 };
                 save_atomically(&dir, &target, &name, files, &seen, version)
             }

@@ -35,6 +35,11 @@ use crate::sandbox::{PreparedComponent, Sandbox};
 /// The file extension that marks a procedure in the modules folder.
 pub const MODULE_EXTENSION: &str = "wasm";
 
+/// The file extension of a deploy's record beside its module (`fib.deploy`
+/// beside `fib.wasm`): what a remote deploy saves so that a restarted host
+/// still refuses older deploys (`crate::deploy::record`).
+pub const RECORD_EXTENSION: &str = "deploy";
+
 /// One loaded version of a procedure. Cloning shares the compiled code.
 #[derive(Clone)]
 pub struct Procedure {

@@ -38,16 +38,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use warren_protocol::{
-    ANONYMOUS_CALLER, ERROR_CONTENT_TYPE, ErrorBody, ErrorKind, HEADER_PROCEDURE,
-    HEADER_PROCEDURE_DIGEST, HEADER_RETRY_AFTER_MS, HEADER_RPC_ERROR, HEADER_RPC_STATUS, QueueMode,
-    STATUS_ERROR, STATUS_OK, declare_request_queue, explain_queue_mismatch, header_text,
-    header_text_strict, read_deadline, set_header_text,
+    ERROR_CONTENT_TYPE, ErrorBody, ErrorKind, HEADER_PROCEDURE, HEADER_PROCEDURE_DIGEST,
+    HEADER_RETRY_AFTER_MS, HEADER_RPC_ERROR, HEADER_RPC_STATUS, QueueMode, STATUS_ERROR, STATUS_OK,
+    declare_request_queue, explain_queue_mismatch, header_text, header_text_strict, read_deadline,
+    set_header_text,
 };
 
 use warren_protocol::trace::{HEADER_TRACEPARENT, TraceParent};
 
 use self::replies::{Answer, Replies};
-use crate::callers::Hold;
+use crate::callers::{Caller, Hold};
 use crate::dispatch::{Dispatcher, Handled, Outcome};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
@@ -274,9 +274,7 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
     let requested = header_text_strict(properties.headers().as_ref(), HEADER_PROCEDURE);
     // The broker checked it: a publisher can set only its own user.
     let user_id = properties.user_id().clone();
-    let caller = user_id
-        .as_ref()
-        .map_or(ANONYMOUS_CALLER, ShortString::as_str);
+    let caller = Caller::from_user_id(user_id.as_ref().map(ShortString::as_str));
     let span = tracing::info_span!(
         "request",
         trace_id = tracing::field::Empty,
@@ -285,7 +283,7 @@ async fn answer(dispatcher: Arc<Dispatcher>, delivery: Delivery, durable: bool) 
         messaging.message.conversation_id = correlation_id.as_ref().map(ShortString::as_str),
         messaging.rabbitmq.delivery_tag = delivery_tag,
         procedure = requested.as_ref().ok().and_then(Option::as_deref),
-        caller,
+        caller = caller.label(),
         bytes = data.len(),
         redelivered,
     );

@@ -11,7 +11,10 @@
 //!   reads `greeting`. Secret values are read from the host's side
 //!   (`--secrets-dir`) when the procedure loads and live only in the store
 //!   the guest reads; nothing here can print them (no `Debug` on the
-//!   values, and [`EffectiveGrants`] carries names only).
+//!   values, and [`EffectiveGrants`] carries names only). The guest can:
+//!   what leaves the sandbox as text (error replies, guest output logged,
+//!   outbound HTTP log lines) has every secret value replaced
+//!   ([`super::scrub`]).
 //! - **Outbound HTTP** (`[http] allow`) is [`super::http`]'s.
 //! - **Imports are checked at load** ([`check_imports`]): a component that
 //!   imports an interface its manifest does not grant is refused then,
@@ -30,6 +33,7 @@ use wasmtime_wasi_config::WasiConfigVariables;
 
 use super::Limits;
 use super::http::HttpGrant;
+use super::scrub::Scrubber;
 use crate::callers::QuotaBook;
 
 /// The interface configuration and secrets are read through.
@@ -45,6 +49,8 @@ pub struct Grants {
     pub(super) store: Arc<WasiConfigVariables>,
     /// Whether the manifest grants `wasi:config/store` at all.
     store_granted: bool,
+    /// Its secret values, to keep out of error replies and logs.
+    pub(super) secrets: Arc<Scrubber>,
     /// One permit per request of this procedure allowed to run at once,
     /// when the manifest asks for fewer than the host's `--concurrency`.
     pub(super) slots: Option<Arc<Semaphore>>,
@@ -73,6 +79,7 @@ impl Grants {
             limits: host.clone(),
             store: Arc::default(),
             store_granted: false,
+            secrets: Arc::default(),
             slots: None,
             http: None,
             quota: QuotaBook::new(Default::default(), host.concurrency),
@@ -114,8 +121,11 @@ impl Grants {
         for (key, value) in &manifest.config {
             store.insert(key, value);
         }
+        let mut secrets = Vec::with_capacity(manifest.secrets.names.len());
         for name in &manifest.secrets.names {
-            store.insert(name, read_secret(secrets_dir, name)?);
+            let value = read_secret(secrets_dir, name)?;
+            store.insert(name, &value);
+            secrets.push(value);
         }
         let slots = (limits.concurrency < host.concurrency)
             .then(|| Arc::new(Semaphore::new(limits.concurrency)));
@@ -125,6 +135,7 @@ impl Grants {
             effective: effective(&limits, Some(manifest_digest), manifest),
             store_granted: !manifest.config.is_empty() || !manifest.secrets.names.is_empty(),
             store: Arc::new(store),
+            secrets: Arc::new(Scrubber::new(secrets.iter().map(String::as_str))),
             slots,
             limits,
         })
@@ -151,6 +162,7 @@ fn effective(limits: &Limits, digest: Option<&str>, manifest: &Manifest) -> Effe
     EffectiveGrants {
         manifest: digest.map(str::to_owned),
         callers: manifest.callers.clone(),
+        callers_anonymous: manifest.callers_anonymous == Some(true),
         quota: manifest.quota,
         timeout_ms: limits.timeout.as_millis() as u64,
         memory_bytes: limits.max_memory,
@@ -259,6 +271,11 @@ mod tests {
         let shown = format!("{grants:?} {}", grants.effective());
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("api-key"), "{shown}");
+        assert_eq!(
+            grants.secrets.scrub("invalid literal: 's3cr3t-value'"),
+            "invalid literal: '[secret]'"
+        );
+        assert!(Grants::none(&Limits::default()).secrets.is_empty());
         let missing = manifest("[secrets]\nnames = [\"db-password\"]\n");
         let error = Grants::resolve(&Limits::default(), &missing, "sha256:00", Some(dir.path()))
             .unwrap_err()

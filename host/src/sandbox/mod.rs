@@ -35,7 +35,10 @@
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
 //!   logged at debug level. What a procedure's manifest grants on top
 //!   (configuration and secrets through `wasi:config/store`, lower limits)
-//!   is [`grants`].
+//!   is [`grants`]; outbound HTTP is [`http`].
+//! - **Secret values stay inside.** Error replies and the guest output the
+//!   host logs have each of the procedure's secret values replaced by
+//!   `[secret]` ([`scrub`]).
 
 mod cache;
 mod compiler;
@@ -46,6 +49,7 @@ mod limits;
 mod output;
 mod prepare;
 mod run;
+mod scrub;
 mod spare;
 mod ticker;
 
@@ -63,6 +67,7 @@ use compiler::Compiler;
 use engine::engine_config;
 pub use engine::perf_map_path;
 pub use grants::Grants;
+pub(crate) use http::http_refusals;
 pub use limits::{Limits, format_bytes};
 use run::GuestState;
 use spare::Spares;

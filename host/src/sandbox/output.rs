@@ -13,6 +13,8 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use super::scrub::Scrubber;
+
 /// A bounded, shareable buffer the guest writes into.
 #[derive(Clone)]
 pub(super) struct CappedOutput {
@@ -36,8 +38,9 @@ impl CappedOutput {
         }
     }
 
-    /// Logs what the guest wrote, at debug level, tagged with `label`.
-    pub(super) fn log(&self, label: &str, stream: &str) {
+    /// Logs what the guest wrote, at debug level, tagged with `label`,
+    /// its `secrets` replaced (only when debug lines are logged at all).
+    pub(super) fn log(&self, label: &str, stream: &str, secrets: &Scrubber) {
         let captured = self.inner.lock().expect("output lock");
         if captured.kept.is_empty() {
             return;
@@ -46,7 +49,7 @@ impl CappedOutput {
             request = label,
             stream,
             dropped_bytes = captured.dropped,
-            output = %String::from_utf8_lossy(&captured.kept),
+            output = %captured.text(secrets),
             "guest output"
         );
     }
@@ -58,9 +61,12 @@ impl CappedOutput {
     /// there is one (componentize-py's and componentize-js's own last lines
     /// only say that an exception was thrown or the guest aborted, not
     /// which exception).
-    pub(super) fn last_line(&self) -> Option<String> {
+    ///
+    /// The `secrets` are replaced before a line is picked or shortened, so
+    /// no part of one shows.
+    pub(super) fn last_line(&self, secrets: &Scrubber) -> Option<String> {
         let captured = self.inner.lock().expect("output lock");
-        let text = String::from_utf8_lossy(&captured.kept);
+        let text = captured.text(secrets);
         let meaningful = |line: &&str| {
             !line.trim().is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE")
         };
@@ -82,6 +88,23 @@ impl CappedOutput {
             (Some(exception), _) => Some(exception),
             (None, last) => last,
         }
+    }
+}
+
+impl Captured {
+    /// What was kept, as text, with `secrets` replaced; when the cap cut
+    /// the output, an ending that begins a secret is replaced too.
+    fn text(&self, secrets: &Scrubber) -> std::borrow::Cow<'_, str> {
+        let text = String::from_utf8_lossy(&self.kept);
+        if secrets.is_empty() {
+            return text;
+        }
+        let scrubbed = if self.dropped > 0 {
+            secrets.scrub_cut(&text)
+        } else {
+            secrets.scrub(&text)
+        };
+        std::borrow::Cow::Owned(scrubbed.into_owned())
     }
 }
 
@@ -192,8 +215,11 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(output.last_line().as_deref(), Some("boom"));
-        assert_eq!(CappedOutput::new(8).last_line(), None);
+        assert_eq!(
+            output.last_line(&Scrubber::default()).as_deref(),
+            Some("boom")
+        );
+        assert_eq!(CappedOutput::new(8).last_line(&Scrubber::default()), None);
     }
 
     #[tokio::test]
@@ -210,9 +236,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            output.last_line().as_deref(),
+            output.last_line(&Scrubber::default()).as_deref(),
             Some("ValueError: bad thing hello; Python function threw an unexpected exception")
         );
+    }
+
+    #[tokio::test]
+    async fn secrets_are_replaced_before_a_line_is_picked_or_cut() {
+        let secrets = Scrubber::new(["s3cr3t-value"]);
+        let output = CappedOutput::new(4096);
+        let mut writer = output.clone();
+        let padding = "x".repeat(295);
+        writer
+            .write_all(
+                format!(
+                    "Traceback (most recent call last):\n  File \"/0/app.py\", line 4, in handle\n\
+                     ValueError: invalid literal for int() with base 10: 's3cr3t-value'\n\
+                     {padding}s3cr3t-value\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let line = output.last_line(&secrets).unwrap();
+        assert!(!line.contains("s3cr3t"), "{line}");
+        assert!(
+            line.starts_with("ValueError: invalid literal for int() with base 10: '[secret]'; xxx"),
+            "{line}"
+        );
+        // Past the cap, the secret's beginning is all that was kept.
+        let cut = CappedOutput::new(12);
+        let mut writer = cut.clone();
+        writer.write_all(b"key=s3cr3t-value\n").await.unwrap();
+        assert_eq!(cut.last_line(&secrets).as_deref(), Some("key=[secret]"));
+        let captured = cut.inner.lock().unwrap();
+        assert_eq!(captured.text(&secrets), "key=[secret]");
     }
 
     #[tokio::test]
@@ -228,7 +286,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            output.last_line().as_deref(),
+            output.last_line(&Scrubber::default()).as_deref(),
             Some("Uncaught TypeError: bad thing")
         );
         let silent = CappedOutput::new(4096);
@@ -238,7 +296,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            silent.last_line().as_deref(),
+            silent.last_line(&Scrubber::default()).as_deref(),
             Some("Redirecting call to abort() to mozalloc_abort"),
             "better than nothing"
         );

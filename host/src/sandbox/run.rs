@@ -17,6 +17,7 @@ use super::http::OutboundHttp;
 
 use super::limits::{self, MemoryLimiter};
 use super::output::CappedOutput;
+use super::scrub::Scrubber;
 use super::spare::Spare;
 use super::{Grants, Limits, PreparedComponent, Sandbox, Slot};
 
@@ -137,15 +138,20 @@ impl Sandbox {
             stdout,
             stderr,
         } = guest;
-        stdout.log(label, "stdout");
-        stderr.log(label, "stderr");
+        let secrets = &component.grants.secrets;
+        stdout.log(label, "stdout", secrets);
+        stderr.log(label, "stderr", secrets);
         let memory_limit_hit = store.data().limiter.limit_hit();
         tear_down(store, slot, component.spares.starts_slowly());
 
-        match outcome {
+        let result = match outcome {
             Err(_elapsed) => Err(timeout_error()),
-            Ok(Err(error)) => Err(classify_failure(&error, memory_limit_hit, limits, &stderr)
-                .unwrap_or_else(timeout_error)),
+            Ok(Err(error)) => {
+                Err(
+                    classify_failure(&error, memory_limit_hit, limits, &stderr, secrets)
+                        .unwrap_or_else(timeout_error),
+                )
+            }
             // A runtime that turns a refused memory.grow into an exception
             // of its own (SpiderMonkey's "out of memory", CPython's
             // MemoryError caught by the procedure) ends up here: the limit is
@@ -167,7 +173,16 @@ impl Sandbox {
                 ),
             )),
             Ok(Ok(Ok(reply))) => Ok(reply),
-        }
+        };
+        // No error reply carries a secret value: not the guest's stderr a
+        // trap quotes, nor the message it failed with. (Its reply body is
+        // its own to write.)
+        result.map_err(|mut error| {
+            if !secrets.is_empty() {
+                error.message = secrets.scrub_owned(error.message);
+            }
+            error
+        })
     }
 
     /// Starts `component`'s next instance in the background when it starts
@@ -254,7 +269,7 @@ impl Guest {
                 limiter: MemoryLimiter::new(limits.max_memory),
                 config: grants.store.clone(),
                 http_ctx: WasiHttpCtx::new(),
-                http: OutboundHttp::new(grants.http.clone()),
+                http: OutboundHttp::new(grants.http.clone(), grants.secrets.clone()),
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -319,6 +334,7 @@ fn classify_failure(
     memory_limit_hit: bool,
     limits: &Limits,
     stderr: &CappedOutput,
+    secrets: &Scrubber,
 ) -> Option<RpcError> {
     if memory_limit_hit {
         return Some(RpcError::new(
@@ -330,7 +346,7 @@ fn classify_failure(
         Some(Trap::Interrupt) => None,
         Some(trap) => {
             let mut message = first_line(&trap.to_string());
-            if let Some(last) = stderr.last_line() {
+            if let Some(last) = stderr.last_line(secrets) {
                 message = format!("{message} (guest stderr: {last})");
             }
             Some(RpcError::new(ErrorKind::Trap, message))

@@ -21,7 +21,14 @@
 //! The stream keeps only its newest part ([`StreamRetention`]): hosts
 //! re-publish the newest deploy of each procedure, unchanged
 //! ([`HEADER_DEPLOY_COPY`]), before the stream would drop it, so its size
-//! stays bounded and a host that starts later still finds every procedure.
+//! stays bounded and a host that starts later still finds every procedure;
+//! a host claims that work first ([`HEADER_DEPLOY_CLAIM`]), so that one
+//! host publishes each copy.
+//!
+//! The broker is untrusted transport: anyone who may publish a request may
+//! publish into the stream too (through the default exchange). Hosts act
+//! only on stream messages whose `user_id`, which the broker checks against
+//! the publisher's login, names a deploying user or a host's own user.
 //!
 //! A module larger than [`DEPLOY_PART_BYTES`] is split across consecutive
 //! messages (`parts`), under one signature.
@@ -30,6 +37,7 @@
 
 mod keys;
 mod parts;
+mod stream;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +46,7 @@ pub use parts::{
     COMPRESS_FROM_BYTES, DEPLOY_ENCODING, DEPLOY_PART_BYTES, HEADER_DEPLOY_PART,
     HEADER_DEPLOY_PARTS_ID, Part, decode_module, encode_module, publish_deploy, publish_encoded,
 };
+pub use stream::{DeclaredStream, StreamRetention, declare_deploy_stream, deploy_stream};
 
 /// Deploy header: the procedure name the module is for.
 pub const HEADER_DEPLOY_NAME: &str = "x-deploy-name";
@@ -62,137 +71,14 @@ pub const HEADER_DEPLOY_SYNC: &str = "x-deploy-sync";
 /// stream keeps it ([`StreamRetention`]): the id of the host that did.
 /// Hosts that already serve it skip it quietly.
 pub const HEADER_DEPLOY_COPY: &str = "x-deploy-copy";
+/// Header of a claim: a message on the deploy stream, not a deploy, by
+/// which a host says it is about to publish a copy of a deploy the stream
+/// would otherwise drop (value: its host id; the name, digest and sequence
+/// headers say which deploy; empty body). Hosts read claims in stream
+/// order; only the host of the first claim of a round publishes the copy.
+pub const HEADER_DEPLOY_CLAIM: &str = "x-deploy-claim";
 /// Header RabbitMQ puts on every message read from a stream: its offset.
 pub const HEADER_STREAM_OFFSET: &str = "x-stream-offset";
-
-/// The stream that carries deploys for the hosts of `queue`.
-pub fn deploy_stream(queue: &str) -> String {
-    format!("{queue}.deploys")
-}
-
-/// How much of its history the deploy stream keeps: the newest
-/// `max_bytes`, dropped from the oldest end a whole segment of
-/// `segment_bytes` at a time (RabbitMQ's stream retention), so it holds
-/// between `max_bytes - segment_bytes` and `max_bytes` once full. Hosts
-/// re-publish the newest deploy of each procedure before the stream would
-/// drop it ([`StreamRetention::republish_after`]), so the stream never
-/// grows past this and still holds everything a host started later needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamRetention {
-    /// `x-max-length-bytes`.
-    pub max_bytes: u64,
-    /// `x-stream-max-segment-size-bytes`.
-    pub segment_bytes: u64,
-}
-
-impl StreamRetention {
-    /// What Warren declares: 1 GiB, in 16 MiB segments.
-    pub const DEFAULT: StreamRetention = StreamRetention {
-        max_bytes: 1 << 30,
-        segment_bytes: 16 << 20,
-    };
-
-    /// What a stream declared by an earlier Warren has: 1 GiB, in
-    /// RabbitMQ's default segments of 500 MB.
-    pub const EARLIER: StreamRetention = StreamRetention {
-        max_bytes: 1 << 30,
-        segment_bytes: 500_000_000,
-    };
-
-    /// Once this many bytes follow the newest copy of a deploy in the
-    /// stream, hosts publish it again. A message survives while fewer than
-    /// `max_bytes - segment_bytes` follow it; half of that leaves room for
-    /// the copies of every other procedure published meanwhile (as long as
-    /// the newest deploys of all procedures together take less than this).
-    pub fn republish_after(&self) -> u64 {
-        self.max_bytes.saturating_sub(self.segment_bytes) / 2
-    }
-}
-
-impl Default for StreamRetention {
-    fn default() -> Self {
-        StreamRetention::DEFAULT
-    }
-}
-
-/// The deploy stream of a queue, declared and open on a channel.
-pub struct DeclaredStream {
-    /// The channel it was declared on, to read or publish it with.
-    pub channel: lapin::Channel,
-    /// The stream's name ([`deploy_stream`]).
-    pub name: String,
-    /// Its retention: as declared, or, for a stream that exists with other
-    /// settings (an earlier Warren's), [`StreamRetention::EARLIER`], the
-    /// most cautious guess.
-    pub retention: StreamRetention,
-    /// Set when the stream exists with other settings than asked for: what
-    /// the broker said.
-    pub mismatch: Option<String>,
-}
-
-/// Declares the deploy stream of `queue` on a new channel of `connection`
-/// (durable, with `retention`) and returns it. A stream that already exists
-/// with other settings (declared by an earlier Warren, which set no segment
-/// size) is used as it is: RabbitMQ refuses a redeclaration that differs,
-/// so it is then opened passively. Needs RabbitMQ 3.9 or later.
-pub async fn declare_deploy_stream(
-    connection: &lapin::Connection,
-    queue: &str,
-    retention: StreamRetention,
-) -> lapin::Result<DeclaredStream> {
-    use lapin::options::QueueDeclareOptions;
-    use lapin::types::{AMQPValue, FieldTable};
-    let name = deploy_stream(queue);
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("stream".into()),
-    );
-    arguments.insert(
-        "x-max-length-bytes".into(),
-        AMQPValue::LongLongInt(i64::try_from(retention.max_bytes).unwrap_or(i64::MAX)),
-    );
-    arguments.insert(
-        "x-stream-max-segment-size-bytes".into(),
-        AMQPValue::LongLongInt(i64::try_from(retention.segment_bytes).unwrap_or(i64::MAX)),
-    );
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let channel = connection.create_channel().await?;
-    let declared = channel
-        .queue_declare(name.as_str().into(), durable, arguments)
-        .await;
-    match declared {
-        Ok(_) => Ok(DeclaredStream {
-            channel,
-            name,
-            retention,
-            mismatch: None,
-        }),
-        Err(error)
-            if crate::broker_said(&error, lapin::protocol::AMQPSoftError::PRECONDITIONFAILED) =>
-        {
-            // That channel is closed now; look at the stream on another.
-            let channel = connection.create_channel().await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            channel
-                .queue_declare(name.as_str().into(), passive, FieldTable::default())
-                .await?;
-            Ok(DeclaredStream {
-                channel,
-                name,
-                retention: StreamRetention::EARLIER,
-                mismatch: Some(error.to_string()),
-            })
-        }
-        Err(error) => Err(error),
-    }
-}
 
 /// What a deploy message's headers say: everything about a deploy but the
 /// module itself. A host reads it, a deployer writes it, and a host that

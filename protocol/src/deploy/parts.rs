@@ -82,8 +82,8 @@ pub fn decode_module(
             }
             Ok(module)
         }
-        Some(other) => Err(format!(
-            "the deploy's content encoding {other:?} is not one this host reads (only {DEPLOY_ENCODING:?})"
+        Some(_) => Err(format!(
+            "the deploy's content encoding is not one this host reads (only {DEPLOY_ENCODING:?})"
         )),
     }
 }
@@ -113,7 +113,7 @@ impl Part {
     fn parse(text: &str, id: Option<String>) -> Result<Part, String> {
         let bad = || {
             format!(
-                "the deploy's part header ({HEADER_DEPLOY_PART}) {text:?} is not \"i/n\" with 1 <= i <= n"
+                "the deploy's part header ({HEADER_DEPLOY_PART}) is not \"i/n\" with 1 <= i <= n"
             )
         };
         let (index, count) = text.split_once('/').ok_or_else(bad)?;
@@ -123,7 +123,7 @@ impl Part {
             return Err(bad());
         }
         let id = id.filter(|id| !id.is_empty()).ok_or_else(|| {
-            format!("the deploy part {text} has no {HEADER_DEPLOY_PARTS_ID} header")
+            format!("the deploy part {index}/{count} has no {HEADER_DEPLOY_PARTS_ID} header")
         })?;
         Ok(Part { id, index, count })
     }

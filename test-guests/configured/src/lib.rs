@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `get KEY` | the value of `KEY` from `wasi:config/store`, or `(none)` |
 //! | `keys` | every key it can read, sorted, comma-separated |
+//! | `panic KEY` | a trap: it panics with the value of `KEY` in the message, as a parser would (`invalid digit in "VALUE"`) |
 //! | anything else | a `procedure-error` |
 
 #[cfg(target_arch = "wasm32")]
@@ -28,6 +29,10 @@ mod component {
                     Ok(None) => Ok(b"(none)".to_vec()),
                     Err(error) => Err(format!("{error:?}")),
                 };
+            }
+            if let Some(key) = request.strip_prefix("panic ") {
+                let value = store::get(key).ok().flatten().unwrap_or_default();
+                panic!("cannot parse {key}: invalid digit in {value:?}");
             }
             if request == "keys" {
                 let mut keys: Vec<String> = store::get_all()

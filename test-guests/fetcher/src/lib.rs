@@ -6,6 +6,7 @@
 //! | `get URL` | one GET | `STATUS BODY` |
 //! | `follow URL` | a GET, and a GET of its `location` if it redirects | `STATUS BODY` of the last |
 //! | `get-n N URL` | N GETs one after the other | the last `STATUS` |
+//! | `loop URL` | GETs, one after the other, each failure ignored, until the host stops it at its deadline | none: a `timeout` |
 //!
 //! A failed request is a `procedure-error` whose message is the WASI HTTP
 //! error code (`HttpRequestDenied`, `DestinationIpProhibited`, …).
@@ -115,6 +116,13 @@ mod component {
                     last = get(url)?.status;
                 }
                 return Ok(last.to_string().into_bytes());
+            }
+            if let Some(url) = request.strip_prefix("loop ") {
+                // What a procedure retrying without a pause does: the
+                // host's log must not grow with each refused try.
+                loop {
+                    let _ = get(url);
+                }
             }
             Err(format!("unknown request {request:?}"))
         }

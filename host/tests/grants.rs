@@ -237,7 +237,14 @@ async fn a_procedure_failing_on_its_secret_does_not_show_it() {
         modules.extend([("py", python.as_slice()), ("py.toml", manifest)]);
     }
     let queue = unique_queue("grants-secret-trap");
-    let host = DebugHost::start(&queue, &modules, secrets.path());
+    let secrets_dir = secrets.path().to_str().unwrap();
+    let host = HostProcess::start_logging(
+        &queue,
+        &modules,
+        &["--secrets-dir", secrets_dir],
+        None,
+        "info,warren_host=debug",
+    );
     host.wait_for_log("warren-host ready", Duration::from_secs(180))
         .await;
 
@@ -340,69 +347,6 @@ fn secret_py_wasm() -> Option<Vec<u8>> {
     );
     std::fs::rename(&tmp, &out).unwrap();
     Some(std::fs::read(&out).unwrap())
-}
-
-/// A `warren-host` process like [`HostProcess`], logging the host's own
-/// debug lines too (`RUST_LOG=info,warren_host=debug`: guest output).
-struct DebugHost {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-}
-
-impl DebugHost {
-    fn start(queue: &str, modules: &[(&str, &[u8])], secrets: &std::path::Path) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let folder = dir.path().join("modules");
-        std::fs::create_dir(&folder).unwrap();
-        for (name, bytes) in modules {
-            let file = if name.contains('.') {
-                (*name).to_owned()
-            } else {
-                format!("{name}.wasm")
-            };
-            std::fs::write(folder.join(file), bytes).unwrap();
-        }
-        let log = std::fs::File::create(dir.path().join("host.log")).unwrap();
-        let child = std::process::Command::new(binary("warren-host"))
-            .args(["--queue", queue, "--concurrency", "2", "--modules-dir"])
-            .arg(&folder)
-            .arg("--secrets-dir")
-            .arg(secrets)
-            .env("AMQP_URL", amqp_url())
-            .env("RUST_LOG", "info,warren_host=debug")
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting warren-host");
-        DebugHost { child, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("host.log")).unwrap_or_default()
-    }
-
-    async fn wait_for_log(&self, needle: &str, within: Duration) -> String {
-        let give_up = std::time::Instant::now() + within;
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(
-                std::time::Instant::now() < give_up,
-                "warren-host did not log {needle:?} within {within:?}; its log:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for DebugHost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A manifest in a signed deploy: served by every host with its grants and

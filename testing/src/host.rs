@@ -229,6 +229,18 @@ impl HostProcess {
         args: &[&str],
         urls: Option<&str>,
     ) -> Self {
+        Self::start_logging(queue, modules, args, urls, "info")
+    }
+
+    /// [`HostProcess::start`] with `RUST_LOG` set to `rust_log` (say
+    /// `info,warren_host=debug`, to see guest output).
+    pub fn start_logging(
+        queue: &str,
+        modules: &[(&str, &[u8])],
+        args: &[&str],
+        urls: Option<&str>,
+        rust_log: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("modules");
         std::fs::create_dir(&folder).unwrap();
@@ -246,7 +258,7 @@ impl HostProcess {
             .arg(&folder)
             .args(args)
             .env("AMQP_URL", urls.map_or_else(amqp_url, str::to_owned))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .env_remove("NO_COLOR")
             .stdout(std::process::Stdio::null())
             .stderr(log)

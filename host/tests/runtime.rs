@@ -57,7 +57,7 @@ async fn answers_fib(sandbox: &Sandbox, fib: &warren_host::sandbox::PreparedComp
 
 /// wasmtime advisory GHSA-rc4p-x33f-vpr2: a `call_indirect` through a
 /// non-final function type (GC subtyping) aborted the whole process in
-/// 48.0.8. Warren runs 48.0.10, which fixed it, and enables no GC, so the
+/// 48.0.8. Warren runs 48.0.11, which has the fix, and enables no GC, so the
 /// module is refused at load, with a reason naming the proposal; the host
 /// goes on serving. The same call through an ordinary type runs.
 #[tokio::test(flavor = "multi_thread")]

@@ -137,9 +137,9 @@ pub struct EngineOptions {
     /// (Linux 6.7+) and reset only those; without it, the pool resets the
     /// resident part of a memory with `memset` and hands the rest back to
     /// the kernel. On by default, and where the kernel lacks the ioctl
-    /// wasmtime falls back by itself; off in a build against upstream
-    /// wasmtime (`upstream-wasmtime`), whose scan leaves dirty pages the
-    /// kernel swapped out unreset (see `vendor/README.md`).
+    /// wasmtime falls back by itself. (wasmtime 48.0.11 resumes the scan
+    /// past its buffer and resets dirty pages the kernel swapped out, what
+    /// a patch of Warren's did for 48.0.10: `vendor/README.md`.)
     pub pagemap_scan: bool,
 }
 
@@ -147,7 +147,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             perf_map: false,
-            pagemap_scan: cfg!(not(feature = "upstream-wasmtime")),
+            pagemap_scan: true,
         }
     }
 }

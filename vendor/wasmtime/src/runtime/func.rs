@@ -1522,25 +1522,10 @@ impl EntryStoreContext {
     ) -> Self {
         let stack_limit;
 
-        // If this is a recursive call, e.g. our stack limit is already set, then
-        // we may be able to skip this function.
-        //
-        // For synchronous stores there's nothing else to do because all wasm calls
-        // happen synchronously and on the same stack. This means that the previous
-        // stack limit will suffice for the next recursive call.
-        //
-        // For asynchronous stores then each call happens on a separate native
-        // stack. This means that the previous stack limit is no longer relevant
-        // because we're on a separate stack.
-        if unsafe { *store.0.vm_store_context().stack_limit.get() } != usize::MAX
-            && !store.0.can_block()
-        {
-            stack_limit = None;
-        }
         // Ignore this stack pointer business on miri since we can't execute wasm
         // anyway and the concept of a stack pointer on miri is a bit nebulous
         // regardless.
-        else if cfg!(miri) {
+        if cfg!(miri) {
             stack_limit = None;
         } else {
             // When Cranelift has support for the host then we might be running native
@@ -1577,13 +1562,29 @@ impl EntryStoreContext {
             // golly it'll get nigh-infinite stack in which case the limit is 0.
             let wasm_stack_limit =
                 stack_pointer.saturating_sub(store.engine().config().max_wasm_stack);
-            let prev_stack = unsafe {
-                mem::replace(
-                    &mut *store.0.vm_store_context().stack_limit.get(),
-                    wasm_stack_limit,
-                )
-            };
-            stack_limit = Some(prev_stack);
+            let limit = store.0.vm_store_context().stack_limit.get();
+            let prev_stack = unsafe { *limit };
+
+            // If this is a recursive call, e.g. our stack limit is already set,
+            // then we may be able to keep the previous limit.
+            //
+            // Synchronous recursive calls typically happen on the same native
+            // stack, in which case the previous limit still applies.
+            //
+            // However, a host function _may_ re-enter wasm on a different stack
+            // (by sending the `Store` to another thread, or using
+            // `stacker::maybe_grow`). If the limit we've just computed is above
+            // the previous one, then we've reentered on a stack at a higher
+            // address. So we only keep the existing limit if we're in a
+            // synchronous call _and_ the limit computed from our current sp is
+            // below the previous one. If we've reentered on a stack at a lower
+            // address then we might overflow early, but that's safe.
+            if prev_stack != usize::MAX && wasm_stack_limit <= prev_stack && !store.0.can_block() {
+                stack_limit = None;
+            } else {
+                unsafe { *limit = wasm_stack_limit };
+                stack_limit = Some(prev_stack);
+            }
         }
 
         unsafe {

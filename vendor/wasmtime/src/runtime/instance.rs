@@ -1083,6 +1083,14 @@ where
         "cross-`Engine` instantiation is not currently supported"
     );
     let env_module = module.compiled_module().module();
+
+    // If this `Module` is actually internally to some other component then its
+    // compiled code may be specialized to that component's own imports, so we
+    // can't instantiate it here with arbitrary runtime-provided imports.
+    ensure!(
+        !env_module.component_internal,
+        "cannot instantiate a core module that is internal to a component"
+    );
     let expected_len = env_module.imports().count();
     let actual_len = import_args.len();
     if expected_len != actual_len {

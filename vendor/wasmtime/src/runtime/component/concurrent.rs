@@ -1716,6 +1716,10 @@ impl StoreOpaque {
     fn current_host_thread(&mut self) -> Result<TableId<HostTask>> {
         match self.current_thread()?.host() {
             Some(id) => Ok(id),
+            // If a trap happened then `?` short-circuits cleanup in most of
+            // this file, so it's expected that the current thread state may
+            // be a bit off in which case that's not a `bail_bug!`
+            None if self.trapped() => bail!(Trap::CannotEnterComponent),
             None => bail_bug!("current thread is not a host thread"),
         }
     }
@@ -1778,7 +1782,6 @@ impl StoreOpaque {
             } else {
                 Caller::Host {
                     tx: None,
-                    host_future_present: false,
                     caller: thread,
                 }
             },
@@ -1823,7 +1826,10 @@ impl StoreOpaque {
         self.set_thread(caller)?;
 
         log::trace!("exit sync call {instance:?}");
-        self.cleanup_thread(thread, instance, CleanupTask::Yes)?;
+        self.cleanup_thread(thread, instance)?;
+
+        self.concurrent_state_mut()?
+            .decrement_task_ref_count(thread.task)?;
 
         Ok(())
     }
@@ -2274,8 +2280,8 @@ impl StoreOpaque {
     ///
     /// Other functionality that this implements is:
     ///
-    /// * This will perform conditional cleanup of the `GuestTask` that owns
-    ///   this thread if `cleanup_task` is `CleanupTask::Yes`.
+    /// * This will release this thread's reference to the `GuestTask` that
+    ///   owns it, deleting the task if that was the last reference.
     /// * If there are no more threads in the `GuestTask` that this thread is
     ///   associated with, and if the task hasn't produced a result (e.g. it's not
     ///   returned or cancelled), then a trap will be raised that a result
@@ -2290,7 +2296,6 @@ impl StoreOpaque {
         &mut self,
         guest_thread: QualifiedThreadId,
         runtime_instance: RuntimeInstance,
-        cleanup_task: CleanupTask,
     ) -> Result<()> {
         let state = self.concurrent_state_mut()?;
         let thread_data = state.get_mut(guest_thread.thread)?;
@@ -2321,7 +2326,6 @@ impl StoreOpaque {
         if task.threads.is_empty() && !task.returned_or_cancelled() {
             bail!(Trap::NoAsyncResult);
         }
-        let ready_to_delete = task.ready_to_delete();
 
         if !task.decremented_interesting_task_count && task.exited && task.returned_or_cancelled() {
             task.decremented_interesting_task_count = true;
@@ -2335,14 +2339,7 @@ impl StoreOpaque {
             }
         }
 
-        match cleanup_task {
-            CleanupTask::Yes => {
-                if ready_to_delete {
-                    Waitable::Guest(guest_thread.task).delete_from(state)?;
-                }
-            }
-            CleanupTask::No => {}
-        }
+        state.decrement_task_ref_count(guest_thread.task)?;
 
         Ok(())
     }
@@ -2381,7 +2378,6 @@ impl StoreOpaque {
                 thread,
             },
             caller_instance,
-            CleanupTask::No,
         )?;
 
         // Not yet started; cancel and remove from pending
@@ -2431,11 +2427,6 @@ impl StoreOpaque {
         assert_eq!((bits << 1) >> 1, bits);
         Ok(Some((bits << 1) | u32::from(is_host)))
     }
-}
-
-enum CleanupTask {
-    Yes,
-    No,
 }
 
 impl Instance {
@@ -2521,11 +2512,7 @@ impl Instance {
                 let task = store.concurrent_state_mut()?.get_mut(guest_thread.task)?;
                 task.exited = true;
                 task.callback = None;
-                store.cleanup_thread(
-                    guest_thread,
-                    self.runtime_instance(runtime_instance),
-                    CleanupTask::Yes,
-                )?;
+                store.cleanup_thread(guest_thread, self.runtime_instance(runtime_instance))?;
                 None
             }
             callback_code::YIELD => {
@@ -2828,7 +2815,7 @@ impl Instance {
                     .exited = true;
 
                 // This is a callback-less call, so the implicit thread has now completed
-                store.cleanup_thread(guest_thread, callee_instance, CleanupTask::Yes)?;
+                store.cleanup_thread(guest_thread, callee_instance)?;
                 Ok(None)
             })
         };
@@ -3238,15 +3225,16 @@ impl Instance {
             // `GuestTask::sync_result`.
             let state = store.0.concurrent_state_mut()?;
             let task = state.get_mut(guest_thread.task)?;
-            if let Some(result) = task.sync_result.take()? {
-                if let Some(result) = result {
-                    storage[0] = MaybeUninit::new(result);
-                }
-
-                if task.exited && task.ready_to_delete() {
-                    Waitable::Guest(guest_thread.task).delete_from(state)?;
-                }
+            if let Some(Some(result)) = task.sync_result.take()? {
+                storage[0] = MaybeUninit::new(result);
             }
+        }
+
+        if status == Status::Returned {
+            store
+                .0
+                .concurrent_state_mut()?
+                .decrement_task_ref_count(guest_thread.task)?;
         }
 
         Ok(status.pack(waitable))
@@ -3595,7 +3583,7 @@ impl Instance {
         let (rep, is_host) = state.handle_table().subtask_remove(counter, task_id)?;
 
         let concurrent_state = store.concurrent_state_mut()?;
-        let (waitable, delete) = if is_host {
+        let waitable = if is_host {
             let id = TableId::<HostTask>::new(rep);
             let task = concurrent_state.get_mut(id)?;
             match &task.state {
@@ -3605,17 +3593,14 @@ impl Instance {
                     bail_bug!("invalid state for callee in `subtask.drop`")
                 }
             }
-            (Waitable::Host(id), true)
+            Waitable::Host(id)
         } else {
             let id = TableId::<GuestTask>::new(rep);
             let task = concurrent_state.get_mut(id)?;
             if task.lift_result.is_some() {
                 bail!(Trap::SubtaskDropNotResolved);
             }
-            (
-                Waitable::Guest(id),
-                concurrent_state.get_mut(id)?.ready_to_delete(),
-            )
+            Waitable::Guest(id)
         };
 
         waitable.common(concurrent_state)?.handle = None;
@@ -3626,9 +3611,7 @@ impl Instance {
             bail!(Trap::SubtaskDropNotResolved);
         }
 
-        if delete {
-            waitable.delete_from(concurrent_state)?;
-        }
+        waitable.delete_from(concurrent_state)?;
 
         log::trace!("subtask_drop {waitable:?} (handle {task_id})");
         Ok(())
@@ -3751,11 +3734,9 @@ impl Instance {
 
                 store.0.set_thread(old_thread)?;
 
-                store.0.cleanup_thread(
-                    guest_thread,
-                    self.runtime_instance(runtime_instance),
-                    CleanupTask::Yes,
-                )?;
+                store
+                    .0
+                    .cleanup_thread(guest_thread, self.runtime_instance(runtime_instance))?;
                 log::trace!("explicit thread {guest_thread:?} completed");
                 if let Some(t) = old_thread.guest() {
                     store.0.set_running(t.thread)?;
@@ -4739,9 +4720,6 @@ enum Caller {
     Host {
         /// If present, may be used to deliver the result.
         tx: Option<oneshot::Sender<LiftedResult>>,
-        /// If true, there's a host future that must be dropped before the task
-        /// can be deleted.
-        host_future_present: bool,
         /// Represents the caller of the host function which called back into a
         /// guest. Note that this thread could belong to an entirely unrelated
         /// top-level component instance than the one the host called into.
@@ -4861,6 +4839,7 @@ impl GuestThread {
             dyn FnOnce(&mut dyn VMStore, QualifiedThreadId) -> Result<()> + Send + Sync,
         >,
     ) -> Result<Self> {
+        state.increment_task_ref_count(parent_task)?;
         let sync_call_set = state.push(WaitableSet {
             is_sync_call_set: true,
             ..WaitableSet::default()
@@ -4898,13 +4877,6 @@ impl SyncResult {
             }
         })
     }
-}
-
-#[derive(Debug)]
-enum HostFutureState {
-    NotApplicable,
-    Live,
-    Dropped,
 }
 
 /// Represents a pending guest task.
@@ -4951,14 +4923,17 @@ pub(crate) struct GuestTask {
     exited: bool,
     /// Threads belonging to this task
     threads: HashSet<TableId<GuestThread>>,
-    /// The state of the host future that represents an async task, which must
-    /// be dropped before we can delete the task.
-    host_future_state: HostFutureState,
     /// Indicates whether this task was created for a call to an async-lifted
     /// export.
     async_function: bool,
-
+    /// Whether `ConcurrentState::interesting_tasks` has been decremented for
+    /// this task yet.
     decremented_interesting_task_count: bool,
+    /// The number of outstanding references to this task.
+    ///
+    /// When this goes to zero, the task will be removed from
+    /// `ConcurrentState::table`.
+    ref_count: usize,
 }
 
 impl GuestTask {
@@ -4972,29 +4947,6 @@ impl GuestTask {
         self.lift_result.is_none()
     }
 
-    fn ready_to_delete(&self) -> bool {
-        let threads_completed = self.threads.is_empty();
-        let has_sync_result = matches!(self.sync_result, SyncResult::Produced(_));
-        let pending_completion_event = matches!(
-            self.common.event,
-            Some(Event::Subtask {
-                status: Status::Returned | Status::ReturnCancelled
-            })
-        );
-        let ready = threads_completed
-            && !has_sync_result
-            && !pending_completion_event
-            && !matches!(self.host_future_state, HostFutureState::Live);
-        log::trace!(
-            "ready to delete? {ready} (threads_completed: {}, has_sync_result: {}, pending_completion_event: {}, host_future_state: {:?})",
-            threads_completed,
-            has_sync_result,
-            pending_completion_event,
-            self.host_future_state
-        );
-        ready
-    }
-
     fn new(
         state: &mut ConcurrentState,
         lower_params: RawLower,
@@ -5004,19 +4956,6 @@ impl GuestTask {
         instance: RuntimeInstance,
         async_function: bool,
     ) -> Result<QualifiedThreadId> {
-        let host_future_state = match &caller {
-            Caller::Guest { .. } => HostFutureState::NotApplicable,
-            Caller::Host {
-                host_future_present,
-                ..
-            } => {
-                if *host_future_present {
-                    HostFutureState::Live
-                } else {
-                    HostFutureState::NotApplicable
-                }
-            }
-        };
         let task = state.push(Self {
             common: WaitableCommon::default(),
             lower_params: Some(lower_params),
@@ -5032,9 +4971,11 @@ impl GuestTask {
             event: None,
             exited: false,
             threads: HashSet::new(),
-            host_future_state,
             async_function,
             decremented_interesting_task_count: false,
+            // One for the caller and one for the implicit guest thread we're
+            // about to create:
+            ref_count: 2,
         })?;
         let new_thread = GuestThread::new_implicit(state, task)?;
         let thread = state.push(new_thread)?;
@@ -5205,25 +5146,15 @@ impl Waitable {
         Ok(())
     }
 
-    /// Remove this waitable from the instance's rep table.
+    /// Remove this waitable from the instance's rep table (or decrement the
+    /// ref count if it's a guest task).
     fn delete_from(&self, state: &mut ConcurrentState) -> Result<()> {
         match self {
             Self::Host(task) => {
                 log::trace!("delete host task {task:?}");
                 state.delete(*task)?;
             }
-            Self::Guest(task) => {
-                log::trace!("delete guest task {task:?}");
-                let task = state.delete(*task)?;
-
-                // When a guest task is created it increments the
-                // `ConcurrentState::interesting_tasks` counter, and that needs
-                // to be paired with a decrement. There are a few situations in
-                // which the decrement needs to happen which don't all funnel
-                // through here, so in lieu of that at least try to catch issues
-                // where we forgot to do a decrement.
-                debug_assert!(task.decremented_interesting_task_count);
-            }
+            Self::Guest(task) => state.decrement_task_ref_count(*task)?,
             Self::Transmit(task) => {
                 state.delete(*task)?;
             }
@@ -5444,6 +5375,35 @@ impl Default for ConcurrentState {
 }
 
 impl ConcurrentState {
+    fn increment_task_ref_count(&mut self, task: TableId<GuestTask>) -> Result<()> {
+        let count = &mut self.get_mut(task)?.ref_count;
+        *count += 1;
+        log::trace!("increment {task:?} to {count}");
+        Ok(())
+    }
+
+    fn decrement_task_ref_count(&mut self, task: TableId<GuestTask>) -> Result<()> {
+        let count = &mut self.get_mut(task)?.ref_count;
+        if *count == 0 {
+            bail_bug!("can't decrement task ref count that's already zero");
+        }
+        *count -= 1;
+        log::trace!("decrement {task:?} to {count}");
+        if *count == 0 {
+            log::trace!("delete guest task {task:?}");
+            let task = self.delete(task)?;
+
+            // When a guest task is created it increments the
+            // `ConcurrentState::interesting_tasks` counter, and that needs
+            // to be paired with a decrement. There are a few situations in
+            // which the decrement needs to happen which don't all funnel
+            // through here, so in lieu of that at least try to catch issues
+            // where we forgot to do a decrement.
+            debug_assert!(task.decremented_interesting_task_count);
+        }
+        Ok(())
+    }
+
     /// Take ownership of any fibers and futures owned by this object.
     ///
     /// This should be used when disposing of the `Store` containing this object
@@ -5837,11 +5797,20 @@ pub(crate) struct PreparedCall<R> {
 }
 
 impl<R> PreparedCall<R> {
-    /// Get a copy of the `TaskId` for this `PreparedCall`.
-    pub(crate) fn task_id(&self) -> TaskId {
-        TaskId {
+    /// Acquire a reference to the `TaskId` for this `PreparedCall`.
+    ///
+    /// Note that this increments the reference count for the task, and
+    /// `TaskId::host_future_dropped` decrements it.  Hence,
+    /// `TaskId::host_future_dropped` _must_ be called before the `TaskId` is
+    /// dropped to avoid leaking the task.
+    pub(crate) fn acquire_task_id(&self, store: &mut StoreOpaque) -> Result<TaskId> {
+        store
+            .concurrent_state_mut()?
+            .increment_task_ref_count(self.thread.task)?;
+
+        Ok(TaskId {
             task: self.thread.task,
-        }
+        })
     }
 }
 
@@ -5859,9 +5828,8 @@ impl TaskId {
     /// it's ever started. This can't fail, since the task can't be deleted
     /// while its host future is live.
     ///
-    /// Otherwise, there may be running threads, or ones that are suspended and
-    /// can be resumed by other tasks for this component, so we mark the future
-    /// as dropped and delete the task when all threads are done.
+    /// In either case, this releases the task reference acquired by
+    /// `PreparedCall::acquire_task_id`.
     pub(crate) fn host_future_dropped(&self, store: &mut StoreOpaque) -> Result<()> {
         let task = store.concurrent_state_mut()?.get_mut(self.task)?;
         if !task.already_lowered_parameters() {
@@ -5873,16 +5841,12 @@ impl TaskId {
                 store.set_trapped();
                 bail!("the host future for this call was dropped before it started")
             }));
-        } else {
-            task.host_future_state = HostFutureState::Dropped;
-            if task.ready_to_delete() {
-                // TODO: we're temporarily ignoring any error here to avoid a
-                // panic-on-unwrap in `call_async_concurrent`.  Instead, we
-                // should determine a safe way to defer the decrement (and any
-                // error it might produce) outside of a `drop` call.
-                _ = Waitable::Guest(self.task).delete_from(store.concurrent_state_mut()?)
-            }
         }
+
+        store
+            .concurrent_state_mut()?
+            .decrement_task_ref_count(self.task)?;
+
         Ok(())
     }
 }
@@ -5896,7 +5860,6 @@ pub(crate) fn prepare_call<T, R>(
     mut store: StoreContextMut<T>,
     handle: Func,
     param_count: usize,
-    host_future_present: bool,
     lower_params: impl FnOnce(Func, StoreContextMut<T>, &mut [MaybeUninit<ValRaw>]) -> Result<()>
     + Send
     + Sync
@@ -5942,7 +5905,6 @@ pub(crate) fn prepare_call<T, R>(
         },
         Caller::Host {
             tx: Some(tx),
-            host_future_present,
             caller,
         },
         callback.map(|callback| {
@@ -5974,6 +5936,13 @@ pub(crate) fn prepare_call<T, R>(
 
 pub(crate) struct QueuedCall<R> {
     store: StoreId,
+    /// The underlying task.
+    ///
+    /// Note that this must be treated as opaque and not used to look up the
+    /// corresponding `GuestTask` since we decrement the task refcount in
+    /// `QueuedCall::new` which may cause the task to be disposed.  This field
+    /// is only present to enable `[Typed]FuncCallConcurrent::task`, allowing
+    /// the embedder to correlate the task with `async_call_stack` results.
     task: TableId<GuestTask>,
     rx: oneshot::Receiver<LiftedResult>,
     _marker: PhantomData<fn() -> R>,
@@ -5982,6 +5951,10 @@ pub(crate) struct QueuedCall<R> {
 impl<R> QueuedCall<R> {
     /// Queue a call previously prepared using `prepare_call` to be run as part of
     /// the associated `ComponentInstance`'s event loop.
+    ///
+    /// Note that this has the side-effect of disposing the specified
+    /// `PreparedCall` and decrementing the task reference count since
+    /// `QueuedCall` has no further need to access the task directly.
     ///
     /// The returned future will resolve to the result once it is available, but
     /// must only be polled via the instance's event loop. See
@@ -5999,6 +5972,11 @@ impl<R> QueuedCall<R> {
         } = prepared;
 
         queue_call0(store.as_context_mut(), handle, thread, param_count)?;
+
+        store
+            .0
+            .concurrent_state_mut()?
+            .decrement_task_ref_count(thread.task)?;
 
         Ok(QueuedCall {
             store: store.0.id(),

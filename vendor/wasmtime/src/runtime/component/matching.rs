@@ -123,6 +123,14 @@ impl TypeChecker<'_> {
     fn module(&self, expected: &TypeModule, actual: &Module) -> Result<()> {
         let actual = actual.env_module();
 
+        // Modules internal to another component are compiled specifically for
+        // that component's own instantiations and cannot be instantiated with
+        // anything else; see `wasmtime_environ::Module::component_internal`.
+        ensure!(
+            !actual.component_internal,
+            "cannot instantiate a core module that is internal to a component"
+        );
+
         // Every export that is expected should be in the actual module we have
         for (name, expected) in expected.exports.iter() {
             let idx = actual

@@ -39,8 +39,16 @@ pub struct ComponentStoreData {
     /// are managed.
     instances: TryPrimaryMap<ComponentInstanceId, Option<OwnedComponentInstance>>,
 
-    /// Whether an instance belonging to this store has trapped.
+    /// Whether an component instance belonging to this store has trapped. This
+    /// can be used to determine if the `Store` is poisoned.
+    ///
+    /// This is only set if a trap occurs while `has_components` is also set.
+    /// Pure core Wasm instances are required to continue running after traps
+    /// so `Store`s with only core modules are never considered poisoned.
     trapped: bool,
+
+    /// Whether a component instance has ever been created in this store.
+    has_components: bool,
 
     /// Total number of component instances in this store, used to track
     /// resources in the instance allocator.
@@ -96,6 +104,7 @@ impl ComponentStoreData {
         ComponentStoreData {
             instances: Default::default(),
             trapped: false,
+            has_components: false,
             num_component_instances: 0,
             component_host_table: Default::default(),
             handle_counter: HandleCounter::new(DEFAULT_MAX_COMPONENT_HANDLES),
@@ -293,6 +302,7 @@ impl StoreData {
         let expected = data.get().id();
         let ret = self.components.instances.push(Some(data))?;
         assert_eq!(expected, ret);
+        self.components.has_components = true;
         Ok(ret)
     }
 
@@ -321,12 +331,16 @@ impl StoreData {
 }
 
 impl StoreOpaque {
+    #[inline]
     pub(crate) fn trapped(&self) -> bool {
         self.store_data().components.trapped
     }
 
     pub(crate) fn set_trapped(&mut self) {
-        self.store_data_mut().components.trapped = true;
+        let component_data = &mut self.store_data_mut().components;
+        if component_data.has_components {
+            component_data.trapped = true;
+        }
     }
 
     pub(crate) fn component_data(&self) -> &ComponentStoreData {

@@ -330,7 +330,6 @@ impl Table {
     async fn _grow<T>(&self, store: StoreContextMut<'_, T>, delta: u64, init: Ref) -> Result<u64> {
         let store = store.0;
         let (mut limiter, store) = store.resource_limiter_and_store_opaque();
-        let limiter = limiter.as_mut();
 
         // First, type-check to make sure that `init` does indeed match this
         // table's element type.
@@ -338,14 +337,23 @@ impl Table {
         init.ensure_matches_ty(store, ty.element())
             .context("type mismatch: value does not match table element type")?;
 
-        // SAFETY: the requirement here is that the new table elements, on
-        // success, are filled in with an appropriately typed value. That's done
-        // below in `_fill`.
-        let result = unsafe {
-            self.instance
-                .get_mut(store)
-                .defined_table_grow(self.index, limiter, delta)
-                .await?
+        let result = match self
+            .instance
+            .get_mut(store)
+            .defined_table_grow_check(self.index, limiter.as_mut(), delta)
+            .await?
+        {
+            // SAFETY: the requirement here is that the new table elements, on
+            // success, are filled in with an appropriately typed value. That's
+            // done below in `_fill`.
+            Some(new_size) => unsafe {
+                self.instance.get_mut(store).defined_table_grow_unchecked(
+                    self.index,
+                    limiter.as_mut(),
+                    new_size,
+                )?
+            },
+            None => None,
         };
         let start = match result {
             // unwrap here should be ok because the runtime should always

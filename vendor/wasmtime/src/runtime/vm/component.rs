@@ -247,6 +247,12 @@ impl ComponentInstance {
     /// mutable reference at this time to the instance from `vmctx`. Note that
     /// it must be also safe to borrow the store mutably, meaning it can't
     /// already be in use elsewhere.
+    ///
+    /// Additionally this can only be invoked in a situation where it's suitable
+    /// to suspend a fiber computation (e.g. on a fiber and only `Send` local
+    /// variables) because async hooks like limiters and call hooks may be
+    /// invoked.
+    #[inline]
     pub unsafe fn enter_host_from_wasm<R>(
         vmctx: NonNull<VMComponentContext>,
         f: impl FnOnce(&mut dyn VMStore, Instance) -> R,
@@ -267,7 +273,10 @@ impl ComponentInstance {
         let store = unsafe { &mut *reference.store.0.as_ptr() };
 
         let instance = Instance::from_wasmtime(store, reference.id);
-        catch_unwind_and_record_trap(store, |store| f(store, instance))
+
+        // SAFETY: the safety requirement of `catch_unwind_and_record_trap` is
+        // part of our own function's safety contract.
+        unsafe { catch_unwind_and_record_trap(store, |store| f(store, instance)) }
     }
 
     /// Returns the `InstanceId` associated with the `vmctx` provided.

@@ -324,6 +324,11 @@ impl Instance {
     /// wasm-provided value and this is the first function called after entering
     /// the host. Otherwise this could unsafely alias the store with a mutable
     /// pointer, for example.
+    ///
+    /// Additionally this can only be invoked in a situation where it's suitable
+    /// to suspend a fiber computation (e.g. on a fiber and only `Send` local
+    /// variables) because async hooks like limiters and call hooks may be
+    /// invoked.
     #[inline]
     pub(crate) unsafe fn enter_host_from_wasm<R>(
         vmctx: NonNull<VMContext>,
@@ -345,7 +350,10 @@ impl Instance {
 
         // Thread the `store` and `instance` through panic/trap infrastructure
         // back into `f`.
-        catch_unwind_and_record_trap(store, |store| f(store, instance))
+        //
+        // SAFETY: the safety requirement of `catch_unwind_and_record_trap` is
+        // additionally a requirement of this function itself.
+        unsafe { catch_unwind_and_record_trap(store, |store| f(store, instance)) }
     }
 
     /// Converts the provided `*mut VMContext` to an `Instance` pointer and
@@ -816,25 +824,36 @@ impl Instance {
         result
     }
 
-    /// Performs a grow operation on the `table_index` specified using `grow`.
-    ///
-    /// This will handle updating the VMTableDefinition internally as necessary.
+    /// Same as [`Table::grow_check`] for the defined table `table_index`.
+    pub(crate) async fn defined_table_grow_check(
+        self: Pin<&mut Self>,
+        table_index: DefinedTableIndex,
+        limiter: Option<&mut StoreResourceLimiter<'_>>,
+        amt: u64,
+    ) -> Result<Option<usize>> {
+        self.get_defined_table(table_index)
+            .grow_check(limiter, amt)
+            .await
+    }
+
+    /// Same as [`Table::grow_unchecked`] for the defined table `table_index`,
+    /// additionally updating this instance's `VMContext`.
     ///
     /// # Safety
     ///
     /// This function requires that the caller, on success, fills in the table
     /// elements with an appropriately typed value.
-    pub(crate) async unsafe fn defined_table_grow(
+    pub(crate) unsafe fn defined_table_grow_unchecked(
         mut self: Pin<&mut Self>,
         table_index: DefinedTableIndex,
         limiter: Option<&mut StoreResourceLimiter<'_>>,
-        amt: u64,
+        new_size: usize,
     ) -> Result<Option<usize>> {
         let table = self.as_mut().get_defined_table(table_index);
         // SAFETY: updating the `VMContext` table pointers and such is done
         // below, and the responsibility of filling in the new table elements
         // is forwarded to the caller.
-        let result = unsafe { table.grow(limiter, amt).await? };
+        let result = unsafe { table.grow_unchecked(limiter, new_size)? };
         let element = table.vmtable();
         self.set_table(table_index, element);
         Ok(result)

@@ -59,7 +59,9 @@ use crate::prelude::*;
 use crate::runtime::store::{Asyncness, InstanceId, StoreOpaque};
 #[cfg(feature = "gc")]
 use crate::runtime::vm::VMGcRef;
-use crate::runtime::vm::{self, HostResultHasUnwindSentinel, VMStore, f32x4, f64x2, i8x16};
+use crate::runtime::vm::{
+    self, HostResultHasUnwindSentinel, VMStore, f32x4, f64x2, i8x16, with_call_hooks,
+};
 use core::convert::Infallible;
 use core::ptr::NonNull;
 #[cfg(feature = "threads")]
@@ -300,24 +302,76 @@ unsafe impl HostResultHasUnwindSentinel for Option<AllocationSize> {
     }
 }
 
+/// Return value of `table_grow`, configured to be pretty much just an
+/// `Option<AllocationSize>` except that built-in call hooks are disabled and
+/// they're manually managed below.
+struct TableGrowResult(Option<AllocationSize>);
+
+unsafe impl HostResultHasUnwindSentinel for TableGrowResult {
+    type Abi = <Option<AllocationSize> as HostResultHasUnwindSentinel>::Abi;
+    const SENTINEL: Self::Abi = <Option<AllocationSize> as HostResultHasUnwindSentinel>::SENTINEL;
+    const CALL_HOOKS: bool = false;
+
+    fn into_abi(self) -> Self::Abi {
+        self.0.into_abi()
+    }
+}
+
 /// Implementation of `table.grow`.
 unsafe fn table_grow(
     store: &mut dyn VMStore,
     instance: InstanceId,
     defined_table_index: u32,
     delta: u64,
-) -> Result<Option<AllocationSize>> {
+) -> Result<TableGrowResult> {
     let defined_table_index = DefinedTableIndex::from_u32(defined_table_index);
-    let (mut limiter, store) = store.resource_limiter_and_store_opaque();
-    let limiter = limiter.as_mut();
-    block_on!(store, async |store, _| unsafe {
-        let result = store
-            .instance_mut(instance)
-            .defined_table_grow(defined_table_index, limiter, delta)
-            .await?
-            .map(AllocationSize);
-        Ok(result)
-    })?
+
+    // Note that call hooks are manually managed here as the `TableGrowResult`
+    // return value disables auto management. This is done because after growth
+    // succeeds below it's required that wasm executes to actually fill in
+    // tables (e.g. in the case of non-nullable tables).
+    //
+    // Here this just checks that table growth is allowed to happen an proceed
+    // before actually performing it below.
+    //
+    // SAFETY: all local variables are `Send` and this function as a libcall is
+    // prepared to be suspended here (see the `block_on!` macro and usage in
+    // this file too).
+    let new_size = unsafe {
+        with_call_hooks(store, |store| {
+            let (mut limiter, store) = store.resource_limiter_and_store_opaque();
+            let limiter = limiter.as_mut();
+            block_on!(store, async |store, _| {
+                store
+                    .instance_mut(instance)
+                    .defined_table_grow_check(defined_table_index, limiter, delta)
+                    .await
+            })?
+        })?
+    };
+
+    // Next actually resize the table.
+    let result = match new_size {
+        Some(new_size) => {
+            let (mut limiter, store) = store.resource_limiter_and_store_opaque();
+            // SAFETY: compiled code fills in the new elements after this
+            // libcall returns.
+            unsafe {
+                store.instance_mut(instance).defined_table_grow_unchecked(
+                    defined_table_index,
+                    limiter.as_mut(),
+                    new_size,
+                )?
+            }
+        }
+        None => None,
+    };
+
+    // NB: from this point onwards this function must return successfully and
+    // cannot fail. Call hooks being explicitly disabled as part of
+    // `TableGrowResult` is part of that.
+
+    Ok(TableGrowResult(result.map(AllocationSize)))
 }
 
 fn passive_elem_segment_len(

@@ -598,30 +598,13 @@ impl Table {
         Ok(start..end)
     }
 
-    /// Grow table by the specified amount of elements.
+    /// The first half of growing this table: decides whether this table may
+    /// grow by `delta` elements, consulting `limiter` if provided.
     ///
-    /// Returns the previous size of the table if growth is successful.
-    ///
-    /// Returns `None` if table can't be grown by the specified amount of
-    /// elements.
-    ///
-    /// # Panics
-    ///
-    /// Panics if `init_value` does not have a type that matches this table.
-    ///
-    /// # Unsafety
-    ///
-    /// Resizing the table can reallocate its internal elements buffer. This
-    /// table's instance's `VMContext` has raw pointers to the elements buffer
-    /// that are used by Wasm, and they need to be fixed up before we call into
-    /// Wasm again. Failure to do so will result in use-after-free inside Wasm.
-    ///
-    /// Additionally after growth this table will have null filled in for all
-    /// new entries, if any. The embedder must fill in these slots with an
-    /// appropriately typed value for this table's usage to still be sound
-    /// because this table may contain non-null elements, for example.
-    pub async unsafe fn grow(
-        &mut self,
+    /// Returns the new size of the table if growth may proceed, and `None` if
+    /// it was denied. Nothing about this table is modified.
+    pub async fn grow_check(
+        &self,
         mut limiter: Option<&mut StoreResourceLimiter<'_>>,
         delta: u64,
     ) -> Result<Option<usize>, Error> {
@@ -665,6 +648,41 @@ impl Table {
                 return Ok(None);
             }
         }
+
+        Ok(Some(new_size))
+    }
+
+    /// The second half of growing this table: resizes this table to
+    /// `new_size` elements, where `new_size` was returned by
+    /// [`Table::grow_check`].
+    ///
+    /// Returns the previous size of the table if growth succeeded. Growth
+    /// fails, leaving this table as-is, if allocating the new elements fails.
+    /// On failure the error is reported to `limiter`, if any, and `None` is
+    /// returned.
+    ///
+    /// # Unsafety
+    ///
+    /// Resizing the table can reallocate its internal elements buffer. This
+    /// table's instance's `VMContext` has raw pointers to the elements buffer
+    /// that are used by Wasm, and they need to be fixed up before we call into
+    /// Wasm again. Failure to do so will result in use-after-free inside Wasm.
+    ///
+    /// Additionally after growth this table will have null filled in for all
+    /// new entries, if any. The embedder must fill in these slots with an
+    /// appropriately typed value for this table's usage to still be sound
+    /// because this table may contain non-null elements, for example.
+    pub unsafe fn grow_unchecked(
+        &mut self,
+        _limiter: Option<&mut StoreResourceLimiter<'_>>,
+        new_size: usize,
+    ) -> Result<Option<usize>, Error> {
+        let old_size = self.size();
+        if new_size == old_size {
+            return Ok(Some(old_size));
+        }
+        debug_assert!(new_size > old_size);
+        debug_assert!(self.maximum().is_none_or(|max| new_size <= max));
 
         // First resize the storage and then fill with the init value
         match self {

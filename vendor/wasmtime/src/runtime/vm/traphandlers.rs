@@ -122,7 +122,13 @@ pub(super) unsafe fn raise_preexisting_trap(store: &mut dyn VMStore) {
 /// This function acts as a bridge between the two to appropriately handle
 /// encoding host values to Cranelift-understood ABIs via the `HostResult`
 /// trait.
-pub fn catch_unwind_and_record_trap<R>(
+///
+/// # Safety
+///
+/// See `HostResult::maybe_catch_unwind` for the safety requirements of this
+/// function.
+#[inline]
+pub unsafe fn catch_unwind_and_record_trap<R>(
     store: &mut dyn VMStore,
     f: impl FnOnce(&mut dyn VMStore) -> R,
 ) -> R::Abi
@@ -133,7 +139,10 @@ where
     // return value is always provided and if unwind information is provided
     // (e.g. `ret` is a "false"-y value) then it's recorded in TLS for the
     // unwind operation that's about to happen from Cranelift-generated code.
-    let (ret, unwind) = R::maybe_catch_unwind(store, |store| f(store));
+    //
+    // SAFETY: the unsafety of `maybe_catch_unwind` is the same as this
+    // function's unsafety requirement.
+    let (ret, unwind) = unsafe { R::maybe_catch_unwind(store, |store| f(store)) };
     if let Some(unwind) = unwind {
         tls::with(|info| info.unwrap().record_unwind(unwind));
     }
@@ -167,7 +176,15 @@ pub trait HostResult {
     /// back to wasm (which should be soon after calling this through
     /// `catch_unwind_and_record_trap`) then wasm will very quickly turn around
     /// and initiate an unwind (currently through `raise_preexisting_trap`).
-    fn maybe_catch_unwind(
+    ///
+    ///
+    /// # Safety
+    ///
+    /// This function may be suspended during its execution if call hooks are
+    /// configured to be async. In that situation this'll be on a fiber but the
+    /// caller needs to ensure that it's in a suspendable-context, for example
+    /// all variables on the stack are `Send`.
+    unsafe fn maybe_catch_unwind(
         store: &mut dyn VMStore,
         f: impl FnOnce(&mut dyn VMStore) -> Self,
     ) -> (Self::Abi, Option<UnwindReason>);
@@ -184,7 +201,7 @@ macro_rules! host_result_no_catch {
             impl HostResult for $t {
                 type Abi = $t;
                 #[allow(unreachable_code, reason = "some types uninhabited on some platforms")]
-                fn maybe_catch_unwind(
+                unsafe fn maybe_catch_unwind(
                     store: &mut dyn VMStore,
                     f: impl FnOnce(&mut dyn VMStore) -> $t,
                 ) -> ($t, Option<UnwindReason>) {
@@ -211,7 +228,8 @@ host_result_no_catch! {
 
 impl HostResult for NonNull<u8> {
     type Abi = *mut u8;
-    fn maybe_catch_unwind(
+
+    unsafe fn maybe_catch_unwind(
         store: &mut dyn VMStore,
         f: impl FnOnce(&mut dyn VMStore) -> Self,
     ) -> (*mut u8, Option<UnwindReason>) {
@@ -241,7 +259,7 @@ where
 {
     type Abi = T::Abi;
 
-    fn maybe_catch_unwind(
+    unsafe fn maybe_catch_unwind(
         store: &mut dyn VMStore,
         f: impl FnOnce(&mut dyn VMStore) -> Result<T, E>,
     ) -> (T::Abi, Option<UnwindReason>) {
@@ -265,21 +283,36 @@ where
         // which otherwise can't be optimized away.
         #[cfg(feature = "call-hook")]
         let f = move |store: &mut dyn VMStore| {
-            store.call_hook(crate::CallHook::CallingHost)?;
-
-            let res = f(store);
-
-            // Note that if this returns a trap then `ret` is discarded
-            // entirely.
-            store.call_hook(crate::CallHook::ReturningFromHost)?;
-
-            res.map_err(|e| e.into())
+            if T::CALL_HOOKS {
+                // SAFETY: the safety requirement of our `maybe_catch_unwind`
+                // function is the same as what `with_call_hooks` requires.
+                unsafe { with_call_hooks(store, |store| f(store).map_err(|e| e.into())) }
+            } else {
+                f(store).map_err(|e| e.into())
+            }
         };
 
         // Next prepare the closure `f` as something that'll be invoked to
         // generate the return value of this function. This is the
         // conditionally, below, passed to `catch_unwind`.
-        let f = move || match f(store) {
+        let f = move || match f(&mut *store) {
+            // This location is used as a narrow-waist to forbid returning from
+            // the host to wasm in the event of a component trapping. In such a
+            // situation we cannot execute any more wasm within a store, and
+            // this catches situations such as the host recursively executing
+            // wasm, it traps, the host handles the error, and then returns
+            // success here. In that situation the store still can't execute due
+            // to the trap locking it down, so something needs to prevent the
+            // host from returning back into wasm.
+            //
+            // The check here is done to act as a central location that all
+            // returns back to wasm funnel through. This avoids the need to
+            // check elsewhere throughout the codebase, for example.
+            #[cfg(feature = "component-model")]
+            Ok(_) if store.trapped() => {
+                let trap = TrapReason::from(crate::Trap::CannotEnterComponent);
+                (T::SENTINEL, Some(UnwindReason::from(trap)))
+            }
             Ok(ret) => {
                 let abi = ret.into_abi();
                 debug_assert!(abi != T::SENTINEL);
@@ -309,6 +342,34 @@ where
     }
 }
 
+/// Invokes `f` between the `CallHook::CallingHost` and
+/// `CallHook::ReturningFromHost` call hooks, if the `call-hook` feature is
+/// enabled.
+///
+/// # Safety
+///
+/// See `HostResult::maybe_catch_unwind` for its unsafety and this is the same
+/// as that.
+#[inline]
+pub(crate) unsafe fn with_call_hooks<T, E>(
+    store: &mut dyn VMStore,
+    f: impl FnOnce(&mut dyn VMStore) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<crate::Error>,
+{
+    #[cfg(feature = "call-hook")]
+    store.call_hook(crate::CallHook::CallingHost)?;
+
+    let res = f(store);
+
+    // Note that if this returns a trap then `res` is discarded entirely.
+    #[cfg(feature = "call-hook")]
+    store.call_hook(crate::CallHook::ReturningFromHost)?;
+
+    res
+}
+
 /// Trait used in conjunction with `HostResult for Result<T, E>` where this is
 /// the trait bound on `T`.
 ///
@@ -325,6 +386,20 @@ pub unsafe trait HostResultHasUnwindSentinel {
     /// A value that indicates that an unwind should happen and is tested for in
     /// Cranelift-generated code.
     const SENTINEL: Self::Abi;
+
+    /// Whether call hooks are invoked around the host code returning this
+    /// value, which defaults to `true`.
+    ///
+    /// Libcalls that set this to `false` are expected to handle call hooks
+    /// internally as necessary.
+    #[cfg_attr(
+        not(feature = "call-hook"),
+        allow(
+            dead_code,
+            reason = "only read when the `call-hook` feature is enabled"
+        )
+    )]
+    const CALL_HOOKS: bool = true;
 
     /// Converts this value into the ABI representation. Should never returned
     /// the `SENTINEL` value.

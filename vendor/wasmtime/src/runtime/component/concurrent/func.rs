@@ -176,7 +176,6 @@ impl Func {
             store,
             self,
             MAX_FLAT_PARAMS,
-            false,
             move |func, store, params_out| {
                 func.with_lower_context(store, |cx, ty| {
                     Self::lower_args(cx, &params, ty, params_out)
@@ -229,7 +228,7 @@ where
     {
         let mut store = store.as_context_mut();
         let ptr = SendSyncPtr::from(NonNull::from(&params).cast::<u8>());
-        let prepared = self.prepare_call(store.as_context_mut(), true, move |cx, ty, dst| {
+        let prepared = self.prepare_call(store.as_context_mut(), move |cx, ty, dst| {
             // SAFETY: The goal here is to get `Params`, a non-`'static`
             // value, to live long enough to the lowering of the
             // parameters. We're guaranteed that `Params` lives in the
@@ -263,10 +262,12 @@ where
             }
         }
 
-        let mut wrapper = SignalOnDrop {
-            store,
-            task: prepared.task_id(),
-        };
+        // This will increment the task's refcount, and the
+        // `TaskId::host_future_dropped` function called from
+        // `SignalOnDrop::drop` will decrement it.
+        let task = prepared.acquire_task_id(store.0)?;
+
+        let mut wrapper = SignalOnDrop { store, task };
 
         let result = concurrent::QueuedCall::new(wrapper.store.as_context_mut(), prepared)?;
         wrapper
@@ -375,7 +376,7 @@ where
             "cannot use `call_concurrent` Config::concurrency_support disabled",
         );
 
-        let prepared = self.prepare_call(store.as_context_mut(), false, move |cx, ty, dst| {
+        let prepared = self.prepare_call(store.as_context_mut(), move |cx, ty, dst| {
             Self::lower_args(cx, ty, dst, &params)
         })?;
         let call = concurrent::QueuedCall::new(store, prepared)?;
@@ -410,7 +411,6 @@ where
     fn prepare_call<T>(
         self,
         store: StoreContextMut<'_, T>,
-        host_future_present: bool,
         lower: impl FnOnce(
             &mut LowerContext<T>,
             InterfaceType,
@@ -440,7 +440,6 @@ where
             store,
             *self.func(),
             param_count,
-            host_future_present,
             move |func, store, params_out| {
                 func.with_lower_context(store, |cx, ty| lower(cx, ty, params_out))
             },

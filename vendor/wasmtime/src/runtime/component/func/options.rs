@@ -541,7 +541,12 @@ impl<'a> LiftContext<'a> {
     /// Same as [`Self::consume_fuel`], but safely multiplies `len` and `size`
     /// together before calling that.
     pub fn consume_fuel_array(&mut self, len: usize, size: usize) -> Result<()> {
-        match len.checked_mul(size) {
+        // Here `size` is often based on Rust types, and Rust types can
+        // sometimes be smaller than the WIT-based equivalent. For example
+        // `enum foo { a }` is 1-byte in WIT but 0-bytes in Rust. To be sure
+        // that fuel is consumed for work performed be sure that `size` is at
+        // least 1.
+        match len.checked_mul(size.max(1)) {
             Some(bytes) => self.consume_fuel(bytes),
             None => bail!(HostcallFuelExhausted),
         }

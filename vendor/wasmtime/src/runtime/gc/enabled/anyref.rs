@@ -578,6 +578,9 @@ impl AnyRef {
     ///
     /// Return an error if this reference has been unrooted.
     ///
+    /// Also returns an error if this reference is an `OwnedRooted`; use
+    /// [`OwnedRooted::to_rooted`] to get a `Rooted` reference first.
+    ///
     /// # Panics
     ///
     /// Panics if this reference is associated with a different store.
@@ -587,7 +590,7 @@ impl AnyRef {
 
     pub(crate) fn _as_struct(&self, store: &StoreOpaque) -> Result<Option<Rooted<StructRef>>> {
         if self._is_struct(store)? {
-            Ok(Some(Rooted::from_gc_root_index(self.inner)))
+            Ok(Some(Rooted::try_alias_lifo_root_for_downcast(self.inner)?))
         } else {
             Ok(None)
         }
@@ -599,6 +602,9 @@ impl AnyRef {
     /// # Errors
     ///
     /// Return an error if this reference has been unrooted.
+    ///
+    /// Also returns an error if this reference is an `OwnedRooted`; use
+    /// [`OwnedRooted::to_rooted`] to get a `Rooted` reference first.
     ///
     /// # Panics
     ///
@@ -646,6 +652,9 @@ impl AnyRef {
     ///
     /// Return an error if this reference has been unrooted.
     ///
+    /// Also returns an error if this reference is an `OwnedRooted`; use
+    /// [`OwnedRooted::to_rooted`] to get a `Rooted` reference first.
+    ///
     /// # Panics
     ///
     /// Panics if this reference is associated with a different store.
@@ -655,7 +664,7 @@ impl AnyRef {
 
     pub(crate) fn _as_array(&self, store: &StoreOpaque) -> Result<Option<Rooted<ArrayRef>>> {
         if self._is_array(store)? {
-            Ok(Some(Rooted::from_gc_root_index(self.inner)))
+            Ok(Some(Rooted::try_alias_lifo_root_for_downcast(self.inner)?))
         } else {
             Ok(None)
         }
@@ -667,6 +676,9 @@ impl AnyRef {
     /// # Errors
     ///
     /// Return an error if this reference has been unrooted.
+    ///
+    /// Also returns an error if this reference is an `OwnedRooted`; use
+    /// [`OwnedRooted::to_rooted`] to get a `Rooted` reference first.
     ///
     /// # Panics
     ///

@@ -369,6 +369,9 @@ impl EqRef {
     ///
     /// Return an error if this reference has been unrooted.
     ///
+    /// Also returns an error if this reference is an `OwnedRooted`; use
+    /// [`OwnedRooted::to_rooted`] to get a `Rooted` reference first.
+    ///
     /// # Panics
     ///
     /// Panics if this reference is associated with a different store.
@@ -378,7 +381,7 @@ impl EqRef {
 
     pub(crate) fn _as_struct(&self, store: &StoreOpaque) -> Result<Option<Rooted<StructRef>>> {
         if self._is_struct(store)? {
-            Ok(Some(Rooted::from_gc_root_index(self.inner)))
+            Ok(Some(Rooted::try_alias_lifo_root_for_downcast(self.inner)?))
         } else {
             Ok(None)
         }
@@ -390,6 +393,9 @@ impl EqRef {
     /// # Errors
     ///
     /// Return an error if this reference has been unrooted.
+    ///
+    /// Also returns an error if this reference is an `OwnedRooted`; use
+    /// [`OwnedRooted::to_rooted`] to get a `Rooted` reference first.
     ///
     /// # Panics
     ///
@@ -437,6 +443,9 @@ impl EqRef {
     ///
     /// Return an error if this reference has been unrooted.
     ///
+    /// Also returns an error if this reference is an `OwnedRooted`; use
+    /// [`OwnedRooted::to_rooted`] to get a `Rooted` reference first.
+    ///
     /// # Panics
     ///
     /// Panics if this reference is associated with a different store.
@@ -446,7 +455,7 @@ impl EqRef {
 
     pub(crate) fn _as_array(&self, store: &StoreOpaque) -> Result<Option<Rooted<ArrayRef>>> {
         if self._is_array(store)? {
-            Ok(Some(Rooted::from_gc_root_index(self.inner)))
+            Ok(Some(Rooted::try_alias_lifo_root_for_downcast(self.inner)?))
         } else {
             Ok(None)
         }
@@ -458,6 +467,9 @@ impl EqRef {
     /// # Errors
     ///
     /// Return an error if this reference has been unrooted.
+    ///
+    /// Also returns an error if this reference is an `OwnedRooted`; use
+    /// [`OwnedRooted::to_rooted`] to get a `Rooted` reference first.
     ///
     /// # Panics
     ///

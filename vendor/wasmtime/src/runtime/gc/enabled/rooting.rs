@@ -1008,11 +1008,35 @@ impl<T: GcRef> Rooted<T> {
     /// invariant is memory safe but will result in general incorrectness such
     /// as panics and wrong results.
     pub(crate) fn from_gc_root_index(inner: GcRootIndex) -> Rooted<T> {
-        debug_assert!(inner.index.is_lifo());
+        assert!(inner.index.is_lifo());
         Rooted {
             inner,
             _phantom: marker::PhantomData,
         }
+    }
+
+    /// Create a new `Rooted<T>` that aliases the same LIFO root as the given
+    /// `GcRootIndex`, returning an error if the index is not a LIFO root.
+    ///
+    /// This is used when downcasting a `T` reached through `Deref` on either a
+    /// `Rooted<_>` or an `OwnedRooted<_>`. Aliasing a LIFO root is fine because
+    /// LIFO roots are generation-checked and live as long as their scope, but
+    /// copying an owned root's index would produce a `Rooted<T>` that is not
+    /// kept alive by the `OwnedRooted`, and whose slot may be reused once that
+    /// `OwnedRooted` is dropped.
+    ///
+    /// The given index should be of a GC reference pointing to an instance of
+    /// the GC type that `T` represents. Failure to uphold this invariant is
+    /// memory safe but will result in general incorrectness such as panics and
+    /// wrong results.
+    pub(crate) fn try_alias_lifo_root_for_downcast(inner: GcRootIndex) -> Result<Rooted<T>> {
+        if !inner.index.is_lifo() {
+            bail!(
+                "cannot downcast an `OwnedRooted` reference directly; \
+                 use `OwnedRooted::to_rooted` first"
+            );
+        }
+        Ok(Rooted::from_gc_root_index(inner))
     }
 
     #[inline]

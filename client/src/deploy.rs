@@ -8,7 +8,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::types::FieldTable;
 use warren_protocol::check_procedure_name;
 use warren_protocol::deploy::{
-    DeployAnswer, DeployHeaders, SecretKey, StreamRetention, declare_deploy_stream, publish_deploy,
+    DeployAnswer, DeployHeaders, SecretKey, open_deploy_stream, publish_deploy,
 };
 
 use crate::link::broker;
@@ -162,13 +162,11 @@ impl RpcClient {
         // A dedicated channel with publisher confirms: a deploy is history,
         // so it is sent only once the broker has stored it.
         let link = self.link().await?;
-        let declared =
-            declare_deploy_stream(&link.connection, &self.queue, StreamRetention::DEFAULT)
-                .await
-                .map_err(broker(
-                    "declaring the deploy stream (RabbitMQ 3.9 or later has streams)",
-                ))?;
-        let channel = declared.channel;
+        let (channel, stream) = open_deploy_stream(&link.connection, &self.queue)
+            .await
+            .map_err(broker(
+                "opening the deploy stream (RabbitMQ 3.9 or later has streams)",
+            ))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -192,7 +190,7 @@ impl RpcClient {
         if let Some(user) = &link.user {
             properties = properties.with_user_id(user.clone());
         }
-        let stored = publish_deploy(&channel, &declared.name, &deploy.module, properties)
+        let stored = publish_deploy(&channel, &stream, &deploy.module, properties)
             .await
             .map_err(broker("publishing the deploy"))?;
         close_quietly(channel.close(200, "deploy sent".into())).await;

@@ -206,7 +206,17 @@ pub(crate) async fn status(cli: &Cli, wait: Duration, json: bool) -> u8 {
         let versions: Vec<String> = mismatch
             .versions
             .iter()
-            .map(|version| format!("{} on {}", version.digest, version.hosts.join(", ")))
+            .map(|version| {
+                let manifest = match &version.manifest {
+                    Some(manifest) => format!(" with manifest {manifest}"),
+                    None => " without a manifest".to_owned(),
+                };
+                format!(
+                    "{}{manifest} on {}",
+                    version.digest,
+                    version.hosts.join(", ")
+                )
+            })
             .collect();
         eprintln!(
             "warren: procedure {} is served in {} versions: {} (a rollout still going on, or \

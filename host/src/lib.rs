@@ -245,7 +245,8 @@ fn deployer(
     folder: &Arc<ModulesFolder>,
 ) -> anyhow::Result<Deployer> {
     let options = &config.deploys;
-    let mut publishers = brokers.users();
+    let host_users = brokers.users();
+    let mut publishers = host_users.clone();
     for user in &options.deploy_users {
         let user = user.trim();
         if !user.is_empty() && !publishers.iter().any(|known| known == user) {
@@ -260,6 +261,7 @@ fn deployer(
         allow_unsigned: options.allow_unsigned_deploys,
         max_module_bytes: usize::try_from(options.max_module_bytes).unwrap_or(usize::MAX),
         publishers,
+        host_users,
     };
     let host_id = options
         .host_id

@@ -201,13 +201,37 @@ impl Session {
         deployer: Arc<Deployer>,
         shutdown: Shutdown,
     ) -> anyhow::Result<()> {
-        let deploys = tokio::spawn(self.deploys.follow(deployer, shutdown.clone()));
+        let mut deploys = tokio::spawn(self.deploys.follow(deployer, shutdown.clone()));
         let dead_letters = self
             .dead_letters
             .map(|dead| tokio::spawn(dead.serve(shutdown.clone())));
         let control = tokio::spawn(self.control.serve(self.status, shutdown.clone()));
-        let result = self.requests.serve(dispatcher, shutdown).await;
-        for task in [deploys, control].into_iter().chain(dead_letters) {
+        let requests = self.requests.serve(dispatcher, shutdown);
+        tokio::pin!(requests);
+        // A deploy stream that fails while the connection is up (deleted
+        // under the host) fails the session: it reconnects and reads the
+        // stream anew, rather than go on deaf to deploys. Requests not yet
+        // acked are redelivered, to this host or another.
+        let mut deploys_ended = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut requests => break result,
+                ended = &mut deploys, if !deploys_ended => {
+                    deploys_ended = true;
+                    if let Ok(Err(error)) = ended {
+                        break Err(error);
+                    }
+                }
+            }
+        };
+        if !deploys_ended {
+            if result.is_ok() {
+                let _ = deploys.await;
+            } else {
+                deploys.abort();
+            }
+        }
+        for task in [control].into_iter().chain(dead_letters) {
             if result.is_ok() {
                 let _ = task.await;
             } else {

@@ -31,17 +31,10 @@ const SMALL: StreamRetention = StreamRetention {
 /// publishing through the default exchange.
 const CALLER: [&str; 3] = ["^amq\\.gen-.*", "^amq\\.default$", "^amq\\.gen-.*"];
 
-/// The permissions SECURITY.md gives a deployer of `queue`: declaring its
-/// deploy stream and its own callback queue, publishing through the
-/// default exchange.
-fn deployer_permissions(queue: &str) -> [String; 3] {
-    let queue = queue.replace('.', "\\.");
-    [
-        format!("^{queue}\\.deploys$|^amq\\.gen-.*"),
-        "^amq\\.default$".to_owned(),
-        "^amq\\.gen-.*".to_owned(),
-    ]
-}
+/// The permissions SECURITY.md gives a deployer: its own callback queue,
+/// publishing through the default exchange (the stream the hosts made is
+/// opened passively).
+const DEPLOYER: [&str; 3] = CALLER;
 
 /// The permissions SECURITY.md gives the hosts of `queue`.
 fn host_permissions(queue: &str) -> [String; 3] {
@@ -153,7 +146,7 @@ fn counter(host: &TestHost, line_start: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_old_deploy_put_back_after_a_flood_cannot_roll_back_a_restarted_host() {
     let queue = unique_queue("deploy-rollback");
-    let Some(deployer) = user_for("deployer", &deployer_permissions(&queue)) else {
+    let Some(deployer) = user("deployer", DEPLOYER) else {
         return;
     };
     let (Some(caller), Some(amy)) = (user("flooder", CALLER), user("amy", CALLER)) else {
@@ -236,7 +229,7 @@ async fn an_old_deploy_put_back_after_a_flood_cannot_roll_back_a_restarted_host(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_cannot_get_a_deploy_message_acted_on_answered_or_counted() {
     let queue = unique_queue("deploy-callers");
-    let Some(deployer) = user_for("deployer", &deployer_permissions(&queue)) else {
+    let Some(deployer) = user("deployer", DEPLOYER) else {
         return;
     };
     let (Some(caller), Some(hosts)) = (
@@ -539,4 +532,56 @@ async fn declare_stream_by_hand(queue: &str, arguments: &[(&str, &str)]) {
         .await
         .unwrap();
     close_connection(&connection).await;
+}
+
+/// The deploy stream deleted under a running host (as the refusal of a bad
+/// stream tells an operator to do): the host notices, reconnects, reads the
+/// stream declared anew from its start (it resumed past its end before, and
+/// hung), and takes the next deploy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_follows_a_deploy_stream_deleted_and_declared_anew() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, _) = key_in(keys.path(), "ops");
+    let host = TestHost::start_with(
+        "deploy-recreated",
+        &[("fib", &fib_wasm())],
+        trusting(public_key_path(&secret), "follower"),
+    )
+    .await;
+    let signed = |payload: &str| {
+        Deploy::new("fib", with_custom_section(&fib_wasm(), payload))
+            .signed_by(SecretKey::read(&secret).unwrap())
+    };
+    let first = only_answer(deploy(&host.queue, signed("before")).await);
+    assert!(first.accepted, "{first:?}");
+
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            deploy_stream(&host.queue).as_str().into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    close_connection(&connection).await;
+
+    let after = with_custom_section(&fib_wasm(), "after");
+    let client = host.client().await;
+    let report = client
+        .deploy(
+            Deploy::new("fib", after.clone())
+                .signed_by(SecretKey::read(&secret).unwrap())
+                .allow_no_hosts(true)
+                .expect_hosts(1)
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    client.close().await;
+    assert!(report.all_accepted(), "{report:?}");
+    assert_eq!(host.serving("fib"), Some(digest(&after)));
+    host.stop().await;
 }

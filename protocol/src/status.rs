@@ -113,20 +113,31 @@ pub struct Mismatch {
 pub struct Version {
     /// `sha256:<hex>` of the module.
     pub digest: String,
+    /// `sha256:<hex>` of its manifest's text, when it has one: the same
+    /// module with another manifest (or none) is another version, granted
+    /// other things.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     /// Host ids.
     pub hosts: Vec<String>,
 }
 
-/// The procedures `hosts` serve in more than one version, by name.
+/// The procedures `hosts` serve in more than one version (module and
+/// manifest), by name.
 pub fn mismatches(hosts: &[HostStatus]) -> Vec<Mismatch> {
     use std::collections::BTreeMap;
-    let mut by_name: BTreeMap<&str, BTreeMap<&str, Vec<String>>> = BTreeMap::new();
+    type Versions<'a> = BTreeMap<(&'a str, Option<&'a str>), Vec<String>>;
+    let mut by_name: BTreeMap<&str, Versions<'_>> = BTreeMap::new();
     for host in hosts {
         for procedure in &host.procedures {
+            let manifest = procedure
+                .grants
+                .as_ref()
+                .and_then(|grants| grants.manifest.as_deref());
             by_name
                 .entry(&procedure.name)
                 .or_default()
-                .entry(&procedure.digest)
+                .entry((&procedure.digest, manifest))
                 .or_default()
                 .push(host.host.clone());
         }
@@ -138,8 +149,9 @@ pub fn mismatches(hosts: &[HostStatus]) -> Vec<Mismatch> {
             procedure: name.to_owned(),
             versions: digests
                 .into_iter()
-                .map(|(digest, hosts)| Version {
+                .map(|((digest, manifest), hosts)| Version {
                     digest: digest.to_owned(),
+                    manifest: manifest.map(str::to_owned),
                     hosts,
                 })
                 .collect(),
@@ -207,10 +219,12 @@ mod tests {
             vec![
                 Version {
                     digest: "sha256:1".into(),
+                    manifest: None,
                     hosts: vec!["a".into(), "c".into()]
                 },
                 Version {
                     digest: "sha256:2".into(),
+                    manifest: None,
                     hosts: vec!["b".into()]
                 },
             ]

@@ -127,24 +127,15 @@ pub async fn publish_raw_deploys_from(
     let connection = lapin::Connection::connect(url, Default::default())
         .await
         .unwrap();
-    let declared = warren_protocol::deploy::declare_deploy_stream(
-        &connection,
-        queue,
-        warren_protocol::deploy::StreamRetention::DEFAULT,
-    )
-    .await
-    .unwrap();
-    declared
-        .channel
-        .confirm_select(Default::default())
+    let (channel, stream) = warren_protocol::deploy::open_deploy_stream(&connection, queue)
         .await
         .unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
     for (headers, module) in deploys {
-        let confirmation = declared
-            .channel
+        let confirmation = channel
             .basic_publish(
                 "".into(),
-                declared.name.as_str().into(),
+                stream.as_str().into(),
                 lapin::options::BasicPublishOptions::default(),
                 module,
                 lapin::BasicProperties::default()

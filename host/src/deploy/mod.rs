@@ -51,12 +51,21 @@ pub struct DeployPolicy {
     /// copies): the broker checks a message's `user_id` against the user
     /// that published it. Messages of anyone else are skipped unread.
     pub publishers: Vec<String>,
+    /// The broker users hosts log in as (this host's own): only their
+    /// claims to publish a copy count (`keeper`), so a deploying user
+    /// cannot hold copies back with claims it never follows.
+    pub host_users: Vec<String>,
 }
 
 impl DeployPolicy {
     /// Whether a deploy-stream message with this `user_id` is to be read.
     pub fn admits_publisher(&self, user_id: Option<&str>) -> bool {
         user_id.is_some_and(|user| self.publishers.iter().any(|known| known == user))
+    }
+
+    /// Whether a claim with this `user_id` came from a host.
+    pub fn admits_claim(&self, user_id: Option<&str>) -> bool {
+        user_id.is_some_and(|user| self.host_users.iter().any(|known| known == user))
     }
 }
 
@@ -220,6 +229,11 @@ impl<T> Batch<'_, T> {
         self.deployer.policy.admits_publisher(user)
     }
 
+    /// Whether a claim whose `user_id` is `user` came from a host.
+    pub fn admits_claim(&self, user: Option<&str>) -> bool {
+        self.deployer.policy.admits_claim(user)
+    }
+
     /// Counts a message skipped because no deploying user published it.
     pub fn skipped_publisher(&self) {
         self.deployer.folder.metrics().deploy_message_skipped();
@@ -255,11 +269,14 @@ impl<T> Batch<'_, T> {
                 Ok(()) => self
                     .deployer
                     .acceptance(w.verified.digest.clone(), w.received),
-                Err(error) => self.deployer.refusal(
-                    w.verified.digest.clone(),
-                    format!("{error:#}"),
-                    w.received,
-                ),
+                Err(error) => {
+                    self.deployer.not_served(&w.verified.name);
+                    self.deployer.refusal(
+                        w.verified.digest.clone(),
+                        format!("{error:#}"),
+                        w.received,
+                    )
+                }
             };
             self.settled.push((
                 w.place,
@@ -341,8 +358,10 @@ impl Deployer {
             tracing::error!(
                 procedure = %name,
                 "the record of this procedure's last deploy cannot be read ({why}): every deploy \
-                 of it is refused, since this host no longer knows which are old. Remove the file \
-                 (the next signed deploy is then accepted) or put back a good copy"
+                 of it is refused, since this host no longer knows which are old. Put back a copy \
+                 of NAME.deploy from another host's modules folder; remove the file only once the \
+                 deploy stream holds this procedure's newest deploy (without a record, any signed \
+                 deploy of it in the stream is accepted, an old one too)"
             );
         }
         Ok(Deployer {
@@ -357,6 +376,16 @@ impl Deployer {
     /// What this host accepts.
     pub fn policy(&self) -> &DeployPolicy {
         &self.policy
+    }
+
+    /// The newest deploy of `name` passed every check but could not be
+    /// served here: the same deploy seen again (a copy) is tried again
+    /// rather than taken as applied.
+    fn not_served(&self, name: &str) {
+        let mut accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(newest) = accepted.get_mut(name) {
+            newest.unserved = true;
+        }
     }
 
     /// This host's id, as it signs its answers.

@@ -48,6 +48,10 @@ use warren_protocol::broker::{close_quietly, ends_connection};
 /// (which, on a stream, only asks for the next) as soon as it is read, so a
 /// history of any length flows through this window.
 const DEPLOY_PREFETCH: u16 = 16;
+/// How long a host resuming the stream where it stopped waits for a first
+/// message before it takes the stream for a new one (see
+/// [`DeployStream::catch_up`]).
+const CATCH_UP_STALL: Duration = Duration::from_secs(10);
 /// Quiet time that ends a burst of live deploys.
 const DEPLOY_SETTLE: Duration = Duration::from_millis(200);
 /// Longest random wait before claiming the publishing of a deploy the
@@ -236,10 +240,32 @@ impl DeployStream {
     pub async fn catch_up(&mut self, deployer: &Deployer, history: bool) -> anyhow::Result<()> {
         let marker = uuid::Uuid::new_v4().to_string();
         self.append_marker(&marker).await?;
+        let resumed = self.state.position().is_some();
         let mut batch = deployer.batch();
         let mut reads = Vec::new();
         loop {
-            let delivery = match self.consumer.next().await {
+            let next = tokio::time::timeout(CATCH_UP_STALL, self.consumer.next()).await;
+            let next = match next {
+                Ok(next) => next,
+                Err(_) if resumed => {
+                    // The marker is stored, so a reader before it gets
+                    // something soon; nothing means this host resumed past
+                    // the end of a stream that was deleted and declared
+                    // anew (offsets start again at 0). Read it all again.
+                    let mut state = self.state.lock();
+                    state.position = None;
+                    state.parts = Assembler::default();
+                    anyhow::bail!(
+                        "reading the deploy stream {} from where this host stopped gave nothing \
+                         for {}s: the stream was deleted and declared anew; reading it again \
+                         from its start",
+                        self.stream,
+                        CATCH_UP_STALL.as_secs()
+                    );
+                }
+                Err(_) => continue,
+            };
+            let delivery = match next {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(error)) => {
                     return Err(anyhow::Error::from(error).context("reading the deploy history"));
@@ -262,12 +288,18 @@ impl DeployStream {
     }
 
     /// Applies deploys as they arrive, a burst at a time, and publishes
-    /// again those the stream would otherwise drop, until shutdown or until
-    /// the stream fails (then remote deploys stop until the session
-    /// reconnects).
-    pub async fn follow(mut self, deployer: Arc<Deployer>, mut shutdown: Shutdown) {
+    /// again those the stream would otherwise drop, until shutdown or the
+    /// connection's end (`Ok`), or until the stream fails on a connection
+    /// that is still up (`Err`: the broker cancelled the consumer because
+    /// the stream was deleted, say), which the session takes for its own
+    /// failure, so that it reconnects and reads the stream anew.
+    pub async fn follow(
+        mut self,
+        deployer: Arc<Deployer>,
+        mut shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
         self.schedule_republish();
-        loop {
+        let ended = loop {
             let republish = async {
                 match self.republish_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -275,7 +307,7 @@ impl DeployStream {
                 }
             };
             let first = tokio::select! {
-                _ = shutdown.recv() => break,
+                _ = shutdown.recv() => break Ok(()),
                 () = republish => {
                     self.republish_at = None;
                     self.claim_due(&deployer).await;
@@ -286,17 +318,22 @@ impl DeployStream {
             };
             let first = match first {
                 Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => {
-                    // A lost connection is reported once, by the session;
-                    // only the stream's own failure is news here.
-                    if ends_connection(&error) {
-                        tracing::debug!(%error, "reading the deploy stream stopped with the connection");
-                    } else {
-                        tracing::warn!(%error, "reading the deploy stream stopped; remote deploys are off until reconnect");
-                    }
-                    break;
+                // A lost connection is reported once, by the session.
+                Some(Err(error)) if ends_connection(&error) => {
+                    tracing::debug!(%error, "reading the deploy stream stopped with the connection");
+                    break Ok(());
                 }
-                None => break,
+                Some(Err(error)) => {
+                    break Err(anyhow::Error::from(error)
+                        .context(format!("reading the deploy stream {} failed", self.stream)));
+                }
+                None => {
+                    break Err(anyhow::anyhow!(
+                        "the broker ended this host's reading of the deploy stream {} (was it \
+                         deleted?): reconnecting, to read it anew",
+                        self.stream
+                    ));
+                }
             };
             let mut batch = deployer.batch();
             let mut reads = Vec::new();
@@ -310,9 +347,10 @@ impl DeployStream {
             let won = self.record(reads, settled, false, deployer.host_id()).await;
             self.publish_copies(&deployer, won).await;
             self.schedule_republish();
-        }
+        };
         close_quietly(self.publisher.close(200, "warren-host stopping".into())).await;
         close_quietly(self.channel.close(200, "warren-host stopping".into())).await;
+        ended
     }
 
     /// Acks one stream message at once (so the broker sends the next) and
@@ -336,10 +374,6 @@ impl DeployStream {
         let size = data.len() as u64 + MESSAGE_OVERHEAD;
         let offset = stream_offset(&properties);
         let headers = properties.headers().as_ref();
-        if header_text(headers, HEADER_DEPLOY_SYNC).is_some() {
-            reads.push(Read::of(offset, size));
-            return;
-        }
         let user_id = properties.user_id().as_ref().map(|user| user.as_str());
         if !batch.admits_publisher(user_id) {
             // Anyone who may publish a request may publish here: what they
@@ -350,17 +384,21 @@ impl DeployStream {
                     stream = %self.stream,
                     user_id = user_id.unwrap_or("(none)"),
                     "skipping a deploy-stream message no deploying user published (the first; \
-                     the rest are counted in warren_deploy_messages_skipped_total). To deploy \
-                     as this user, add it to --deploy-users"
+                     the rest are counted in warren_deploy_messages_skipped_total). If this user \
+                     is one of your deployers, add it to --deploy-users; a caller must not be"
                 );
             }
             batch.skipped_publisher();
             reads.push(Read::of(offset, size));
             return;
         }
+        if header_text(headers, HEADER_DEPLOY_SYNC).is_some() {
+            reads.push(Read::of(offset, size));
+            return;
+        }
         let deploy = DeployHeaders::read(headers);
         if let Some(host) = header_text(headers, HEADER_DEPLOY_CLAIM) {
-            if let Some(name) = deploy.name {
+            if let Some(name) = deploy.name.filter(|_| batch.admits_claim(user_id)) {
                 reads.push(Read {
                     claim: Some(Claim {
                         name,
@@ -429,7 +467,11 @@ impl DeployStream {
             verified,
         } in settled
         {
-            let name = name.unwrap_or_default();
+            // A name that breaks the rule is not logged as written: a
+            // publisher chose it (line breaks, terminal escapes).
+            let name = name
+                .filter(|name| warren_protocol::check_procedure_name(name).is_ok())
+                .unwrap_or_else(|| "(invalid)".to_owned());
             let republished = header_text(properties.headers().as_ref(), HEADER_DEPLOY_COPY);
             log_answer(&name, &answer, history || republished.is_some(), copy);
             if !history {

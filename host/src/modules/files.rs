@@ -103,8 +103,10 @@ pub(super) fn save_atomically(
     let (tmp, tmp_manifest) = (temporary(MODULE_EXTENSION), temporary(MANIFEST_EXTENSION));
     let tmp_record = temporary(RECORD_EXTENSION);
     let manifest_target = target.with_extension(MANIFEST_EXTENSION);
-    // The record this save replaced (`Some(None)`: there was none).
+    // The record and manifest this save replaced (`Some(None)`: there was
+    // none), put back if a later step fails.
     let old_record = &mut None;
+    let old_manifest = &mut None;
     let written = std::fs::write(&tmp, files.module)
         .and_then(|()| match files.manifest {
             Some(text) => std::fs::write(&tmp_manifest, text),
@@ -125,6 +127,7 @@ pub(super) fn save_atomically(
                 *old_record = Some(std::fs::read(&record_target).ok());
                 std::fs::rename(&tmp_record, &record_target)?;
             }
+            *old_manifest = Some(std::fs::read(&manifest_target).ok());
             match files.manifest {
                 Some(_) => std::fs::rename(&tmp_manifest, &manifest_target)?,
                 None => match std::fs::remove_file(&manifest_target) {
@@ -150,16 +153,22 @@ pub(super) fn save_atomically(
         let _ = std::fs::remove_file(&tmp);
         let _ = std::fs::remove_file(&tmp_manifest);
         let _ = std::fs::remove_file(&tmp_record);
-        let record_target = target.with_extension(RECORD_EXTENSION);
-        match old_record.take() {
-            Some(Some(bytes)) => {
-                let _ = std::fs::write(&record_target, bytes);
-            }
-            Some(None) => {
-                let _ = std::fs::remove_file(&record_target);
-            }
-            None => {}
-        }
+        restore(&target.with_extension(RECORD_EXTENSION), old_record.take());
+        restore(&manifest_target, old_manifest.take());
     }
     written
+}
+
+/// Puts back what a failed save replaced at `path`: `Some(Some(bytes))`
+/// the old file, `Some(None)` no file, `None` nothing was replaced.
+fn restore(path: &Path, old: Option<Option<Vec<u8>>>) {
+    match old {
+        Some(Some(bytes)) => {
+            let _ = std::fs::write(path, bytes);
+        }
+        Some(None) => {
+            let _ = std::fs::remove_file(path);
+        }
+        None => {}
+    }
 }

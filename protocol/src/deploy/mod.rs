@@ -46,7 +46,9 @@ pub use parts::{
     COMPRESS_FROM_BYTES, DEPLOY_ENCODING, DEPLOY_PART_BYTES, HEADER_DEPLOY_PART,
     HEADER_DEPLOY_PARTS_ID, Part, decode_module, encode_module, publish_deploy, publish_encoded,
 };
-pub use stream::{DeclaredStream, StreamRetention, declare_deploy_stream, deploy_stream};
+pub use stream::{
+    DeclaredStream, StreamRetention, declare_deploy_stream, deploy_stream, open_deploy_stream,
+};
 
 /// Deploy header: the procedure name the module is for.
 pub const HEADER_DEPLOY_NAME: &str = "x-deploy-name";

@@ -154,6 +154,36 @@ pub async fn declare_deploy_stream(
     Err(last_refusal.expect("every round that did not return was refused"))
 }
 
+/// Opens the deploy stream of `queue` to publish to: on a new channel of
+/// `connection`, passively (so a deployer needs no `configure` permission
+/// on a stream the hosts made, a permission that would also let it delete
+/// the stream), declaring it with [`StreamRetention::DEFAULT`] only when it
+/// does not exist yet. Returns the channel and the stream's name.
+pub async fn open_deploy_stream(
+    connection: &lapin::Connection,
+    queue: &str,
+) -> lapin::Result<(lapin::Channel, String)> {
+    use lapin::options::QueueDeclareOptions;
+    let name = deploy_stream(queue);
+    let channel = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(name.as_str().into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => Ok((channel, name)),
+        Err(error) if crate::broker_said(&error, lapin::protocol::AMQPSoftError::NOTFOUND) => {
+            let declared =
+                declare_deploy_stream(connection, queue, StreamRetention::DEFAULT).await?;
+            Ok((declared.channel, declared.name))
+        }
+        Err(error) => Err(error),
+    }
+}
+
 async fn declare(
     channel: &lapin::Channel,
     name: &str,

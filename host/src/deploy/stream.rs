@@ -180,11 +180,22 @@ impl DeployStream {
             })?;
         if let Some(settings) = &declared.existing {
             check_retention(&declared, settings, deployer.policy().max_module_bytes)?;
-            tracing::info!(
-                stream = %declared.name,
-                "the deploy stream exists with other settings than this host declares ({settings}): \
-                 it is used as it is"
-            );
+            if declared.retention.max_bytes == u64::MAX {
+                tracing::warn!(
+                    stream = %declared.name,
+                    "the deploy stream exists without a byte limit ({settings}): it is used, but \
+                     anyone who may publish a request can grow it until the broker's disk alarm \
+                     stops every publisher. Delete it (rabbitmqctl delete_queue {}) when no \
+                     deploy is under way; hosts declare it anew with a limit",
+                    declared.name
+                );
+            } else {
+                tracing::info!(
+                    stream = %declared.name,
+                    "the deploy stream exists with other settings than this host declares \
+                     ({settings}): it is used as it is"
+                );
+            }
         }
         state.lock().keeper.set_retention(declared.retention);
         let channel = declared.channel;

@@ -585,3 +585,65 @@ async fn a_host_follows_a_deploy_stream_deleted_and_declared_anew() {
     assert_eq!(host.serving("fib"), Some(digest(&after)));
     host.stop().await;
 }
+
+/// Lose nothing: the deploy stream is lost while every host is down
+/// (deleted, or flooded past its retention). A host that restarts with its
+/// record and module publishes that deploy again, from its record and
+/// manifest, so a host started later, from an empty folder, serves it with
+/// its manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_host_puts_back_a_deploy_the_stream_lost() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, _) = key_in(keys.path(), "ops");
+    let mut keeper = TestHost::start_with(
+        "deploy-put-back",
+        &[],
+        trusting(public_key_path(&secret), "keeper"),
+    )
+    .await;
+    let module = with_custom_section(&fib_wasm(), "kept");
+    let manifest = "[limits]\ntimeout = \"2s\"\n";
+    let answer = only_answer(
+        deploy(
+            &keeper.queue,
+            Deploy::new("fib", module.clone())
+                .manifest(manifest)
+                .signed_by(SecretKey::read(&secret).unwrap()),
+        )
+        .await,
+    );
+    assert!(answer.accepted, "{answer:?}");
+
+    keeper.stop_host().await;
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            deploy_stream(&keeper.queue).as_str().into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    close_connection(&connection).await;
+    keeper.restart().await;
+
+    let late = TestHost::join(
+        &keeper.queue,
+        &[],
+        trusting(public_key_path(&secret), "late"),
+    )
+    .await;
+    assert!(
+        late.wait_serving("fib", &digest(&module), Duration::from_secs(20))
+            .await,
+        "the late host found the deploy the restarted one put back"
+    );
+    assert_eq!(
+        std::fs::read_to_string(late.modules.path().join("fib.toml")).unwrap(),
+        manifest
+    );
+    late.stop().await;
+    keeper.stop().await;
+}

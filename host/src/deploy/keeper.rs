@@ -90,6 +90,19 @@ impl Keeper {
         }
     }
 
+    /// Starts keeping a deploy this host serves that the stream does not
+    /// hold (its newest copy dropped out, or the stream was declared anew):
+    /// due at once, so a host puts it back for hosts that start later.
+    pub fn keep_missing(&mut self, name: String, headers: DeployHeaders, size: u64) {
+        let after = self.retention.republish_after();
+        self.kept.entry(name).or_insert(Kept {
+            headers,
+            size,
+            after,
+            claimed: None,
+        });
+    }
+
     /// What is kept of `name`, if anything.
     pub fn kept(&self, name: &str) -> Option<Kept> {
         self.kept.get(name).cloned()

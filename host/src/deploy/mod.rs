@@ -112,6 +112,9 @@ pub struct Deployer {
     /// Names whose record could not be read, with why: every deploy of them
     /// is refused until a person removes or mends the record.
     unreadable: HashMap<String, String>,
+    /// The records read at start: what a starting host puts back into the
+    /// stream if the stream no longer holds it ([`stream`]).
+    records: HashMap<String, DeployRecord>,
 }
 
 /// What became of one deploy of a [`Batch`].
@@ -322,7 +325,8 @@ impl Deployer {
     ) -> anyhow::Result<Self> {
         let Records { read, unreadable } = record::read_records(folder.dir())?;
         let mut accepted = HashMap::new();
-        for (name, record) in read {
+        for (name, record) in &read {
+            let (name, record) = (name.clone(), record.clone());
             let version = version(&record.digest, record.manifest_digest.as_deref());
             let served = folder.serving().get(&name).map(|p| p.version());
             let unserved = served.as_ref() != Some(&version);
@@ -369,8 +373,14 @@ impl Deployer {
             policy,
             folder,
             accepted: Mutex::new(accepted),
+            records: read,
             unreadable,
         })
+    }
+
+    /// The deploy records read from the modules folder at start.
+    pub fn records(&self) -> &HashMap<String, DeployRecord> {
+        &self.records
     }
 
     /// What this host accepts.

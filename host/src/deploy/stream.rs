@@ -40,7 +40,7 @@ use super::answers::{answer_deployer, log_answer};
 use super::keeper::{Keeper, Kept, MESSAGE_OVERHEAD};
 use super::parts::{Assembler, Joined};
 use super::{Deployer, Settled};
-use crate::modules::{MODULE_EXTENSION, digest};
+use crate::modules::{MODULE_EXTENSION, digest, version};
 use crate::shutdown::Shutdown;
 use warren_protocol::broker::{close_quietly, ends_connection};
 
@@ -295,7 +295,63 @@ impl DeployStream {
         // a reconnect: its keeping rounds start again once it follows.
         self.record(reads, settled, history, deployer.host_id())
             .await;
+        if history {
+            self.keep_recorded(deployer);
+        }
         Ok(())
+    }
+
+    /// Keeps, as due at once, each deploy this host has a record of and
+    /// serves but the stream no longer holds (every host was down while
+    /// it dropped out; the stream was declared anew), so that hosts started
+    /// later find it again. Its headers come from the record and the
+    /// manifest beside the module, checked against the record's digest.
+    fn keep_recorded(&self, deployer: &Deployer) {
+        let mut state = self.state.lock();
+        for (name, record) in deployer.records() {
+            let recorded = version(&record.digest, record.manifest_digest.as_deref());
+            let served = deployer.folder().serving().get(name).map(|p| p.version());
+            if state.keeper.kept(name).is_some() || served != Some(recorded) {
+                continue;
+            }
+            let dir = deployer.folder().dir();
+            let manifest = match &record.manifest_digest {
+                None => None,
+                Some(expected) => {
+                    let path = dir.join(format!(
+                        "{name}.{}",
+                        warren_protocol::manifest::MANIFEST_EXTENSION
+                    ));
+                    match std::fs::read_to_string(path) {
+                        Ok(text) if warren_protocol::manifest::digest(&text) == *expected => {
+                            Some(text)
+                        }
+                        _ => continue,
+                    }
+                }
+            };
+            let module = dir.join(format!("{name}.{MODULE_EXTENSION}"));
+            let Ok(size) = std::fs::metadata(module).map(|metadata| metadata.len()) else {
+                continue;
+            };
+            let headers = DeployHeaders {
+                name: Some(name.clone()),
+                digest: Some(record.digest.clone()),
+                sequence: Some(record.sequence.to_string()),
+                key: record.key.clone(),
+                signature: record.signature.clone(),
+                manifest,
+            };
+            tracing::info!(
+                procedure = %name,
+                sequence = record.sequence,
+                "the deploy stream no longer holds the deploy this host serves: publishing it \
+                 again, so hosts that start later find it"
+            );
+            state
+                .keeper
+                .keep_missing(name.clone(), headers, size + MESSAGE_OVERHEAD);
+        }
     }
 
     /// Applies deploys as they arrive, a burst at a time, and publishes

@@ -501,6 +501,20 @@ async fn a_deploy_stream_that_keeps_too_little_is_refused_at_start() {
     host.stop().await;
 }
 
+/// Deletes `queue`'s deploy stream, as an operator would (or as a broker
+/// that lost it).
+async fn delete_stream(queue: &str) {
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(deploy_stream(queue).as_str().into(), Default::default())
+        .await
+        .unwrap();
+    close_connection(&connection).await;
+}
+
 /// Declares `queue`'s deploy stream with `arguments` (numbers as numbers).
 async fn declare_stream_by_hand(queue: &str, arguments: &[(&str, &str)]) {
     use lapin::types::AMQPValue;
@@ -555,18 +569,7 @@ async fn a_host_follows_a_deploy_stream_deleted_and_declared_anew() {
     let first = only_answer(deploy(&host.queue, signed("before")).await);
     assert!(first.accepted, "{first:?}");
 
-    let connection = Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_delete(
-            deploy_stream(&host.queue).as_str().into(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    close_connection(&connection).await;
+    delete_stream(&host.queue).await;
 
     let after = with_custom_section(&fib_wasm(), "after");
     let client = host.client().await;
@@ -615,18 +618,7 @@ async fn a_restarted_host_puts_back_a_deploy_the_stream_lost() {
     assert!(answer.accepted, "{answer:?}");
 
     keeper.stop_host().await;
-    let connection = Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_delete(
-            deploy_stream(&keeper.queue).as_str().into(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    close_connection(&connection).await;
+    delete_stream(&keeper.queue).await;
     keeper.restart().await;
 
     let late = TestHost::join(

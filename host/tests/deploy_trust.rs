@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use futures_lite::StreamExt as _;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use warren_client::protocol::ErrorKind;
 use warren_client::protocol::deploy::{
@@ -86,37 +86,6 @@ async fn flood_stream(user: &BrokerUser, queue: &str, count: usize, size: usize)
         assert!(confirm.is_ack(), "the broker stored the junk");
     }
     close_connection(&connection).await;
-}
-
-/// An exclusive queue of `url`'s user to collect deploy answers on, and
-/// its consumer.
-async fn answer_queue(url: &str) -> (Connection, ShortString, lapin::Consumer) {
-    let connection = Connection::connect(url, Default::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    (connection, queue.name().clone(), consumer)
 }
 
 /// The answers that arrive on `consumer` within `within`.
@@ -254,7 +223,7 @@ async fn a_caller_cannot_get_a_deploy_message_acted_on_answered_or_counted() {
     let sequence = new_sequence();
     let signature = key.sign("fib", &digest(&taken), sequence, None);
     let headers = deploy_headers("fib", &taken, sequence, &key, &signature);
-    let (answers_connection, reply_to, mut answers) = answer_queue(&caller.url()).await;
+    let (answers_connection, reply_to, mut answers) = reply_queue(&caller.url()).await;
     let connection = Connection::connect(&caller.url(), Default::default())
         .await
         .unwrap();
@@ -334,7 +303,7 @@ async fn replayed_deploys_are_not_answered_and_refusals_do_not_echo_headers() {
         trusting(public_key_path(&secret), "quiet")(config);
     })
     .await;
-    let (connection, reply_to, mut answers) = answer_queue(&amqp_url()).await;
+    let (connection, reply_to, mut answers) = reply_queue(&amqp_url()).await;
     let channel = connection.create_channel().await.unwrap();
     for i in 0..3 {
         let mut headers = FieldTable::default();

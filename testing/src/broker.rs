@@ -19,6 +19,48 @@ pub fn amqp_user_id() -> lapin::types::ShortString {
         .into()
 }
 
+/// A connection as the broker user `url` logs in as, with an exclusive,
+/// server-named queue of its own to collect replies (or deploy answers) on,
+/// and a consumer of it (no acks).
+pub async fn reply_queue(
+    url: &str,
+) -> (
+    lapin::Connection,
+    lapin::types::ShortString,
+    lapin::Consumer,
+) {
+    use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let connection = lapin::Connection::connect(url, Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (connection, queue.name().clone(), consumer)
+}
+
 /// A unique queue name for one test.
 pub fn unique_queue(test: &str) -> String {
     format!("warren-test-{test}-{}", uuid::Uuid::new_v4())

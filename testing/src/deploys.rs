@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
 use warren_client::protocol::deploy::{
     DeployAnswer, HEADER_DEPLOY_DIGEST, HEADER_DEPLOY_KEY, HEADER_DEPLOY_NAME,
     HEADER_DEPLOY_SEQUENCE, HEADER_DEPLOY_SIGNATURE, deploy_stream,
@@ -15,7 +15,7 @@ use warren_client::protocol::set_header_text;
 use warren_client::{Deploy, RpcClient, SecretKey};
 use warren_host::HostConfig;
 
-use crate::broker::{amqp_url, close_connection};
+use crate::broker::{amqp_url, close_connection, reply_queue};
 use crate::calls::CALL_TIMEOUT;
 use crate::fixtures::digest;
 
@@ -92,33 +92,8 @@ pub async fn answers_to_raw_messages_from(
     hosts: usize,
 ) -> Vec<DeployAnswer> {
     use futures_lite::StreamExt as _;
-    let connection = Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
+    let (connection, replies, mut consumer) = reply_queue(&amqp_url()).await;
     let channel = connection.create_channel().await.unwrap();
-    let replies = channel
-        .queue_declare(
-            "".into(),
-            lapin::options::QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            replies.name().clone(),
-            "".into(),
-            lapin::options::BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     for (headers, body) in messages {
         channel
             .basic_publish(
@@ -129,7 +104,7 @@ pub async fn answers_to_raw_messages_from(
                 BasicProperties::default()
                     .with_headers(headers)
                     .with_user_id(crate::amqp_user_id())
-                    .with_reply_to(replies.name().clone()),
+                    .with_reply_to(replies.clone()),
             )
             .await
             .unwrap();

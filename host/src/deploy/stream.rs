@@ -686,13 +686,16 @@ impl DeployStream {
             .folder()
             .dir()
             .join(format!("{name}.{MODULE_EXTENSION}"));
-        let module = tokio::task::spawn_blocking(move || std::fs::read(path))
-            .await
-            .context("the read task failed")?;
-        let Ok(module) = module else {
+        // Read and hashed off the async runtime: a Python module is 18 MB.
+        let read = tokio::task::spawn_blocking(move || {
+            std::fs::read(path).map(|module| (digest(&module), module))
+        })
+        .await
+        .context("the read task failed")?;
+        let Ok((read_digest, module)) = read else {
             return Ok(None);
         };
-        if Some(digest(&module)) != kept.headers.digest {
+        if Some(read_digest) != kept.headers.digest {
             tracing::debug!(procedure = %name, "not publishing the deploy again: this host's folder holds another version");
             return Ok(None);
         }

@@ -59,7 +59,7 @@ pub async fn serve(
         queue,
     });
     let app = Router::new()
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(serve_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(observed);
@@ -74,10 +74,19 @@ pub async fn serve(
     Ok(Admin { addr, task })
 }
 
-async fn metrics_text(State(observed): State<Arc<Observed>>) -> impl IntoResponse {
-    let text = observed
-        .metrics
-        .encode(&observed.serving.list(), observed.sandbox.spares_used());
+/// What `/metrics` answers now: `metrics` with what is served and what
+/// the sandbox counted.
+pub fn metrics_text(metrics: &Metrics, serving: &Serving, sandbox: &Sandbox) -> String {
+    let served = serving.list().into_iter().map(|p| (p.name, p.digest));
+    metrics.encode(
+        served,
+        sandbox.spares_used(),
+        &crate::sandbox::http_refusals(),
+    )
+}
+
+async fn serve_metrics(State(observed): State<Arc<Observed>>) -> impl IntoResponse {
+    let text = metrics_text(&observed.metrics, &observed.serving, &observed.sandbox);
     (
         [(
             header::CONTENT_TYPE,

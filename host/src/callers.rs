@@ -30,7 +30,7 @@
 //!   given turns one token (or one share's worth of a slot) apart, and the
 //!   reply says when (`x-retry-after-ms`), so a polite caller's refused
 //!   calls come back one at a time rather than together.
-//! - **The reply is held until that turn** ([`Holding`], `--caller-hold`).
+//! - **The reply is held until that turn** ([`ReplyHolder`], `--caller-hold`).
 //!   A caller that resends every refusal at once would otherwise keep its
 //!   whole flood cycling through the queue in front of everyone else, at
 //!   the cost of a delivery and a reply per refusal (BENCHMARKS.md, "One
@@ -61,7 +61,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use warren_protocol::RpcError;
 use warren_protocol::manifest::Quota;
 
-/// Above this many accounts, idle ones (a full bucket, nothing held) are
+/// Above this many accounts, idle ones (a full bucket, nothing admitted) are
 /// forgotten.
 const FORGET_IDLE_ABOVE: usize = 1024;
 
@@ -74,7 +74,7 @@ const FIRST_SHARE_HINT: Duration = Duration::from_millis(10);
 /// stop piling up here.
 const LATEST_TURN: Duration = Duration::from_secs(2);
 
-/// The most refusals one host holds at once ([`Holding`]); past it, they
+/// The most refusals one host holds at once ([`ReplyHolder`]); past it, they
 /// are answered at once. Each costs a few kilobytes (BENCHMARKS.md, "One
 /// caller floods").
 pub const MAX_HELD_REFUSALS: i64 = 4096;
@@ -132,24 +132,25 @@ impl std::fmt::Display for Caller<'_> {
     }
 }
 
-/// One quota's accounts: a token bucket and a count of requests held, per
-/// caller.
+/// One quota's accounts: a token bucket and a count of requests admitted
+/// and not yet answered, per caller.
 pub struct QuotaBook {
     quota: Quota,
-    /// How many requests one caller may hold (its share of the slots).
+    /// How many admitted requests one caller may have (its share of the
+    /// slots).
     share: Option<usize>,
     /// By broker user; `None` is every request without `user_id`.
     accounts: Mutex<HashMap<Option<String>, Account>>,
-    /// How long a request holds its place, on average (microseconds, an
+    /// How long an admitted request keeps its place, on average (microseconds, an
     /// exponentially weighted mean): when a caller over its share may try
     /// again.
-    held_us: AtomicU64,
+    place_us: AtomicU64,
 }
 
 struct Account {
     tokens: f64,
     refilled: Instant,
-    held: usize,
+    admitted: usize,
     /// The turn given to this caller's last refused request.
     last_turn: Instant,
 }
@@ -158,15 +159,15 @@ struct Account {
 /// again.
 #[derive(Debug)]
 pub struct Refusal {
-    /// What was exceeded, without when to retry ([`Holding::refuse`] adds it).
+    /// What was exceeded, without when to retry ([`ReplyHolder::refuse`] adds it).
     pub why: String,
     /// How long from now until the caller's turn.
     pub wait: Duration,
 }
 
-/// A caller's place, held while its request waits for a slot and runs;
+/// A caller's place, kept while its admitted request waits for a slot and runs;
 /// nothing to give back under no quota.
-pub struct Held {
+pub struct Admitted {
     /// Given back when dropped.
     _place: Option<Place>,
 }
@@ -184,7 +185,7 @@ impl QuotaBook {
             share: quota.share_of(slots),
             quota,
             accounts: Mutex::new(HashMap::new()),
-            held_us: AtomicU64::new(0),
+            place_us: AtomicU64::new(0),
         })
     }
 
@@ -195,9 +196,9 @@ impl QuotaBook {
         self: &Arc<Self>,
         caller: Caller<'_>,
         procedure: Option<&str>,
-    ) -> Result<Held, Refusal> {
+    ) -> Result<Admitted, Refusal> {
         if self.quota.is_empty() {
-            return Ok(Held { _place: None });
+            return Ok(Admitted { _place: None });
         }
         let what = || match procedure {
             Some(name) => format!("procedure {name:?}"),
@@ -213,28 +214,28 @@ impl QuotaBook {
         let account = accounts.entry(key.clone()).or_insert_with(|| Account {
             tokens: burst,
             refilled: now,
-            held: 0,
+            admitted: 0,
             last_turn: now,
         });
         if let Some(share) = self.share
-            && account.held >= share
+            && account.admitted >= share
         {
             // A slot of this caller's share comes free about every
-            // (mean hold time / share).
-            let hold = match self.held_us.load(Ordering::Relaxed) {
+            // (mean time a place is kept / share).
+            let kept = match self.place_us.load(Ordering::Relaxed) {
                 0 => FIRST_SHARE_HINT,
                 us => Duration::from_micros(us),
             };
-            let spacing = hold / u32::try_from(share).unwrap_or(u32::MAX);
+            let spacing = kept / u32::try_from(share).unwrap_or(u32::MAX);
             return Err(Refusal {
                 why: format!(
                     "{caller} already has {} requests waiting or running on {}, \
                      its share ({}%)",
-                    account.held,
+                    account.admitted,
                     what(),
                     self.quota.share.unwrap_or(100)
                 ),
-                wait: account.next_turn(now, hold, spacing),
+                wait: account.next_turn(now, kept, spacing),
             });
         }
         if let Some(rate) = self.quota.rate {
@@ -257,8 +258,8 @@ impl QuotaBook {
             }
             account.tokens -= 1.0;
         }
-        account.held += 1;
-        Ok(Held {
+        account.admitted += 1;
+        Ok(Admitted {
             _place: Some(Place {
                 book: self.clone(),
                 account: key,
@@ -272,20 +273,20 @@ impl QuotaBook {
         let rate = f64::from(self.quota.rate.unwrap_or(0));
         accounts.retain(|_, account| {
             let tokens = account.tokens + now.duration_since(account.refilled).as_secs_f64() * rate;
-            account.held > 0 || tokens < burst
+            account.admitted > 0 || tokens < burst
         });
     }
 
-    fn release(&self, account: &Option<String>, held_for: Duration) {
+    fn release(&self, account: &Option<String>, kept_for: Duration) {
         if let Some(account) = self.accounts.lock().expect("quota lock").get_mut(account) {
-            account.held = account.held.saturating_sub(1);
+            account.admitted = account.admitted.saturating_sub(1);
         }
         // A mean over about the last 16 requests.
-        let sample = u64::try_from(held_for.as_micros())
+        let sample = u64::try_from(kept_for.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         let _ = self
-            .held_us
+            .place_us
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mean| {
                 Some(if mean == 0 {
                     sample
@@ -297,11 +298,11 @@ impl QuotaBook {
 
     /// How many requests `caller` holds now (for tests and status).
     #[cfg(test)]
-    fn held(&self, caller: Caller<'_>) -> usize {
+    fn admitted(&self, caller: Caller<'_>) -> usize {
         let accounts = self.accounts.lock().expect("quota lock");
         accounts
             .get(&caller.account())
-            .map_or(0, |account| account.held)
+            .map_or(0, |account| account.admitted)
     }
 }
 
@@ -326,7 +327,7 @@ impl Drop for Place {
 
 /// Refusals held back until their caller's turn to try again
 /// (`--caller-hold`); the module's docs say why.
-pub struct Holding {
+pub struct ReplyHolder {
     /// The longest a refusal is held; zero holds none.
     longest: Duration,
     /// How many are held now (`warren_refusals_held`).
@@ -336,16 +337,16 @@ pub struct Holding {
 /// A refusal being held: it counts against [`MAX_HELD_REFUSALS`] until
 /// dropped.
 #[derive(Debug)]
-pub struct Hold {
+pub struct HeldReply {
     /// When to send it.
     pub until: Instant,
     held: Gauge,
 }
 
-impl Holding {
+impl ReplyHolder {
     /// Holds refusals for at most `longest`, counting them in `held`.
     pub fn new(longest: Duration, held: Gauge) -> Self {
-        Holding { longest, held }
+        ReplyHolder { longest, held }
     }
 
     /// The `rate-limited` error for `refusal`, and whether to hold it back:
@@ -358,7 +359,7 @@ impl Holding {
         &self,
         refusal: Refusal,
         deadline: Option<SystemTime>,
-    ) -> (RpcError, Option<Hold>) {
+    ) -> (RpcError, Option<HeldReply>) {
         let Refusal { why, wait } = refusal;
         let held_for = wait.min(self.longest);
         let in_time = !held_for.is_zero()
@@ -376,7 +377,7 @@ impl Holding {
                     left.as_millis().max(1)
                 )
             };
-            let hold = Hold {
+            let hold = HeldReply {
                 until: Instant::now() + held_for,
                 held: self.held.clone(),
             };
@@ -393,7 +394,7 @@ impl Holding {
     }
 }
 
-impl Drop for Hold {
+impl Drop for HeldReply {
     fn drop(&mut self) {
         self.held.dec();
     }
@@ -470,7 +471,7 @@ mod tests {
             },
             4,
         );
-        let held: Vec<Held> = (0..3).map(|_| book.admit(ALICE, None).unwrap()).collect();
+        let admitted: Vec<Admitted> = (0..3).map(|_| book.admit(ALICE, None).unwrap()).collect();
         let refused = book.admit(ALICE, None).err().unwrap();
         assert!(refused.wait <= Duration::from_millis(100), "{refused:?}");
         assert!(refused.why.contains("\"alice\""), "{refused:?}");
@@ -482,7 +483,7 @@ mod tests {
         );
         // Another caller has a bucket of its own.
         assert!(book.admit(BOB, None).is_ok());
-        drop(held);
+        drop(admitted);
         std::thread::sleep(Duration::from_millis(120));
         assert!(book.admit(ALICE, None).is_ok(), "a token came back");
     }
@@ -502,7 +503,7 @@ mod tests {
         assert!(refused.wait > Duration::ZERO, "{refused:?}");
         assert!(book.admit(BOB, None).is_ok());
         drop(first);
-        assert_eq!(book.held(ALICE), 1);
+        assert_eq!(book.admitted(ALICE), 1);
         assert!(book.admit(ALICE, None).is_ok());
     }
 
@@ -539,7 +540,7 @@ mod tests {
     #[test]
     fn a_refusal_is_held_until_its_turn_within_bounds() {
         let held = Gauge::default();
-        let holding = Holding::new(Duration::from_secs(2), held.clone());
+        let holding = ReplyHolder::new(Duration::from_secs(2), held.clone());
         let (error, hold) = holding.refuse(refusal(Duration::from_millis(300)), None);
         let hold = hold.expect("held: its turn is within --caller-hold");
         assert_eq!(error.kind, ErrorKind::RateLimited);
@@ -575,7 +576,7 @@ mod tests {
         assert_eq!(held.get(), MAX_HELD_REFUSALS);
 
         // --caller-hold 0s holds nothing.
-        let at_once = Holding::new(Duration::ZERO, Gauge::default());
+        let at_once = ReplyHolder::new(Duration::ZERO, Gauge::default());
         assert!(
             at_once
                 .refuse(refusal(Duration::from_millis(1)), None)

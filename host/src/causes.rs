@@ -1,4 +1,13 @@
-//! Errors in log lines: one line per error, each cause said once.
+//! Errors in log lines: one line per error, each cause said once; and the
+//! error that says a person must act.
+
+/// A setup the broker refused for a reason a person must fix, found by
+/// this host rather than reported by the broker (the request queue
+/// declared in the other mode, explained). The session stops retrying
+/// fast when it sees one (`session::needs_a_person`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupRefused(pub String);
 
 /// Shows an error and its causes on one line, like `{:#}`, but without a
 /// cause that only repeats what was said (lapin's IO errors show their

@@ -1,46 +1,64 @@
 //! One request, from body to reply, with no AMQP in sight.
 //!
-//! The AMQP layer hands over the requested procedure name, who is calling
-//! (a [`Caller`]: a broker user, or no identity), the body and when its
-//! caller stops waiting; the [`Dispatcher`] refuses requests without
+//! The AMQP layer hands over a [`Call`]: the requested procedure name, who
+//! is calling (a broker user, or no identity), the body and when its
+//! caller stops waiting. The [`Dispatcher`] refuses requests without
 //! identity if the host does (`--refuse-anonymous`), picks the
 //! procedure, checks that the caller may call it and is within its quotas
 //! (the procedure's and the host's), checks the size, waits for a slot,
 //! skips the request if its caller has given up by then, runs the sandbox
-//! and returns an [`Outcome`] that the AMQP layer turns into a message (a
-//! refusal over quota possibly held until the caller's turn: [`Handled::Held`]).
-//! Keeping this apart from the broker keeps every rule about *what* is
-//! answered in one small place.
+//! and returns a [`Verdict`]: the [`Reply`] the AMQP layer turns into a
+//! message (a refusal over quota possibly held until the caller's turn),
+//! or no reply at all. Keeping this apart from the broker keeps every rule
+//! about *what* is answered in one small place.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use warren_protocol::{ErrorKind, RpcError};
 
-use crate::callers::{AmbiguousNames, Caller, Hold, Holding, QuotaBook, Refusal, may_call};
+use crate::callers::{
+    AmbiguousNames, Caller, HeldReply, QuotaBook, Refusal, ReplyHolder, may_call,
+};
 use crate::metrics::Metrics;
 use crate::modules::Serving;
 use crate::sandbox::Sandbox;
 
-/// What to send back for one request.
+/// One request, as dispatch sees it: no AMQP.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Call {
+    /// Its `x-procedure` header: none (the default procedure), a name, or
+    /// why the header could not be read.
+    pub procedure: Result<Option<String>, String>,
+    /// The broker user that published it (`user_id`), if it says.
+    pub user_id: Option<String>,
+    pub body: Vec<u8>,
+    /// When its caller stops waiting (`x-deadline`), if it says.
+    pub deadline: Option<SystemTime>,
+    /// What identifies it in the logs (its correlation id).
+    pub label: String,
+}
+
+/// What to send back for one request: the reply's content, before it is a
+/// message.
+#[derive(Debug)]
+pub struct Reply {
     /// The procedure that answered, or the one asked for if none could.
     pub procedure: Option<String>,
     /// Digest of the module that ran, when one did (or would have).
     pub digest: Option<String>,
-    // The reply body, or why there is none.
+    /// The reply body, or why there is none.
     pub result: Result<Vec<u8>, RpcError>,
 }
 
-/// What became of one request.
+/// What dispatch decided for one request.
 #[derive(Debug)]
-pub enum Handled {
+pub enum Verdict {
     /// It ran, or was refused: send this back.
-    Answered(Outcome),
+    Reply(Reply),
     /// Refused over quota, the reply held back until the caller's turn to
-    /// try again: ack the request now and send this at `hold.until`.
-    Held(Outcome, Hold),
+    /// try again: ack the request now and send this at `held.until`.
+    Held(Reply, HeldReply),
     /// It was not started: its caller had stopped waiting (`x-deadline`)
     /// this long before a slot was free. There is no one to answer.
     CallerGone {
@@ -59,7 +77,7 @@ pub struct Dispatcher {
     /// Each caller's use of this host (`--caller-rate`, `--caller-share`).
     host_quota: Arc<QuotaBook>,
     /// Refusals held until their caller's turn (`--caller-hold`).
-    holding: Holding,
+    holder: ReplyHolder,
     /// Whether every request without `user_id` is refused
     /// (`--refuse-anonymous`).
     refuse_anonymous: bool,
@@ -81,13 +99,13 @@ impl Dispatcher {
         hold: Duration,
         refuse_anonymous: bool,
     ) -> Self {
-        let holding = Holding::new(hold, metrics.refusals_held());
+        let holder = ReplyHolder::new(hold, metrics.refusals_held());
         Dispatcher {
             serving,
             sandbox,
             metrics,
             host_quota,
-            holding,
+            holder,
             refuse_anonymous,
             ambiguous: AmbiguousNames::default(),
         }
@@ -98,56 +116,54 @@ impl Dispatcher {
         &self.metrics
     }
 
-    /// Answers one request of `caller` (its broker user, or no identity),
-    /// unless its caller stops waiting at `deadline` before it can start.
-    /// `requested` is its `x-procedure` header: none, a name, or why it
-    /// could not be read. `label` identifies it in the logs.
-    pub async fn handle(
-        &self,
-        requested: Result<Option<&str>, &str>,
-        caller: Caller<'_>,
-        body: Vec<u8>,
-        label: &str,
-        deadline: Option<SystemTime>,
-    ) -> Handled {
+    /// Decides one request: its reply, or none if its caller stops
+    /// waiting before it can start.
+    pub async fn handle(&self, call: Call) -> Verdict {
+        let Call {
+            procedure: requested,
+            user_id,
+            body,
+            deadline,
+            label,
+        } = call;
+        let caller = Caller::from_user_id(user_id.as_deref());
+        let requested = requested.as_ref().map(Option::as_deref);
         let timer = self.metrics.request_started();
         if let Some(why) = self.ambiguous.first_time(caller) {
             tracing::warn!("{why}");
         }
-        let handled = match requested {
+        let verdict = match requested {
             // Before anything else: such a host tells them nothing more.
-            _ if self.refuse_anonymous && caller == Caller::Unidentified => {
-                Handled::Answered(Outcome {
-                    procedure: requested.ok().flatten().map(str::to_owned),
-                    digest: None,
-                    result: Err(RpcError::new(
-                        ErrorKind::Forbidden,
-                        "this host refuses requests without user_id (--refuse-anonymous): set \
+            _ if self.refuse_anonymous && caller == Caller::Unidentified => Verdict::Reply(Reply {
+                procedure: requested.ok().flatten().map(str::to_owned),
+                digest: None,
+                result: Err(RpcError::new(
+                    ErrorKind::Forbidden,
+                    "this host refuses requests without user_id (--refuse-anonymous): set \
                          the request's user_id property to the broker user the caller logs in \
                          as (the broker checks it; Warren's client sets it)",
-                    )),
-                })
-            }
+                )),
+            }),
             Ok(requested) => {
-                self.choose_and_run(requested, caller, body, label, deadline)
+                self.choose_and_run(requested, caller, body, &label, deadline)
                     .await
             }
-            Err(unreadable) => Handled::Answered(Outcome {
+            Err(unreadable) => Verdict::Reply(Reply {
                 procedure: None,
                 digest: None,
-                result: Err(RpcError::new(ErrorKind::NoProcedure, unreadable)),
+                result: Err(RpcError::new(ErrorKind::NoProcedure, unreadable.clone())),
             }),
         };
-        match &handled {
-            Handled::Answered(reply) | Handled::Held(reply, _) => {
+        match &verdict {
+            Verdict::Reply(reply) | Verdict::Held(reply, _) => {
                 let kind = reply.result.as_ref().err().map(|error| error.kind);
                 timer.finish(reply.procedure.as_deref(), caller.label(), kind);
             }
-            Handled::CallerGone { procedure, .. } => {
+            Verdict::CallerGone { procedure, .. } => {
                 self.metrics.caller_gone(procedure.as_deref());
             }
         }
-        handled
+        verdict
     }
 
     async fn choose_and_run(
@@ -157,7 +173,7 @@ impl Dispatcher {
         body: Vec<u8>,
         label: &str,
         deadline: Option<SystemTime>,
-    ) -> Handled {
+    ) -> Verdict {
         let chosen = match requested {
             Some(name) => self.serving.get(name).ok_or_else(|| {
                 if self.serving.is_loading(name) {
@@ -177,21 +193,21 @@ impl Dispatcher {
         let procedure = match chosen {
             Ok(procedure) => procedure,
             Err(message) => {
-                return Handled::Answered(Outcome {
+                return Verdict::Reply(Reply {
                     procedure: requested.map(str::to_owned),
                     digest: None,
                     result: Err(RpcError::new(ErrorKind::NoProcedure, message)),
                 });
             }
         };
-        let outcome = |result| Outcome {
+        let content = |result| Reply {
             procedure: Some(procedure.name.clone()),
             digest: Some(procedure.digest.clone()),
             result,
         };
-        let reply = |result| Handled::Answered(outcome(result));
-        let over_quota = |refusal: Refusal| match self.holding.refuse(refusal, deadline) {
-            (error, Some(hold)) => Handled::Held(outcome(Err(error)), hold),
+        let reply = |result| Verdict::Reply(content(result));
+        let over_quota = |refusal: Refusal| match self.holder.refuse(refusal, deadline) {
+            (error, Some(held)) => Verdict::Held(content(Err(error)), held),
             (error, None) => reply(Err(error)),
         };
         let grants = procedure.component.grants();
@@ -241,7 +257,7 @@ impl Dispatcher {
             Err(error) => return reply(Err(error)),
         };
         if let Some(late) = deadline.and_then(|at| SystemTime::now().duration_since(at).ok()) {
-            return Handled::CallerGone {
+            return Verdict::CallerGone {
                 procedure: Some(procedure.name.clone()),
                 late,
             };

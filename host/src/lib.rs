@@ -348,8 +348,7 @@ impl RunningHost {
 
     /// What `/metrics` would answer now (Prometheus text format).
     pub fn metrics_text(&self) -> String {
-        self.metrics
-            .encode(&self.serving.list(), self.sandbox.spares_used())
+        admin::metrics_text(&self.metrics, &self.serving, &self.sandbox)
     }
 
     /// Where `--metrics-addr` listens, if given (the port chosen for port 0).

@@ -20,8 +20,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use warren_protocol::ErrorKind;
 
-use crate::modules::Served;
-
 /// Labels of `warren_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -103,7 +101,7 @@ pub struct Metrics {
     by_caller: Family<CallerLabels, Counter>,
     /// The callers with a label of their own.
     caller_labels: std::sync::RwLock<std::collections::HashSet<String>>,
-    /// Refusals held until their caller's turn ([`crate::callers::Holding`]).
+    /// Refusals held until their caller's turn ([`crate::callers::ReplyHolder`]).
     refusals_held: Gauge,
     callers_gone: Family<ProcedureLabels, Counter>,
     durations: Family<ProcedureLabels, Histogram, DurationBuckets>,
@@ -266,10 +264,6 @@ impl Metrics {
              is logged",
             Family::clone(&http_refused),
         );
-        for (reason, _) in crate::sandbox::http_refusals() {
-            // Every reason from the start, at 0.
-            let _ = http_refused.get_or_create(&HttpRefusedLabels { reason });
-        }
         Metrics {
             registry,
             started: Instant::now(),
@@ -310,7 +304,7 @@ impl Metrics {
         }
     }
 
-    /// The count of refusals held, for [`crate::callers::Holding`] to keep.
+    /// The count of refusals held, for [`crate::callers::ReplyHolder`] to keep.
     pub fn refusals_held(&self) -> Gauge {
         self.refusals_held.clone()
     }
@@ -419,17 +413,20 @@ impl Metrics {
         (self.in_flight.get(), self.slots.get())
     }
 
-    /// The Prometheus text exposition, with `served` (every procedure
-    /// served now), `spares_used` (the sandbox's count), the outbound HTTP
-    /// calls refused and the process's CPU and memory read at this moment.
-    pub fn encode(&self, served: &[Served], spares_used: u64) -> String {
+    /// The Prometheus text exposition, with `served` (the name and digest
+    /// of every procedure served now), `spares_used` and `http_refused`
+    /// (the sandbox's counts, by reason) and the process's CPU and memory
+    /// read at this moment.
+    pub fn encode(
+        &self,
+        served: impl IntoIterator<Item = (String, String)>,
+        spares_used: u64,
+        http_refused: &[(&'static str, u64)],
+    ) -> String {
         self.procedures.clear();
-        for procedure in served {
+        for (procedure, digest) in served {
             self.procedures
-                .get_or_create(&ProcedureInfoLabels {
-                    procedure: procedure.name.clone(),
-                    digest: procedure.digest.clone(),
-                })
+                .get_or_create(&ProcedureInfoLabels { procedure, digest })
                 .set(1);
         }
         if let Some(process) = ProcessStats::read() {
@@ -444,8 +441,8 @@ impl Metrics {
             self.spares_used.inc_by(spares_used - seen);
         }
         // Counted by the sandbox for the whole process (one host per
-        // process outside tests).
-        for (reason, refused) in crate::sandbox::http_refusals() {
+        // process outside tests); every reason from the start, at 0.
+        for &(reason, refused) in http_refused {
             let counter = self
                 .http_refused
                 .get_or_create(&HttpRefusedLabels { reason });
@@ -587,14 +584,8 @@ mod tests {
         metrics.deploy_answered(true);
         metrics.load_failed();
         metrics.connected("amqp://guest:***@127.0.0.1:5672/%2f");
-        let served = Served {
-            name: "fib".into(),
-            digest: "sha256:ab".into(),
-            grants: crate::sandbox::Grants::none(&crate::sandbox::Limits::default())
-                .effective()
-                .clone(),
-        };
-        let text = metrics.encode(&[served], 7);
+        let served = [("fib".to_owned(), "sha256:ab".to_owned())];
+        let text = metrics.encode(served, 7, &crate::sandbox::http_refusals());
         for line in [
             r#"warren_requests_total{procedure="fib",status="ok",kind=""} 1"#,
             r#"warren_requests_total{procedure="fib",status="error",kind="timeout"} 1"#,
@@ -641,7 +632,7 @@ mod tests {
                 .request_started()
                 .finish(Some("fib"), &format!("user-{n}"), None);
         }
-        let text = metrics.encode(&[], 0);
+        let text = metrics.encode([], 0, &crate::sandbox::http_refusals());
         assert!(
             text.contains(r#"{caller="user-0",outcome="ok"} 1"#),
             "{text}"

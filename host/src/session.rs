@@ -20,7 +20,7 @@ use warren_protocol::deploy::StreamRetention;
 
 use warren_protocol::broker::{Backoff, Brokers, close_quietly};
 
-use crate::causes::Causes;
+use crate::causes::{Causes, SetupRefused};
 use crate::control::{Control, StatusSource};
 use crate::deploy::Deployer;
 use crate::deploy::stream::{DeployStream, RetentionRefused, StreamState};
@@ -91,13 +91,6 @@ impl OpenError {
         }
     }
 }
-
-/// A setup the broker refused for a reason a person must fix, found by
-/// this host rather than reported by the broker (the request queue
-/// declared in the other mode, explained).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SetupRefused(pub String);
 
 /// Whether a setup error needs a person: a [`SetupRefused`], or the broker
 /// refusing access or the queue's arguments. Anything else (an internal

@@ -29,7 +29,7 @@ pub enum QueueMode {
 /// The queue where durable mode's broker puts requests that reached the
 /// delivery limit: `QUEUE.dead`.
 pub fn dead_letter_queue(queue: &str) -> String {
-    format!("{queue}.dead")
+    format!("{queue}{}", crate::values::DEAD_LETTERS_SUFFIX)
 }
 
 /// Declares request queue `queue` in `mode`, on a channel of its own

@@ -16,7 +16,7 @@ pub const CONTROL_STATUS: &str = "status";
 
 /// The fanout exchange that reaches every host of `queue`.
 pub fn control_exchange(queue: &str) -> String {
-    format!("{queue}.control")
+    format!("{queue}{}", crate::values::CONTROL_SUFFIX)
 }
 
 /// Declares the control exchange of `queue` (every host alike: RabbitMQ

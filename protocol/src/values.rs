@@ -6,10 +6,24 @@
 
 use std::time::Duration;
 
-/// Suffixes Warren derives other queue names with ([`crate::deploy::deploy_stream`],
-/// [`crate::dead_letter_queue`], [`crate::status::control_exchange`]): the
-/// longest is what a queue name must leave room for.
-const LONGEST_SUFFIX: usize = ".control".len();
+/// What Warren appends to a request queue's name to name its deploy stream
+/// ([`crate::deploy::deploy_stream`]).
+pub const DEPLOYS_SUFFIX: &str = ".deploys";
+/// ... its dead-letter queue ([`crate::dead_letter_queue`]).
+pub const DEAD_LETTERS_SUFFIX: &str = ".dead";
+/// ... its control exchange ([`crate::status::control_exchange`]).
+pub const CONTROL_SUFFIX: &str = ".control";
+
+/// The longest of the suffixes above: what a queue name must leave room for.
+const LONGEST_SUFFIX: usize = {
+    let (a, b, c) = (
+        DEPLOYS_SUFFIX.len(),
+        DEAD_LETTERS_SUFFIX.len(),
+        CONTROL_SUFFIX.len(),
+    );
+    let ab = if a > b { a } else { b };
+    if ab > c { ab } else { c }
+};
 
 /// Longest request queue name, in bytes: AMQP's 255, less room for the
 /// names Warren derives from it.
@@ -23,9 +37,8 @@ pub fn check_queue_name(name: &str) -> Result<(), String> {
     } else if name.len() > MAX_QUEUE_NAME {
         Err(format!(
             "the queue name is {} bytes; at most {MAX_QUEUE_NAME} are allowed (AMQP's 255, less \
-             room for the {:?} and other queues Warren names after it)",
+             room for the {DEPLOYS_SUFFIX:?} and other queues Warren names after it)",
             name.len(),
-            crate::deploy::deploy_stream("")
         ))
     } else if name.starts_with("amq.") {
         Err(format!(

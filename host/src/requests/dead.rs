@@ -16,8 +16,8 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, Consumer};
 use warren_protocol::{ErrorKind, HEADER_PROCEDURE, RpcError, dead_letter_queue, header_text};
 
-use super::{caller_trace, reply_message};
-use crate::dispatch::Outcome;
+use super::message::{caller_trace, reply_message};
+use crate::dispatch::Reply;
 use crate::shutdown::Shutdown;
 use warren_protocol::broker::{PERSISTENT, close_quietly, publish_to};
 
@@ -96,7 +96,7 @@ impl DeadLetters {
             "a request reached the delivery limit and was dead-lettered; its caller is told and it is dropped"
         );
         if let Some(reply_to) = properties.reply_to().clone() {
-            let reply = Outcome {
+            let reply = Reply {
                 procedure,
                 digest: None,
                 result: Err(RpcError::new(

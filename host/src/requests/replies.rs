@@ -1,8 +1,10 @@
 //! The request channel's outgoing side: replies published, requests acked.
 //!
 //! Request tasks compute their answer and hand it here ([`Replies::send`]);
-//! one task per channel publishes the replies and acks the requests. Why
-//! one task rather than each request publishing its own reply:
+//! one task per channel publishes the replies and acks the requests, and
+//! holds back a refusal over quota until its caller's turn
+//! ([`crate::callers::ReplyHolder`]), its request acked at once. Why one
+//! task rather than each request publishing its own reply:
 //! - **One wake per burst.** lapin writes frames on its own I/O thread and
 //!   resolves a promise per publish once its frames are written (or, in
 //!   durable mode, once the broker confirms them). Awaited by each request
@@ -34,6 +36,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -41,9 +44,12 @@ use lapin::types::{DeliveryTag, ShortString};
 use lapin::{BasicProperties, Channel};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use warren_protocol::broker::publish_to;
+
+use crate::callers::HeldReply;
 
 /// What became of one request, as its task hands it over.
 #[allow(
@@ -52,21 +58,24 @@ use warren_protocol::broker::publish_to;
 )]
 pub enum Answer {
     /// Publish this reply to `to`, then ack the request `tag`; if the
-    /// reply cannot be published, return the request to the queue. No
-    /// `tag`: a refusal held until its caller's turn, whose request was
-    /// acked when it was refused. `span` is the request's, so what happens
-    /// to the reply is logged (and traced) under it.
+    /// reply cannot be published, return the request to the queue. With
+    /// `held` (a refusal over quota): ack the request now and publish the
+    /// reply at `held.until`, or as soon as the host stops taking requests.
+    /// `span` is the request's, so what happens to the reply is logged (and
+    /// traced) under it.
     Reply {
-        tag: Option<DeliveryTag>,
+        tag: DeliveryTag,
         to: ShortString,
         body: Vec<u8>,
         properties: BasicProperties,
         span: tracing::Span,
+        held: Option<HeldReply>,
     },
-    /// Nothing to publish now (the request had no `reply_to`, its caller
-    /// had gone, or its refusal is held to be sent later): ack it.
+    /// Nothing to publish (the request had no `reply_to`, or its caller had
+    /// gone): ack it. Also what a published reply's request comes to.
     Ack(DeliveryTag),
-    /// Not answered (its task panicked): return it to the queue.
+    /// Not answered (its task panicked, or its reply could not be
+    /// published): return it to the queue.
     Requeue(DeliveryTag),
 }
 
@@ -83,10 +92,15 @@ pub struct Replies {
 
 impl Replies {
     /// Starts the reply task on `channel`, whose consumer holds at most
-    /// `prefetch` unacked requests. It ends, having published every reply
+    /// `prefetch` unacked requests. Held replies go out at once when
+    /// `stopping` is cancelled. It ends, having published every reply
     /// handed to it and acked what it could, once every [`Replies`] is
     /// dropped; await the handle before closing the channel.
-    pub fn start(channel: Channel, prefetch: u16) -> (Self, JoinHandle<()>) {
+    pub fn start(
+        channel: Channel,
+        prefetch: u16,
+        stopping: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
         let (answers, received) = mpsc::unbounded_channel();
         let unsettled = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(run(
@@ -94,6 +108,7 @@ impl Replies {
             received,
             unsettled.clone(),
             ack_every(prefetch),
+            stopping,
         ));
         (Replies { answers, unsettled }, task)
     }
@@ -111,13 +126,14 @@ impl Replies {
     }
 }
 
-/// What became of one request, once its reply is out (or could not be).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settled {
-    /// Answered (or unanswerable and dropped): ack it.
-    Done(DeliveryTag),
-    /// Not answered: return it to the queue for another try.
-    Requeue(DeliveryTag),
+/// A refusal's reply, held until its caller's turn.
+struct Held {
+    to: ShortString,
+    body: Vec<u8>,
+    properties: BasicProperties,
+    span: tracing::Span,
+    /// Counts it as held until it is published.
+    _held: HeldReply,
 }
 
 /// How many answered requests one ack covers while others are still being
@@ -133,31 +149,61 @@ async fn run(
     mut answers: mpsc::UnboundedReceiver<Answer>,
     unsettled: Arc<AtomicUsize>,
     ack_every: u64,
+    stopping: CancellationToken,
 ) {
     let mut publishing = FuturesUnordered::new();
     let mut window = Window::default();
+    // Refusals' replies by when they are due (and the order they came in).
+    let mut held: BTreeMap<(Instant, u64), Held> = BTreeMap::new();
+    let mut held_count = 0_u64;
     // The highest answered tag not yet acked, and the last tag acked.
     let (mut due, mut acked): (Option<DeliveryTag>, DeliveryTag) = (None, 0);
     let mut open = true;
+    // Requests settled since the last ack: only `Ack` and `Requeue`.
     let mut settled = Vec::new();
-    while open || !publishing.is_empty() {
+    while open || !publishing.is_empty() || !held.is_empty() {
+        let next_held = held.keys().next().map(|(at, _)| *at);
         tokio::select! {
             answer = answers.recv(), if open => match answer {
                 Some(answer) => {
                     let mut next = Some(answer);
                     while let Some(answer) = next {
-                        match take(answer, &channel) {
-                            Ok(reply) => publishing.push(reply),
-                            Err(now) => settled.push(now),
+                        match answer {
+                            Answer::Reply { tag, to, body, properties, span, held: Some(hold) } => {
+                                held_count += 1;
+                                held.insert((hold.until, held_count), Held { to, body, properties, span, _held: hold });
+                                settled.push(Answer::Ack(tag));
+                            }
+                            Answer::Reply { tag, to, body, properties, span, held: None } => {
+                                publishing.push(publish(&channel, Some(tag), to, body, properties).instrument(span));
+                            }
+                            settles => settled.push(settles),
                         }
                         next = answers.try_recv().ok();
                     }
                 }
                 // Every sender is gone: only the replies being published
-                // are left.
+                // (and those held) are left.
                 None => open = false,
             },
             Some(done) = publishing.next(), if !publishing.is_empty() => settled.extend(done),
+            _ = tokio::time::sleep_until(next_held.unwrap_or_else(Instant::now).into()), if next_held.is_some() => {}
+            _ = stopping.cancelled(), if next_held.is_some() => {}
+        }
+        // Held replies now due, or all of them once the host stops.
+        let now = Instant::now();
+        while let Some(entry) = held.first_entry() {
+            if entry.key().0 > now && open && !stopping.is_cancelled() {
+                break;
+            }
+            let Held {
+                to,
+                body,
+                properties,
+                span,
+                ..
+            } = entry.remove();
+            publishing.push(publish(&channel, None, to, body, properties).instrument(span));
         }
         // Queues the frames of the replies just taken (a publish future's
         // first poll does) and collects every reply whose write (or, in
@@ -167,7 +213,7 @@ async fn run(
         }
         unsettled.fetch_sub(settled.len(), Ordering::Relaxed);
         for settled in settled.drain(..) {
-            if let Settled::Requeue(tag) = settled {
+            if let Answer::Requeue(tag) = settled {
                 let requeue = BasicNackOptions {
                     multiple: false,
                     requeue: true,
@@ -177,7 +223,7 @@ async fn run(
                     return;
                 }
             }
-            window.settle(settled);
+            window.settle(&settled);
         }
         due = window.advance().or(due);
         let Some(upto) = due else { continue };
@@ -191,42 +237,24 @@ async fn run(
     }
 }
 
-/// The publish of `answer`'s reply (its frames are queued for lapin's I/O
-/// thread at the first poll) and then the request's settlement, if it was
-/// not settled before; or, when there is nothing to publish, its
-/// settlement at once.
-fn take(
-    answer: Answer,
-    channel: &Channel,
-) -> Result<impl Future<Output = Option<Settled>>, Settled> {
-    match answer {
-        Answer::Reply {
-            tag,
-            to,
-            body,
-            properties,
-            span,
-        } => Ok(publish(channel, tag, to, body, properties).instrument(span)),
-        Answer::Ack(tag) => Err(Settled::Done(tag)),
-        Answer::Requeue(tag) => Err(Settled::Requeue(tag)),
-    }
-}
-
+/// Publishes a reply and says what became of its request `tag`: acked, or
+/// returned to the queue when the reply could not be published. No `tag`:
+/// a held refusal, whose request was acked when it was refused.
 async fn publish(
     channel: &Channel,
     tag: Option<DeliveryTag>,
     to: ShortString,
     body: Vec<u8>,
     properties: BasicProperties,
-) -> Option<Settled> {
+) -> Option<Answer> {
     let published = publish_to(channel, to, &body, properties).await;
     match (published, tag) {
-        (Ok(()), tag) => tag.map(Settled::Done),
+        (Ok(()), tag) => tag.map(Answer::Ack),
         (Err(error), Some(tag)) => {
             tracing::error!(
                 "publishing the reply failed: {error:#}; the request goes back to the queue"
             );
-            Some(Settled::Requeue(tag))
+            Some(Answer::Requeue(tag))
         }
         (Err(error), None) => {
             // The request is acked; its caller sees its call time out.
@@ -258,10 +286,12 @@ struct Window {
 }
 
 impl Window {
-    fn settle(&mut self, settled: Settled) {
-        let (tag, answered) = match settled {
-            Settled::Done(tag) => (tag, true),
-            Settled::Requeue(tag) => (tag, false),
+    /// Notes a request settled: `Ack` (answered) or `Requeue`.
+    fn settle(&mut self, settled: &Answer) {
+        let (tag, answered) = match *settled {
+            Answer::Ack(tag) => (tag, true),
+            Answer::Requeue(tag) => (tag, false),
+            Answer::Reply { .. } => unreachable!("a reply is settled once published"),
         };
         if tag > self.through {
             self.settled.insert(tag, answered);
@@ -301,30 +331,30 @@ mod tests {
     #[test]
     fn acks_reach_only_as_far_as_every_request_below_is_settled() {
         let mut window = Window::default();
-        window.settle(Settled::Done(2));
-        window.settle(Settled::Done(3));
+        window.settle(&Answer::Ack(2));
+        window.settle(&Answer::Ack(3));
         assert_eq!(window.advance(), None, "1 is still running");
-        window.settle(Settled::Done(1));
+        window.settle(&Answer::Ack(1));
         assert_eq!(window.advance(), Some(3));
-        window.settle(Settled::Done(5));
+        window.settle(&Answer::Ack(5));
         assert_eq!(window.advance(), None);
-        window.settle(Settled::Requeue(4));
+        window.settle(&Answer::Requeue(4));
         assert_eq!(
             window.advance(),
             Some(5),
             "4 was nacked on its own, so the ack may pass it"
         );
-        window.settle(Settled::Done(7));
-        window.settle(Settled::Requeue(8));
-        window.settle(Settled::Requeue(6));
+        window.settle(&Answer::Ack(7));
+        window.settle(&Answer::Requeue(8));
+        window.settle(&Answer::Requeue(6));
         assert_eq!(
             window.advance(),
             Some(7),
             "never up to a requeued tag: the broker no longer waits for it"
         );
-        window.settle(Settled::Requeue(9));
+        window.settle(&Answer::Requeue(9));
         assert_eq!(window.advance(), None, "nothing answered to ack");
-        window.settle(Settled::Done(10));
+        window.settle(&Answer::Ack(10));
         assert_eq!(window.advance(), Some(10));
     }
 }

@@ -5,7 +5,7 @@ use lapin::types::{AMQPValue, FieldTable};
 
 /// The stream that carries deploys for the hosts of `queue`.
 pub fn deploy_stream(queue: &str) -> String {
-    format!("{queue}.deploys")
+    format!("{queue}{}", crate::values::DEPLOYS_SUFFIX)
 }
 
 /// How much of its history the deploy stream keeps: the newest

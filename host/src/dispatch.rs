@@ -210,9 +210,8 @@ impl Dispatcher {
             (error, Some(held)) => Verdict::Held(content(Err(error)), held),
             (error, None) => reply(Err(error)),
         };
-        let grants = procedure.component.grants();
-        let anonymous = grants.effective().callers_anonymous;
-        if !may_call(grants.callers(), anonymous, caller) {
+        let (callers, anonymous) = procedure.callers();
+        if !may_call(callers, anonymous, caller) {
             let message = match caller {
                 Caller::User(_) => format!(
                     "{caller} may not call procedure {:?}: its manifest's callers do not list \
@@ -233,7 +232,7 @@ impl Dispatcher {
         }
         // Held until the request is answered: what counts against each
         // caller's share of the slots.
-        let _procedure_place = match grants.quota().admit(caller, Some(&procedure.name)) {
+        let _procedure_place = match procedure.quota.admit(caller, Some(&procedure.name)) {
             Ok(held) => held,
             Err(refusal) => return over_quota(refusal),
         };

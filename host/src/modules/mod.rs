@@ -30,6 +30,7 @@ use warren_protocol::check_procedure_name;
 use warren_protocol::manifest::{EffectiveGrants, Manifest};
 pub use warren_protocol::module_digest as digest;
 
+use crate::callers::QuotaBook;
 use crate::sandbox::{PreparedComponent, Sandbox};
 
 /// The file extension that marks a procedure in the modules folder.
@@ -51,6 +52,10 @@ pub struct Procedure {
     pub component: PreparedComponent,
     /// `sha256:<hex>` of its manifest's text, when it has one.
     pub manifest_digest: Option<String>,
+    /// Each caller's use of it on this host, under its manifest's
+    /// `[quota]`: caller policy, so kept with the procedure rather than in
+    /// its sandbox grants.
+    pub quota: Arc<QuotaBook>,
 }
 
 impl Procedure {
@@ -75,11 +80,17 @@ impl Procedure {
         let component = sandbox
             .prepare_granted(wasm, &digest, grants)
             .with_context(|| format!("module {name}"))?;
+        let granted = component.grants().effective();
+        let quota = QuotaBook::new(
+            granted.quota,
+            usize::try_from(granted.concurrency).unwrap_or(usize::MAX),
+        );
         Ok(Procedure {
             name: name.to_owned(),
             digest,
             component,
             manifest_digest,
+            quota,
         })
     }
 
@@ -92,6 +103,13 @@ impl Procedure {
     /// What it is granted on this host, without secret values.
     pub fn grants(&self) -> &EffectiveGrants {
         self.component.grants().effective()
+    }
+
+    /// Who may call it (its manifest's `callers`; `None`: everyone), and
+    /// whether requests without `user_id` may too (`callers-anonymous`).
+    pub fn callers(&self) -> (Option<&[String]>, bool) {
+        let grants = self.grants();
+        (grants.callers.as_deref(), grants.callers_anonymous)
     }
 }
 

@@ -34,7 +34,6 @@ use wasmtime_wasi_config::WasiConfigVariables;
 use super::Limits;
 use super::http::HttpGrant;
 use super::scrub::Scrubber;
-use crate::callers::QuotaBook;
 
 /// The interface configuration and secrets are read through.
 pub const CONFIG_INTERFACE: &str = "wasi:config/store";
@@ -56,8 +55,6 @@ pub struct Grants {
     pub(super) slots: Option<Arc<Semaphore>>,
     /// Where it may send HTTP requests, and how many.
     pub(super) http: Option<Arc<HttpGrant>>,
-    /// Each caller's use of this procedure, under its `[quota]`.
-    quota: Arc<QuotaBook>,
     /// What is granted, without secret values: for logs and status.
     effective: EffectiveGrants,
 }
@@ -82,7 +79,6 @@ impl Grants {
             secrets: Arc::default(),
             slots: None,
             http: None,
-            quota: QuotaBook::new(Default::default(), host.concurrency),
             effective: effective(host, None, &Manifest::default()),
         }
     }
@@ -131,7 +127,6 @@ impl Grants {
             .then(|| Arc::new(Semaphore::new(limits.concurrency)));
         Ok(Grants {
             http,
-            quota: QuotaBook::new(manifest.quota, limits.concurrency),
             effective: effective(&limits, Some(manifest_digest), manifest),
             store_granted: !manifest.config.is_empty() || !manifest.secrets.names.is_empty(),
             store: Arc::new(store),
@@ -144,16 +139,6 @@ impl Grants {
     /// What is granted, without secret values.
     pub fn effective(&self) -> &EffectiveGrants {
         &self.effective
-    }
-
-    /// Who may call it (its manifest's `callers`); `None`: everyone.
-    pub fn callers(&self) -> Option<&[String]> {
-        self.effective.callers.as_deref()
-    }
-
-    /// Each caller's use of it, under its manifest's `[quota]`.
-    pub(crate) fn quota(&self) -> &Arc<QuotaBook> {
-        &self.quota
     }
 }
 

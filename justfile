@@ -129,7 +129,12 @@ check-vendor:
 upstream-wasmtime *ARGS:
     scripts/upstream-wasmtime {{ARGS}}
 
-# Formatting and lints, as CI wants them.
+# No import cycles and no upward imports in host and protocol (the maps in their lib.rs).
+check-imports:
+    scripts/check-imports
+
+# Formatting, lints and the import rules, as CI wants them.
 check:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    scripts/check-imports

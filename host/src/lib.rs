@@ -4,20 +4,22 @@
 //!
 //! # Layout
 //!
-//! Three floors; each module uses only those below it (and
-//! `warren-protocol`, the wire contract and the broker layer shared with
-//! the client).
+//! Three floors; each module uses only those on its floor or below it
+//! (and `warren-protocol`, the wire contract and the broker layer shared
+//! with the client), and no two modules use each other, directly or round a
+//! cycle. `scripts/check-imports` checks both, from the floors it lists.
 //!
 //! - **Running the host** — [`start`] (below) and [`RunningHost`];
 //!   [`config`]: the command-line options, in groups.
 //! - **Talking to the broker** — `session`: one connection's life in order
 //!   (connect, declare, catch up with deploys, consume) and reconnecting;
-//!   `requests`: consume, answer, reply, ack (`requests::dead` answers what
-//!   durable mode dead-letters); `deploy`: remote deploys, checked and
+//!   `requests`: consume, answer, reply, ack (`requests::message` reads a
+//!   delivery and writes a reply, `requests::replies` publishes and acks,
+//!   `requests::dead` answers what durable mode dead-letters); `deploy`: remote deploys, checked and
 //!   applied (`deploy::stream` reads them, `deploy::keeper` keeps each
 //!   procedure's newest one in the stream); `control`: the answer to
 //!   `warren status`; `admin`: `/metrics` and the health checks over HTTP.
-//! - **Deciding and running** — `dispatch`: one request to one outcome
+//! - **Deciding and running** — `dispatch`: one request to one verdict
 //!   (which procedure, who may call it, sizes, the caller's deadline), no
 //!   AMQP; `callers`: caller identity, per-caller quotas and refusals held
 //!   until the caller's turn; `modules`:

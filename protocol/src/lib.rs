@@ -20,6 +20,21 @@
 //! JSON (`{"error":{"kind":"…","message":"…"}}`, content type
 //! [`ERROR_CONTENT_TYPE`]) and never a bare number, so an old caller that
 //! parses the body as an integer fails loudly instead of reading a wrong answer.
+//!
+//! # Layout
+//!
+//! Three floors, each module using only those on its floor or below
+//! (`scripts/check-imports` checks it, and that there are no cycles):
+//!
+//! - **What travels** — [`status`] (`warren status`), [`deploy`] (signed
+//!   deploys, their stream and parts), [`broker`] (node lists, connecting,
+//!   publishing), [`component`] (what makes a file a procedure), [`trace`]
+//!   (trace context).
+//! - **What they carry** — [`manifest`] (a procedure's grants), [`values`]
+//!   (the rules for names, sizes and durations both binaries take),
+//!   `queues` (the request queue's shapes).
+//! - **The words** — this file (headers, status values, names), `errors`
+//!   (error kinds and bodies), [`tls`].
 
 pub mod broker;
 pub mod component;

@@ -14,9 +14,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{
-    Options, bench, host_flags, machine, median, start_host, start_seed, wait_for_consumer,
-};
+use crate::options::Options;
+use crate::report::{host_flags, machine};
+use crate::rounds::median;
+use crate::warren::{bench, wait_for_consumer};
+use crate::workers::{start_host, start_seed};
 
 /// One procedure's medians, µs.
 #[derive(Debug, Serialize)]
@@ -40,7 +42,7 @@ struct LanguagesReport {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let warren = options.bin_dir.join("warren");
+    let warren = options.warren();
     let run_id = std::process::id();
     let modules = options.out.join(format!("modules-languages-{run_id}"));
     std::fs::create_dir_all(&modules)?;

@@ -670,8 +670,8 @@ mod tests {
         let _anonymous = book.admit(anonymous, None).unwrap();
         let _label = book.admit(label, None).unwrap();
         assert!(book.admit(anonymous, None).is_err());
-        assert_eq!(book.held(Caller::Unidentified), 1);
-        assert_eq!(book.held(anonymous), 1);
+        assert_eq!(book.admitted(Caller::Unidentified), 1);
+        assert_eq!(book.admitted(anonymous), 1);
         assert_eq!(book.accounts.lock().unwrap().len(), 4);
     }
 

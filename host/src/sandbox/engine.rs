@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use warren_protocol::component::PROCEDURE_FEATURES;
 
-use super::Limits;
+use super::limits::Limits;
 
 /// The engine: epochs for deadlines, the component model, and a pooling
 /// allocator sized for `limits.concurrency`.

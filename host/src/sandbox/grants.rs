@@ -31,8 +31,8 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime_wasi_config::WasiConfigVariables;
 
-use super::Limits;
 use super::http::HttpGrant;
+use super::limits::Limits;
 use super::scrub::Scrubber;
 
 /// The interface configuration and secrets are read through.

@@ -33,17 +33,20 @@
 //!   load, naming it.
 //! - **WASI with nothing granted.** No files, environment, arguments or
 //!   network; stdin is empty; stdout and stderr are captured, capped, and
-//!   logged at debug level. What a procedure's manifest grants on top
-//!   (configuration and secrets through `wasi:config/store`, lower limits)
-//!   is [`grants`]; outbound HTTP is [`http`].
+//!   logged at debug level (the store a request runs in is [`guest`]).
+//!   What a procedure's manifest grants on top (configuration and secrets
+//!   through `wasi:config/store`, lower limits) is [`grants`]; outbound
+//!   HTTP is [`http`].
 //! - **Secret values stay inside.** Error replies and the guest output the
 //!   host logs have each of the procedure's secret values replaced by
 //!   `[secret]` ([`scrub`]).
 
+mod bindings;
 mod cache;
 mod compiler;
 mod engine;
 mod grants;
+mod guest;
 mod http;
 mod limits;
 mod output;
@@ -67,20 +70,11 @@ use compiler::Compiler;
 use engine::engine_config;
 pub use engine::perf_map_path;
 pub use grants::Grants;
+use guest::GuestState;
 pub(crate) use http::http_refusals;
 pub use limits::{Limits, format_bytes};
-use run::GuestState;
 use spare::Spares;
 use ticker::EpochTicker;
-
-/// Host-side bindings generated from `wit/procedure.wit`.
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "procedure",
-        exports: { default: async },
-    });
-}
 
 /// A component compiled, linked against WASI and checked to export the
 /// `warren:procedure/handler` interface; ready to instantiate in microseconds.

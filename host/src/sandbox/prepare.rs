@@ -8,8 +8,9 @@ use anyhow::{Context as _, bail};
 use warren_protocol::component::{check_features, check_is_component};
 use wasmtime::component::Component;
 
-use super::grants::check_imports;
-use super::{Grants, PreparedComponent, Sandbox, bindings, compiler, format_bytes};
+use super::grants::{Grants, check_imports};
+use super::limits::format_bytes;
+use super::{PreparedComponent, Sandbox, bindings, compiler};
 
 impl Sandbox {
     /// [`Sandbox::prepare_granted`] with no grants: the host's limits and

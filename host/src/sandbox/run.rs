@@ -2,24 +2,18 @@
 //! started ahead) under the deadline and the memory limit, the guest's
 //! output, and what a failure means for the caller.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use warren_protocol::{ErrorKind, RpcError};
-use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_config::WasiConfigVariables;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime::{Store, Trap};
 
-use super::http::OutboundHttp;
-
-use super::limits::{self, MemoryLimiter};
+use super::guest::{Guest, GuestState};
+use super::limits::{self, Limits};
 use super::output::CappedOutput;
 use super::scrub::Scrubber;
 use super::spare::Spare;
-use super::{Grants, Limits, PreparedComponent, Sandbox, Slot};
+use super::{PreparedComponent, Sandbox, Slot};
 
 impl Sandbox {
     /// Runs one request through a fresh instance of `component`.
@@ -247,86 +241,6 @@ fn tear_down(store: Store<GuestState>, slot: Slot, slow: bool) {
     }
 }
 
-/// One instance's store and the output it captures: what one request runs in.
-pub(super) struct Guest {
-    store: Store<GuestState>,
-    stdout: CappedOutput,
-    stderr: CappedOutput,
-}
-
-impl Guest {
-    /// A store with nothing granted but what `grants` say, under their
-    /// memory limit, no instance yet.
-    fn new(engine: &Engine, grants: &Grants) -> Self {
-        let limits = &grants.limits;
-        let stdout = CappedOutput::new(limits.max_output_bytes);
-        let stderr = CappedOutput::new(limits.max_output_bytes);
-        let mut store = Store::new(
-            engine,
-            GuestState {
-                wasi: no_capabilities(&stdout, &stderr),
-                table: ResourceTable::new(),
-                limiter: MemoryLimiter::new(limits.max_memory),
-                config: grants.store.clone(),
-                http_ctx: WasiHttpCtx::new(),
-                http: OutboundHttp::new(grants.http.clone(), grants.secrets.clone()),
-            },
-        );
-        store.limiter(|state| &mut state.limiter);
-        Guest {
-            store,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Checks `deadline` on every epoch tick and yields in between, so the
-    /// other tasks on this worker thread (other guests, replies) get their
-    /// turn.
-    fn set_deadline(&mut self, deadline: Instant) {
-        self.store.set_epoch_deadline(1);
-        self.store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-    }
-}
-
-/// Per-request store data: the guest's WASI context and its limits.
-pub(super) struct GuestState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: MemoryLimiter,
-    /// What `wasi:config/store` answers (the procedure's configuration and
-    /// secrets; empty without a manifest).
-    pub(super) config: Arc<WasiConfigVariables>,
-    http_ctx: WasiHttpCtx,
-    /// Outbound HTTP, as the procedure's manifest grants it (none without).
-    http: OutboundHttp,
-}
-
-impl WasiHttpView for GuestState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http_ctx,
-            table: &mut self.table,
-            hooks: &mut self.http,
-        }
-    }
-}
-
-impl WasiView for GuestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
 /// Maps a wasmtime error from instantiating or calling a guest to an error
 /// reply. `None` means the guest was interrupted at its deadline.
 fn classify_failure(
@@ -366,20 +280,6 @@ fn memory_limit_message(limits: &Limits) -> String {
         "the procedure tried to grow its memory past the {} limit (--max-memory, or lower in its manifest)",
         limits::format_bytes(limits.max_memory)
     )
-}
-
-/// A WASI context that grants nothing: no preopened directories, no
-/// environment, no arguments, no sockets or name lookup, an empty stdin.
-/// Output goes to the given capped buffers.
-fn no_capabilities(stdout: &CappedOutput, stderr: &CappedOutput) -> WasiCtx {
-    WasiCtxBuilder::new()
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .socket_addr_check(|_, _| Box::pin(async { false }))
-        .build()
 }
 
 fn first_line(text: &str) -> String {

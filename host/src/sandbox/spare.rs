@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 
 // The generated instance of the `procedure` world, not a served procedure.
 use super::bindings::Procedure as Instance;
-use super::run::Guest;
+use super::guest::Guest;
 
 /// A start slower than this counts as slow: well above a Rust component's
 /// start and well below a Python or JavaScript one's.

@@ -62,7 +62,7 @@ struct ProcedureInfoLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpRefusedLabels {
     /// `not-allowed`, `userinfo`, `forbidden-address`, `too-many-calls` or
-    /// `too-many-bytes` (`sandbox::http::Refusal`).
+    /// `too-many-bytes` (`sandbox::http::refusal::Refusal`).
     reason: &'static str,
 }
 

@@ -11,7 +11,7 @@
 //!
 //! Every message is acked as soon as it is read (on a stream an ack only
 //! asks for more), and a batch holds at most one module per name
-//! ([`super::Batch`]), so a history of any length is read in bounded memory.
+//! ([`super::batch::Batch`]), so a history of any length is read in bounded memory.
 //! While following, it also keeps the newest deploy of each procedure in the
 //! stream ([`super::keeper`]), publishing it again before the stream's
 //! retention would drop it.
@@ -37,9 +37,10 @@ use warren_protocol::deploy::{
 use warren_protocol::{header_text, set_header_text};
 
 use super::answers::{answer_deployer, log_answer};
+use super::batch::{Batch, SettledDeploy};
+use super::deployer::Deployer;
 use super::keeper::{Keeper, Kept, MESSAGE_OVERHEAD};
 use super::parts::{Assembler, Joined};
-use super::{Deployer, Settled};
 use crate::modules::{MODULE_EXTENSION, digest, version};
 use crate::shutdown::Shutdown;
 use warren_protocol::broker::{close_quietly, ends_connection};
@@ -422,11 +423,11 @@ impl DeployStream {
 
     /// Acks one stream message at once (so the broker sends the next) and
     /// adds it to `batch` unless it is a sync marker or was not published
-    /// by a deploying user (see [`super::DeployPolicy::publishers`]).
+    /// by a deploying user (see [`super::policy::DeployPolicy::publishers`]).
     async fn take(
         &mut self,
         delivery: Delivery,
-        batch: &mut super::Batch<'_, (usize, BasicProperties)>,
+        batch: &mut Batch<'_, (usize, BasicProperties)>,
         reads: &mut Vec<Read>,
     ) {
         let Delivery {
@@ -521,12 +522,12 @@ impl DeployStream {
     async fn record(
         &self,
         reads: Vec<Read>,
-        settled: Vec<Settled<(usize, BasicProperties)>>,
+        settled: Vec<SettledDeploy<(usize, BasicProperties)>>,
         history: bool,
         me: &str,
     ) -> Vec<String> {
         let mut newest: Vec<Option<Newest>> = vec![None; reads.len()];
-        for Settled {
+        for SettledDeploy {
             tag: (index, properties),
             name,
             answer,

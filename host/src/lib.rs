@@ -15,9 +15,11 @@
 //!   (connect, declare, catch up with deploys, consume) and reconnecting;
 //!   `requests`: consume, answer, reply, ack (`requests::message` reads a
 //!   delivery and writes a reply, `requests::replies` publishes and acks,
-//!   `requests::dead` answers what durable mode dead-letters); `deploy`: remote deploys, checked and
-//!   applied (`deploy::stream` reads them, `deploy::keeper` keeps each
-//!   procedure's newest one in the stream); `control`: the answer to
+//!   `requests::dead` answers what durable mode dead-letters); `deploy`:
+//!   remote deploys, checked (`deploy::checks`, and `deploy::replay`: no
+//!   rollback by replay) and applied a batch at a time (`deploy::deployer`,
+//!   `deploy::batch`; `deploy::stream` reads them, `deploy::keeper` keeps
+//!   each procedure's newest one in the stream); `control`: the answer to
 //!   `warren status`; `admin`: `/metrics` and the health checks over HTTP.
 //! - **Deciding and running** — `dispatch`: one request to one verdict
 //!   (which procedure, who may call it, sizes, the caller's deadline), no

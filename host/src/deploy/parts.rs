@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 
 use warren_protocol::deploy::{DeployHeaders, Part};
 
-use super::DeployRequest;
+use super::checks::DeployRequest;
 
 /// Deploys being joined at once; the oldest is given up beyond this.
 pub const MAX_OPEN: usize = 4;

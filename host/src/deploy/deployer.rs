@@ -1,0 +1,155 @@
+//! The [`Deployer`]: what a host applies deploys with. It checks each one
+//! ([`super::checks`], [`super::replay`]), compiles it off the async
+//! runtime, saves it into the modules folder and only then serves it, and
+//! words the answer its deployer gets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use warren_protocol::deploy::DeployAnswer;
+
+use super::checks::{DeployRequest, Verified, verify};
+use super::policy::DeployPolicy;
+use super::record::{self, DeployRecord, Records};
+use super::replay::{Order, ReplayGuard};
+use crate::modules::{ModulesFolder, Procedure, version};
+
+/// Applies deploys to this host's modules folder (and so to what it serves).
+pub struct Deployer {
+    host_id: String,
+    policy: DeployPolicy,
+    folder: Arc<ModulesFolder>,
+    /// Per name, the newest deploy that passed the checks, and the names
+    /// whose record could not be read.
+    guard: ReplayGuard,
+    /// The records read at start: what a starting host puts back into the
+    /// stream if the stream no longer holds it ([`super::stream`]).
+    records: HashMap<String, DeployRecord>,
+}
+
+impl Deployer {
+    /// A deployer for this host, which remembers the newest deploy of each
+    /// name from the records in the modules folder ([`super::record`]). Call it
+    /// after the folder is loaded, so it knows what the folder serves.
+    pub fn new(
+        host_id: String,
+        policy: DeployPolicy,
+        folder: Arc<ModulesFolder>,
+    ) -> anyhow::Result<Self> {
+        let Records { read, unreadable } = record::read_records(folder.dir())?;
+        let guard = ReplayGuard::new(&read, unreadable, &policy, &folder);
+        Ok(Deployer {
+            host_id,
+            policy,
+            folder,
+            guard,
+            records: read,
+        })
+    }
+
+    /// The deploy records read from the modules folder at start.
+    pub fn records(&self) -> &HashMap<String, DeployRecord> {
+        &self.records
+    }
+
+    /// What this host accepts.
+    pub fn policy(&self) -> &DeployPolicy {
+        &self.policy
+    }
+
+    /// Checks one deploy of `digest`: every check that needs no compiling
+    /// ([`verify`]), then its order against the newest accepted of its
+    /// name ([`ReplayGuard::check_order`]).
+    pub fn check(&self, request: &DeployRequest, digest: &str) -> Result<Order, String> {
+        verify(&self.policy, request, digest).and_then(|verified| self.guard.check_order(verified))
+    }
+
+    /// The newest deploy of `name` passed every check but could not be
+    /// served here (see [`ReplayGuard::not_served`]).
+    pub fn not_served(&self, name: &str) {
+        self.guard.not_served(name);
+    }
+
+    /// This host's id, as it signs its answers.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// The modules folder deploys are saved into.
+    pub fn folder(&self) -> &Arc<ModulesFolder> {
+        &self.folder
+    }
+
+    /// The answer refusing a deploy of `digest`, for `reason`, timed from
+    /// `started`.
+    pub fn refusal(&self, digest: String, reason: String, started: Instant) -> DeployAnswer {
+        DeployAnswer {
+            host: self.host_id.clone(),
+            accepted: false,
+            reason,
+            digest,
+            took_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// The answer accepting a deploy of `digest`, timed from `started`.
+    pub fn acceptance(&self, digest: String, started: Instant) -> DeployAnswer {
+        DeployAnswer {
+            host: self.host_id.clone(),
+            accepted: true,
+            reason: String::new(),
+            digest,
+            took_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Compiles the module, saves it into the modules folder, then serves
+    /// it. Nothing changes unless every step succeeds.
+    pub async fn install(&self, verified: &Verified, module: Vec<u8>) -> anyhow::Result<()> {
+        let Verified {
+            name,
+            digest,
+            manifest,
+            record,
+            ..
+        } = verified;
+        let manifest_digest = manifest.as_deref().map(warren_protocol::manifest::digest);
+        let serving = self.folder.serving().get(name).map(|p| p.version());
+        let (procedure, module) = if serving == Some(version(digest, manifest_digest.as_deref())) {
+            // Served already (a replayed history, a repeated deploy): make
+            // sure the folder holds it too.
+            let procedure = self.folder.serving().get(name).expect("served");
+            (Procedure::clone(&procedure), module)
+        } else {
+            let _loading = self.folder.serving().loading(name);
+            // The bytes travel to the compile thread and back: no copy.
+            tokio::task::spawn_blocking({
+                let sandbox = self.folder.sandbox().clone();
+                let (name, digest, manifest) = (name.clone(), digest.clone(), manifest.clone());
+                move || {
+                    Procedure::compile(&sandbox, &name, &module, digest, manifest.as_deref())
+                        .map(|p| (p, module))
+                }
+            })
+            .await
+            .context("the compile task failed")??
+        };
+        let record = record.as_ref().map(DeployRecord::to_text);
+        self.folder
+            .save_and_serve(procedure, module, manifest.clone(), record)
+            .await
+    }
+}
+
+/// A default host id: `hostname-pid`, unique per process on a fleet.
+pub fn default_host_id() -> String {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{hostname}-{}", std::process::id())
+}

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
-use warren_client::protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, values};
+use warren_client::protocol::options::BrokerArgs;
+use warren_client::protocol::values;
 
 use crate::new;
 
@@ -23,28 +24,10 @@ use crate::new;
                   cannot be reached."
 )]
 pub(crate) struct Cli {
-    /// Broker to connect to, like amqp://user:password@host:5672/vhost.
-    /// Give it more than once (or comma-separated in AMQP_URL) for the nodes
-    /// of a cluster: the first that answers is used.
-    // Checked when connecting, not by clap: clap would echo the password.
-    #[arg(long = "amqp-url", global = true, env = "AMQP_URL", value_name = "URL",
-          value_delimiter = ',', default_value = DEFAULT_AMQP_URL)]
-    pub(crate) amqp_urls: Vec<String>,
-
-    /// PEM file of CA certificates to trust for amqps:// brokers, besides the
-    /// system's (a broker whose certificate a private CA issued).
-    #[arg(long, global = true, env = "AMQP_CA_FILE", value_name = "FILE")]
-    pub(crate) amqp_ca_file: Option<std::path::PathBuf>,
-
-    /// Durable mode, for hosts run with --durable: persistent requests, and
-    /// replies through a durable callback queue that survives the client
-    /// reconnecting (a broker restart loses no call in flight).
-    #[arg(long, global = true)]
-    pub(crate) durable: bool,
-
-    /// Queue the hosts consume requests from.
-    #[arg(long, global = true, default_value = DEFAULT_QUEUE, value_parser = values::queue_name)]
-    pub(crate) queue: String,
+    /// Which broker, which queue, which mode: the options `warren-host`
+    /// takes too.
+    #[command(flatten)]
+    pub(crate) broker: BrokerArgs,
 
     /// How long to wait for a reply, e.g. 500ms, 30s, 2m (at most 49d).
     /// Requests not picked up by then expire in the broker, and hosts do

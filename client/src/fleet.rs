@@ -117,13 +117,13 @@ pub(crate) async fn deploy(
             eprintln!(
                 "warren: stored in the deploy stream of queue {:?}; no host consumes the queue \
                  now, hosts that start on it will apply the deploy",
-                cli.queue
+                cli.broker.queue
             );
         } else if report.expected == 0 {
             eprintln!(
                 "warren: stored in the deploy stream of queue {:?}; not waiting for the {} \
                  consuming hosts' answers (--expect-hosts 0)",
-                cli.queue, report.consumers
+                cli.broker.queue, report.consumers
             );
         }
         exit::OK
@@ -230,7 +230,7 @@ pub(crate) async fn status(cli: &Cli, wait: Duration, json: bool) -> u8 {
         eprintln!(
             "warren: no host answered on queue {:?} within {} (none running, or older hosts \
              without status)",
-            cli.queue,
+            cli.broker.queue,
             humantime::format_duration(wait)
         );
         exit::NO_REPLY

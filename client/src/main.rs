@@ -178,10 +178,10 @@ async fn run(cli: Cli) -> u8 {
 /// Connects within `--connect-timeout` (not `--timeout`, which is how long a
 /// reply may take), or reports why not and returns the exit code.
 async fn connect(cli: &Cli) -> Result<RpcClient, u8> {
-    let mut options = ClientOptions::new(cli.amqp_urls.join(","), &cli.queue)
-        .durable(cli.durable)
+    let mut options = ClientOptions::new(cli.broker.amqp_urls.join(","), &cli.broker.queue)
+        .durable(cli.broker.durable)
         .connect_timeout(cli.connect_timeout);
-    if let Some(path) = &cli.amqp_ca_file {
+    if let Some(path) = &cli.broker.amqp_ca_file {
         options = options.ca_file(path);
     }
     RpcClient::connect_with(options)

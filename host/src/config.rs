@@ -6,8 +6,9 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use warren_protocol::broker::Brokers;
 use warren_protocol::deploy::StreamRetention;
+use warren_protocol::options::BrokerArgs;
 use warren_protocol::tls::Connector;
-use warren_protocol::{DEFAULT_AMQP_URL, DEFAULT_QUEUE, QueueMode, values};
+use warren_protocol::{QueueMode, values};
 
 use crate::sandbox::Limits;
 
@@ -16,8 +17,11 @@ use crate::sandbox::Limits;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "warren-host", version, about, long_about = None)]
 pub struct HostConfig {
+    /// Which broker, which queue, which mode: the options `warren` takes too.
+    #[command(flatten, next_help_heading = "Broker")]
+    pub broker: BrokerArgs,
     #[command(flatten)]
-    pub broker: BrokerOptions,
+    pub connection: ConnectionOptions,
     #[command(flatten)]
     pub procedures: ProcedureOptions,
     #[command(flatten)]
@@ -46,44 +50,15 @@ pub struct HostConfig {
     pub deploy_republish_jitter: Duration,
 }
 
-/// Which broker, which queue, and how it is declared.
+/// How the host keeps its connection, and durable mode's delivery limit
+/// (the broker options both binaries take are `BrokerArgs`).
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Broker")]
-pub struct BrokerOptions {
-    /// Broker to connect to, like amqp://user:password@host:5672/vhost.
-    /// Give it more than once (or comma-separated in AMQP_URL) for the nodes
-    /// of a cluster: the host uses the first that answers and moves to the
-    /// next when it loses one. Passwords are never logged.
-    // Checked by `HostConfig::brokers`, not by clap: clap would echo the
-    // password.
-    #[arg(long = "amqp-url", env = "AMQP_URL", value_name = "URL", value_delimiter = ',',
-          default_value = DEFAULT_AMQP_URL)]
-    pub amqp_urls: Vec<String>,
-
-    /// PEM file of CA certificates to trust for amqps:// brokers, besides the
-    /// system's (a broker whose certificate a private CA issued).
-    #[arg(long, env = "AMQP_CA_FILE", value_name = "FILE")]
-    pub amqp_ca_file: Option<PathBuf>,
-
+pub struct ConnectionOptions {
     /// How long to keep trying to reach the broker at startup before giving
     /// up (exit 1), e.g. 30s [default: forever, logging each attempt]. Once
     /// connected, a lost broker is always waited for.
     #[arg(long, value_parser = values::duration, value_name = "DURATION")]
     pub connect_timeout: Option<Duration>,
-
-    /// Queue to consume requests from, declared like the tutorial's server
-    /// (classic, not durable, not exclusive, not auto-delete), or as a quorum
-    /// queue with --durable.
-    #[arg(long, default_value = DEFAULT_QUEUE, value_parser = values::queue_name)]
-    pub queue: String,
-
-    /// Durable mode: the queue is a durable quorum queue (replicated over a
-    /// cluster; requests survive broker restarts and node loss), replies are
-    /// persistent, and a request is acked only once the broker has confirmed
-    /// its reply. Every host of a queue must agree on this, and callers
-    /// should (`warren --durable`): a host warns when one does not.
-    #[arg(long)]
-    pub durable: bool,
 
     /// Durable mode: how many times one request may go back to the queue
     /// unanswered (its host crashed, or stalled and lost its connection)
@@ -344,7 +319,7 @@ impl HostConfig {
     pub fn queue_mode(&self) -> QueueMode {
         if self.broker.durable {
             QueueMode::Durable {
-                delivery_limit: self.broker.delivery_limit,
+                delivery_limit: self.connection.delivery_limit,
             }
         } else {
             QueueMode::Tutorial

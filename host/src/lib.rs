@@ -127,7 +127,7 @@ pub async fn start(config: HostConfig) -> Result<RunningHost, StartError> {
         &target,
         &deployer,
         &stream_state,
-        config.broker.connect_timeout,
+        config.connection.connect_timeout,
     )
     .await;
     let session = match connected {

@@ -45,7 +45,7 @@ async fn a_request_that_keeps_failing_is_dead_lettered_and_its_caller_told() {
     let wasm = fib_wasm();
     let mut first = TestHost::start_with("dead-letter", &[("fib", &wasm)], |config| {
         config.broker.durable = true;
-        config.broker.delivery_limit = 2;
+        config.connection.delivery_limit = 2;
     })
     .await;
     let queue = first.queue.clone();
@@ -102,7 +102,7 @@ async fn a_request_that_keeps_failing_is_dead_lettered_and_its_caller_told() {
     // A durable host reads QUEUE.dead and tells the caller.
     let second = TestHost::join(&queue, &[("fib", &wasm)], |config| {
         config.broker.durable = true;
-        config.broker.delivery_limit = 2;
+        config.connection.delivery_limit = 2;
     })
     .await;
     match waiting.await.unwrap() {
@@ -129,7 +129,7 @@ async fn a_host_on_a_queue_declared_the_other_way_says_how_to_fix_it() {
     let mut config = warren_host::HostConfig::new(&classic.queue, classic.modules.path());
     config.broker.amqp_urls = vec![amqp_url()];
     config.broker.durable = true;
-    config.broker.connect_timeout = Some(Duration::from_secs(1));
+    config.connection.connect_timeout = Some(Duration::from_secs(1));
     let why = match warren_host::start(config).await {
         Ok(_) => panic!("a durable host started on a classic queue"),
         Err(error) => format!("{error:#}"),

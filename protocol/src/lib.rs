@@ -28,7 +28,8 @@
 //!
 //! - **What travels** — [`status`] (`warren status`), [`deploy`] (signed
 //!   deploys, their stream and parts), [`broker`] (node lists, connecting,
-//!   publishing), [`component`] (what makes a file a procedure), [`trace`]
+//!   publishing), `options` (the broker options both binaries take; feature
+//!   `cli`), [`component`] (what makes a file a procedure), [`trace`]
 //!   (trace context).
 //! - **What they carry** — [`manifest`] (a procedure's grants), [`values`]
 //!   (the rules for names, sizes and durations both binaries take),
@@ -41,6 +42,8 @@ pub mod component;
 pub mod deploy;
 mod errors;
 pub mod manifest;
+#[cfg(feature = "cli")]
+pub mod options;
 mod queues;
 pub mod status;
 pub mod tls;

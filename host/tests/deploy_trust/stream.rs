@@ -113,7 +113,7 @@ async fn a_deploy_stream_that_keeps_too_little_is_refused_at_start() {
         config.broker.amqp_urls = vec![amqp_url()];
         // A refused setup is retried every 30 s (saying why), like any
         // other a person must fix; give up at once here.
-        config.broker.connect_timeout = Some(Duration::from_secs(5));
+        config.connection.connect_timeout = Some(Duration::from_secs(5));
         let refused = match warren_host::start(config).await {
             Ok(host) => {
                 host.stop().await.unwrap();

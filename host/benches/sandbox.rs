@@ -34,7 +34,7 @@ use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use warren_host::sandbox::{Limits, Sandbox};
-use warren_protocol::module_digest as digest;
+use warren_protocol::digest;
 
 fn sandbox(c: &mut Criterion) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use warren_host::sandbox::{Limits, Sandbox};
-use warren_protocol::module_digest as digest;
+use warren_protocol::digest;
 
 fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)

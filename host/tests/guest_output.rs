@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use warren_host::sandbox::{Limits, Sandbox};
-use warren_protocol::module_digest as digest;
+use warren_protocol::digest;
 
 /// Collects everything the log subscriber writes.
 #[derive(Clone, Default)]

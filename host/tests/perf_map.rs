@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use warren_host::sandbox::{EngineOptions, Limits, Sandbox, perf_map_path};
-use warren_protocol::module_digest as digest;
+use warren_protocol::digest;
 
 /// Addresses the map names the guest's `fib` function at, mangled
 /// (`wasm[0]::function[24]::_ZN9guest_fib3fib17h…E`) as wasmtime names code

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use warren_host::sandbox::{EngineOptions, Limits, Sandbox};
 use warren_protocol::ErrorKind;
-use warren_protocol::module_digest as digest;
+use warren_protocol::digest;
 use warren_testing::{fib_wasm, hostile_wasm};
 
 /// A procedure written by hand: a core module whose exported `handle`

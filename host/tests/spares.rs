@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use warren_host::sandbox::{Limits, Sandbox};
-use warren_protocol::module_digest as digest;
+use warren_protocol::digest;
 
 /// The Python hostile guest, or `None` (after saying SKIPPED) when there is
 /// no python3 to build it with.

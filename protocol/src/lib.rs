@@ -188,9 +188,12 @@ pub fn set_header_text(headers: &mut FieldTable, name: &str, value: &str) {
     headers.insert(name.into(), AMQPValue::LongString(value.into()));
 }
 
-/// `sha256:` + lowercase hex of a module's bytes: the value of
-/// [`HEADER_PROCEDURE_DIGEST`] and of a deploy's digest.
-pub fn module_digest(bytes: &[u8]) -> String {
+/// `sha256:` + lowercase hex of `bytes`: the one digest Warren takes, of a
+/// module (the value of [`HEADER_PROCEDURE_DIGEST`] and of a deploy's
+/// digest) and of a manifest's text (what a deploy signature covers of it,
+/// and what tells two versions of a procedure's grants apart).
+pub fn digest(bytes: impl AsRef<[u8]>) -> String {
+    let bytes = bytes.as_ref();
     use sha2::{Digest as _, Sha256};
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }

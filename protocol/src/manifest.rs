@@ -40,12 +40,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The file extension of a manifest in the modules folder.
 pub const MANIFEST_EXTENSION: &str = "toml";
 
-/// `sha256:<hex>` of a manifest's text: what a deploy signature covers of
-/// it, and what tells two versions of a procedure's grants apart.
-pub fn digest(text: &str) -> String {
-    crate::module_digest(text.as_bytes())
-}
-
 /// Largest manifest accepted, in bytes: it travels in a message header.
 pub const MAX_MANIFEST_BYTES: usize = 64 << 10;
 

@@ -74,10 +74,9 @@ pub fn with_custom_section_bytes(wasm: &[u8], payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `sha256:<hex>` of `bytes`, as the host reports it.
-pub fn digest(bytes: &[u8]) -> String {
-    warren_protocol::module_digest(bytes)
-}
+/// `sha256:<hex>` of `bytes`, as the host reports it (the one digest
+/// function, `warren_protocol::digest`).
+pub use warren_protocol::digest;
 
 /// Whether `program` is on PATH (a toolchain a test needs, say).
 pub fn on_path(program: &str) -> bool {

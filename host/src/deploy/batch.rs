@@ -9,7 +9,7 @@ use warren_protocol::deploy::{DeployAnswer, DeployHeaders};
 use super::checks::{DeployRequest, Verified};
 use super::deployer::Deployer;
 use super::replay::Order;
-use crate::modules::digest;
+use warren_protocol::digest;
 
 /// What became of one deploy of a [`Batch`].
 #[derive(Debug)]

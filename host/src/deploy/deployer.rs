@@ -115,7 +115,7 @@ impl Deployer {
             record,
             ..
         } = verified;
-        let manifest_digest = manifest.as_deref().map(warren_protocol::manifest::digest);
+        let manifest_digest = manifest.as_deref().map(warren_protocol::digest);
         let serving = self.folder.serving().get(name).map(|p| p.version());
         let (procedure, module) = if serving == Some(version(digest, manifest_digest.as_deref())) {
             // Served already (a replayed history, a repeated deploy): make

@@ -131,7 +131,7 @@ mod tests {
     use warren_protocol::deploy::SecretKey;
 
     fn record(key: &SecretKey) -> DeployRecord {
-        let digest = warren_protocol::module_digest(b"module");
+        let digest = warren_protocol::digest(b"module");
         let sequence = 42;
         DeployRecord {
             name: "fib".into(),

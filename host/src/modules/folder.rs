@@ -18,10 +18,10 @@ use anyhow::Context as _;
 
 use super::files::{FileFingerprint, Files, Fingerprint, Seen, SeenFiles, lock, save_atomically};
 use super::{
-    MODULE_EXTENSION, Procedure, Serving, digest, misnamed_module, module_files, procedure_name,
-    version,
+    MODULE_EXTENSION, Procedure, Serving, misnamed_module, module_files, procedure_name, version,
 };
 use crate::sandbox::Sandbox;
+use warren_protocol::digest;
 use warren_protocol::manifest::MANIFEST_EXTENSION;
 
 /// Counts of what the folder has done since the host started; the tests use
@@ -345,7 +345,7 @@ fn read_and_compile(
     };
     stats.reads.fetch_add(1, Ordering::Relaxed);
     let digest = digest(&wasm);
-    let manifest_digest = manifest.as_deref().map(warren_protocol::manifest::digest);
+    let manifest_digest = manifest.as_deref().map(warren_protocol::digest);
     let version = version(&digest, manifest_digest.as_deref());
     if serving.as_ref() == Some(&version) {
         Read::Serving(version)

@@ -28,7 +28,6 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use warren_protocol::check_procedure_name;
 use warren_protocol::manifest::{EffectiveGrants, Manifest};
-pub use warren_protocol::module_digest as digest;
 
 use crate::callers::QuotaBook;
 use crate::sandbox::{PreparedComponent, Sandbox};
@@ -69,7 +68,7 @@ impl Procedure {
         digest: String,
         manifest: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let manifest_digest = manifest.map(warren_protocol::manifest::digest);
+        let manifest_digest = manifest.map(warren_protocol::digest);
         let parsed = manifest
             .map(Manifest::parse)
             .transpose()
@@ -434,7 +433,7 @@ mod tests {
     #[test]
     fn digest_is_sha256_hex() {
         assert_eq!(
-            digest(b""),
+            warren_protocol::digest(b""),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }

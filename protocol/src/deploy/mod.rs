@@ -107,8 +107,8 @@ impl DeployHeaders {
     /// `manifest` text if it has one, signed by `key` when given, with a
     /// fresh [`new_sequence`].
     pub fn new(name: &str, module: &[u8], manifest: Option<&str>, key: Option<&SecretKey>) -> Self {
-        let digest = crate::module_digest(module);
-        let manifest_digest = manifest.map(crate::manifest::digest);
+        let digest = crate::digest(module);
+        let manifest_digest = manifest.map(crate::digest);
         let sequence = new_sequence();
         DeployHeaders {
             name: Some(name.to_owned()),
@@ -123,7 +123,7 @@ impl DeployHeaders {
     /// `sha256:<hex>` of the manifest's text, if the deploy has one: what
     /// the signature covers of it.
     pub fn manifest_digest(&self) -> Option<String> {
-        self.manifest.as_deref().map(crate::manifest::digest)
+        self.manifest.as_deref().map(crate::digest)
     }
 
     /// Reads them off a message (absent or non-text headers are `None`).

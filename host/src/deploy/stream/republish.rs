@@ -16,7 +16,8 @@ use super::connection::DeployStream;
 use crate::deploy::deployer::Deployer;
 use crate::deploy::keeper::{Keeper, Kept, MESSAGE_OVERHEAD};
 use crate::deploy::record::DeployRecord;
-use crate::modules::{MODULE_EXTENSION, digest, version};
+use crate::modules::{MODULE_EXTENSION, version};
+use warren_protocol::digest;
 
 /// Longest random wait before claiming the publishing of a deploy the
 /// stream would drop, so that few hosts of a fleet claim each round (one
@@ -46,9 +47,7 @@ impl DeployStream {
                         warren_protocol::manifest::MANIFEST_EXTENSION
                     ));
                     match std::fs::read_to_string(path) {
-                        Ok(text) if warren_protocol::manifest::digest(&text) == *expected => {
-                            Some(text)
-                        }
+                        Ok(text) if warren_protocol::digest(&text) == *expected => Some(text),
                         _ => continue,
                     }
                 }

@@ -82,7 +82,7 @@ impl Request {
             bytes = call.body.len(),
             redelivered = self.redelivered,
         );
-        let trace = telemetry::continue_trace(&span, self.caller_trace.clone());
+        let trace = telemetry::continue_trace(&span, self.caller_trace);
         span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
         span.record("span_id", tracing::field::display(trace.span_id_hex()));
         (span, trace)

@@ -30,7 +30,9 @@
 //!   cache, one request in a fresh instance under its limits).
 //! - Beside them: `shutdown` (the signal every task listens to),
 //!   `telemetry` (trace context, OTLP export), `metrics` (what the host
-//!   counts; `admin` serves it) and `causes` (errors in log lines).
+//!   counts, registered in one table; `metrics::requests` and its timer,
+//!   `metrics::process` from `/proc`; `admin` serves it) and `causes`
+//!   (errors in log lines).
 //!
 //! # Embedding
 //!

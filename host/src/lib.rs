@@ -23,14 +23,17 @@
 //!   `warren status`; `admin`: `/metrics` and the health checks over HTTP.
 //! - **Deciding and running** — `dispatch`: one request to one verdict
 //!   (which procedure, who may call it, sizes, the caller's deadline), no
-//!   AMQP; `callers`: caller identity, per-caller quotas and refusals held
-//!   until the caller's turn; `modules`:
+//!   AMQP; `callers`: caller identity, per-caller quotas (`callers::quota`),
+//!   refusals held until the caller's turn (`callers::hold`) and who may
+//!   call what (`callers::policy`); `modules`:
 //!   which procedure versions serve, the modules folder and its watcher;
 //!   [`sandbox`]: wasmtime only (engine, compiling and the compiled-code
 //!   cache, one request in a fresh instance under its limits).
 //! - Beside them: `shutdown` (the signal every task listens to),
 //!   `telemetry` (trace context, OTLP export), `metrics` (what the host
-//!   counts; `admin` serves it) and `causes` (errors in log lines).
+//!   counts, registered in one table; `metrics::requests` and its timer,
+//!   `metrics::process` from `/proc`; `admin` serves it) and `causes`
+//!   (errors in log lines).
 //!
 //! # Embedding
 //!

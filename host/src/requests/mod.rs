@@ -8,7 +8,7 @@
 //! what they answer and batches the acks. A request whose reply could not
 //! be published is returned to the queue, so the broker redelivers it
 //! rather than losing it. The one exception is a refusal over quota held
-//! until its caller's turn ([`crate::callers::Holding`]): its request is
+//! until its caller's turn ([`crate::callers::ReplyHolder`]): its request is
 //! acked at once and its reply sent later, or at once when the host stops.
 //!
 //! In durable mode ([`QueueMode::Durable`]) the queue is a quorum queue,

@@ -33,7 +33,7 @@
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use warren_host::sandbox::{Limits, Sandbox};
+use warren_host::sandbox::{EngineOptions, Limits, Sandbox};
 use warren_protocol::digest;
 
 fn sandbox(c: &mut Criterion) {
@@ -42,11 +42,11 @@ fn sandbox(c: &mut Criterion) {
     let wasm = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run `just build-guest` first", path.display()));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let no_spares = Limits {
+    let no_spares = EngineOptions {
         spare_instances: 0,
-        ..Limits::default()
+        ..EngineOptions::default()
     };
-    let sandbox = Sandbox::new(no_spares, None).unwrap();
+    let sandbox = Sandbox::with_options(Limits::default(), None, no_spares).unwrap();
     let with_spares = Sandbox::new(Limits::default(), None).unwrap();
     let component = sandbox.prepare(&wasm, &digest(&wasm)).unwrap();
 
@@ -253,16 +253,16 @@ fn outbound_http(c: &mut Criterion) {
         |_, _| (200, vec![], b"hello".to_vec()),
         0,
     ));
-    let limits = Limits {
+    let no_spares = EngineOptions {
         spare_instances: 0,
-        ..Limits::default()
+        ..EngineOptions::default()
     };
-    let sandbox = Sandbox::new(limits.clone(), None).unwrap();
+    let sandbox = Sandbox::with_options(Limits::default(), None, no_spares).unwrap();
     let manifest = Manifest::parse(&format!(
         "[http]\nallow = [\"http://127.0.0.1:{port}\"]\ncalls = 1000000\n"
     ))
     .unwrap();
-    let grants = Grants::resolve(&limits, &manifest, "sha256:bench", None).unwrap();
+    let grants = Grants::resolve(sandbox.limits(), &manifest, "sha256:bench", None).unwrap();
     let component = sandbox
         .prepare_granted(&wasm, &digest(&wasm), grants)
         .unwrap();

@@ -1,16 +1,18 @@
 //! `warren-host` options: each has a default and a line in `--help`.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Args, Parser};
 use warren_protocol::broker::Brokers;
 use warren_protocol::deploy::StreamRetention;
+use warren_protocol::limits::Limits;
 use warren_protocol::options::BrokerArgs;
 use warren_protocol::tls::Connector;
 use warren_protocol::{QueueMode, values};
 
-use crate::sandbox::Limits;
+use crate::sandbox::DEFAULT_SPARE_INSTANCES;
 
 /// Runs RPC requests from a RabbitMQ queue through sandboxed WebAssembly
 /// components, and replies to each caller's `reply_to` queue.
@@ -100,7 +102,8 @@ pub struct ProcedureOptions {
     pub default_procedure: Option<String>,
 }
 
-/// What one request may use, and how many run at once.
+/// What one request may use, and how many run at once: the flags of a
+/// [`Limits`] ([`HostConfig::sandbox_limits`]), whose defaults they show.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Limits")]
 pub struct LimitOptions {
@@ -109,28 +112,41 @@ pub struct LimitOptions {
     pub concurrency: Option<u16>,
 
     /// Wall-clock budget of one request, e.g. 500ms, 10s, 2m.
-    #[arg(long, default_value = "10s", value_parser = values::duration)]
+    #[arg(long, default_value = DEFAULT_TIMEOUT.as_str(), value_parser = values::duration)]
     pub timeout: Duration,
 
     /// Linear memory one request may use, e.g. 64MiB, 1GiB; at most 4GiB
     /// (a 32-bit WebAssembly memory).
-    #[arg(long, default_value = "64MiB", value_parser = memory_size)]
+    #[arg(long, default_value = DEFAULT_MEMORY.as_str(), value_parser = memory_size)]
     pub max_memory: u64,
 
     /// Largest request body accepted; larger ones get `request-too-large`
     /// without running the procedure.
-    #[arg(long, default_value = "4MiB", value_parser = values::nonzero_size)]
+    #[arg(long, default_value = DEFAULT_REQUEST.as_str(), value_parser = values::nonzero_size)]
     pub max_request_bytes: u64,
 
     /// Largest reply body sent; larger ones become `reply-too-large`.
-    #[arg(long, default_value = "4MiB", value_parser = values::nonzero_size)]
+    #[arg(long, default_value = DEFAULT_REPLY.as_str(), value_parser = values::nonzero_size)]
     pub max_reply_bytes: u64,
 
     /// Guest stdout and stderr kept per request (logged at debug level);
     /// the rest is dropped.
-    #[arg(long, default_value = "64KiB", value_parser = values::size)]
+    #[arg(long, default_value = DEFAULT_OUTPUT.as_str(), value_parser = values::size)]
     pub max_output_bytes: u64,
 }
+
+// The limits' defaults as `--help` shows them and clap parses them: written
+// once, in `Limits::DEFAULT`, and only formatted here.
+static DEFAULT_TIMEOUT: LazyLock<String> =
+    LazyLock::new(|| humantime::format_duration(Limits::DEFAULT.timeout()).to_string());
+static DEFAULT_MEMORY: LazyLock<String> =
+    LazyLock::new(|| values::size_text(Limits::DEFAULT.memory()));
+static DEFAULT_REQUEST: LazyLock<String> =
+    LazyLock::new(|| values::size_text(Limits::DEFAULT.request() as u64));
+static DEFAULT_REPLY: LazyLock<String> =
+    LazyLock::new(|| values::size_text(Limits::DEFAULT.reply() as u64));
+static DEFAULT_OUTPUT: LazyLock<String> =
+    LazyLock::new(|| values::size_text(Limits::DEFAULT.output() as u64));
 
 /// Who may call this host, and how much one caller may use of it, across
 /// its procedures. A caller is the broker user that published the request
@@ -255,7 +271,7 @@ pub struct TuningOptions {
     #[arg(
         long,
         env = "WARREN_SPARE_INSTANCES",
-        default_value_t = 4,
+        default_value_t = DEFAULT_SPARE_INSTANCES,
         value_name = "N"
     )]
     pub spare_instances: u16,
@@ -335,18 +351,17 @@ impl HostConfig {
         }
     }
 
-    /// The sandbox limits these options describe.
+    /// The sandbox limits these options describe; concurrency is unset
+    /// unless given (the sandbox counts the cores once).
     pub fn sandbox_limits(&self) -> Limits {
-        let defaults = Limits::default();
         let limits = &self.limits;
         Limits {
-            timeout: limits.timeout,
-            max_memory: limits.max_memory,
-            max_request_bytes: usize::try_from(limits.max_request_bytes).unwrap_or(usize::MAX),
-            max_reply_bytes: usize::try_from(limits.max_reply_bytes).unwrap_or(usize::MAX),
-            max_output_bytes: usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX),
-            concurrency: limits.concurrency.map_or(defaults.concurrency, usize::from),
-            spare_instances: usize::from(self.tuning.spare_instances),
+            timeout: Some(limits.timeout),
+            memory: Some(limits.max_memory),
+            request: Some(limits.max_request_bytes),
+            reply: Some(limits.max_reply_bytes),
+            output: Some(limits.max_output_bytes),
+            concurrency: limits.concurrency.map(usize::from),
         }
     }
 }
@@ -410,12 +425,16 @@ mod tests {
     fn defaults_match_the_documented_ones() {
         let config = HostConfig::new("q", "m");
         let limits = config.sandbox_limits();
-        assert_eq!(limits.timeout, Duration::from_secs(10));
-        assert_eq!(limits.max_memory, 64 << 20);
-        assert_eq!(limits.max_request_bytes, 4 << 20);
-        assert_eq!(limits.max_reply_bytes, 4 << 20);
-        assert!(limits.concurrency >= 1);
-        assert_eq!(limits.spare_instances, Limits::default().spare_instances);
+        assert_eq!(limits.timeout(), Duration::from_secs(10));
+        assert_eq!(limits.memory(), 64 << 20);
+        assert_eq!(limits.request(), 4 << 20);
+        assert_eq!(limits.reply(), 4 << 20);
+        assert!(limits.concurrency() >= 1);
+        let spares = crate::sandbox::EngineOptions::default().spare_instances;
+        assert_eq!(usize::from(config.tuning.spare_instances), spares);
+        // The flags' defaults, formatted from `Limits::DEFAULT`, read back
+        // as it: nothing lost in the text `--help` shows.
+        assert_eq!(limits, Limits::DEFAULT);
     }
 
     #[test]

@@ -240,7 +240,7 @@ impl Dispatcher {
             Ok(held) => held,
             Err(refusal) => return over_quota(refusal),
         };
-        let max_request_bytes = self.sandbox.limits().max_request_bytes;
+        let max_request_bytes = self.sandbox.limits().request();
         if body.len() > max_request_bytes {
             return reply(Err(RpcError::new(
                 ErrorKind::RequestTooLarge,

@@ -111,7 +111,7 @@ pub async fn start(config: HostConfig) -> Result<RunningHost, StartError> {
     let trigger = ShutdownTrigger::new();
     let serving = Arc::new(Serving::new(config.procedures.default_procedure.clone()));
     let metrics = Arc::new(Metrics::new(
-        sandbox.limits().concurrency,
+        sandbox.limits().concurrency(),
         config.limits.timeout,
     ));
     // Up before the broker is reached, so /healthz says what it waits for.
@@ -147,7 +147,7 @@ pub async fn start(config: HostConfig) -> Result<RunningHost, StartError> {
         serving.clone(),
         sandbox.clone(),
         metrics.clone(),
-        callers::QuotaBook::new(config.caller_quota(), sandbox.limits().concurrency),
+        callers::QuotaBook::new(config.caller_quota(), sandbox.limits().concurrency()),
         config.callers.caller_hold,
         config.callers.refuse_anonymous,
     ));
@@ -183,6 +183,7 @@ fn build_sandbox(config: &HostConfig) -> anyhow::Result<Arc<Sandbox>> {
         config.sandbox_limits(),
         Some(&config.cache_dir()),
         EngineOptions {
+            spare_instances: usize::from(config.tuning.spare_instances),
             perf_map,
             ..EngineOptions::default()
         },
@@ -314,7 +315,7 @@ fn target(
     Target {
         brokers,
         mode: config.queue_mode(),
-        prefetch: config.prefetch(config.sandbox_limits().concurrency),
+        prefetch: config.prefetch(config.sandbox_limits().concurrency()),
         retention: config.deploy_retention,
         status: Arc::new(control::StatusSource {
             host_id: deployer.host_id().to_owned(),
@@ -333,10 +334,10 @@ fn log_ready(config: &HostConfig, target: &Target, broker: &str, sandbox: &Sandb
         broker = %broker,
         queue = %target.queue,
         durable = config.broker.durable,
-        concurrency = limits.concurrency,
+        concurrency = limits.concurrency(),
         prefetch = target.prefetch,
-        timeout = %humantime::format_duration(limits.timeout),
-        max_memory = %sandbox::format_bytes(limits.max_memory),
+        timeout = %humantime::format_duration(limits.timeout()),
+        max_memory = %sandbox::format_bytes(limits.memory()),
         caller_quota = %config.caller_quota(),
         "warren-host ready"
     );

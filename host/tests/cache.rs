@@ -66,7 +66,7 @@ fn a_module_too_big_for_max_memory_is_refused_plainly_and_its_cache_entry_kept()
     let artifact = std::fs::read(&stored[0]).unwrap();
 
     let small = Limits {
-        max_memory: 64 << 10,
+        memory: Some(64 << 10),
         ..Limits::default()
     };
     let why = match Sandbox::new(small, Some(cache.path()))

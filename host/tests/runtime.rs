@@ -117,7 +117,7 @@ fn resident_bytes() -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn flooding_stdout_and_stderr_with_empty_writes_keeps_memory_flat() {
     let limits = Limits {
-        timeout: Duration::from_secs(2),
+        timeout: Some(Duration::from_secs(2)),
         ..Limits::default()
     };
     let sandbox = Sandbox::new(limits, None).unwrap();
@@ -197,7 +197,7 @@ fn dirtier_of_many_runs() -> Vec<u8> {
 async fn a_memory_dirtied_in_more_than_32_places_is_reset_whole() {
     for pagemap_scan in [true, false] {
         let limits = Limits {
-            concurrency: 1,
+            concurrency: Some(1),
             ..Limits::default()
         };
         let options = EngineOptions {

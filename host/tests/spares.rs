@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use warren_host::sandbox::{Limits, Sandbox};
+use warren_host::sandbox::{EngineOptions, Limits, Sandbox};
 use warren_protocol::digest;
 
 /// The Python hostile guest, or `None` (after saying SKIPPED) when there is
@@ -62,11 +62,11 @@ async fn a_slow_starting_procedure_runs_in_spares_each_used_once() {
     };
     // One spare in all is enough for one procedure: the request that takes
     // it frees its place for the next.
-    let limits = Limits {
+    let options = EngineOptions {
         spare_instances: 1,
-        ..Limits::default()
+        ..EngineOptions::default()
     };
-    let sandbox = Sandbox::new(limits, None).unwrap();
+    let sandbox = Sandbox::with_options(Limits::default(), None, options).unwrap();
     count_calls(&sandbox, &wasm, 8).await;
     // Three slow starts on demand make the component one that starts
     // slowly; the fourth call starts the first spare, and from the fifth on
@@ -83,11 +83,11 @@ async fn no_spares_when_turned_off() {
     let Some(wasm) = hostile_py() else {
         return;
     };
-    let limits = Limits {
+    let options = EngineOptions {
         spare_instances: 0,
-        ..Limits::default()
+        ..EngineOptions::default()
     };
-    let sandbox = Sandbox::new(limits, None).unwrap();
+    let sandbox = Sandbox::with_options(Limits::default(), None, options).unwrap();
     count_calls(&sandbox, &wasm, 5).await;
     assert_eq!(sandbox.spares_used(), 0);
 }

@@ -31,9 +31,14 @@
 //!   publishing), `options` (the broker options both binaries take; feature
 //!   `cli`), [`component`] (what makes a file a procedure), [`trace`]
 //!   (trace context).
-//! - **What they carry** — [`manifest`] (a procedure's grants), [`values`]
-//!   (the rules for names, sizes and durations both binaries take),
-//!   `queues` (the request queue's shapes).
+//! - **What they carry** — [`manifest`] (a procedure's grants: the
+//!   manifest and its parsing; `[quota]`, `[http]`, caller patterns and
+//!   [`manifest::EffectiveGrants`] in its submodules), [`limits`] (what one
+//!   request may use: the one [`limits::Limits`] of the host's flags, a
+//!   manifest's `[limits]` and the sandbox, its defaults and the rule a
+//!   manifest lowers the host's by), [`values`] (the rules for names, sizes
+//!   and durations both binaries take), `queues` (the request queue's
+//!   shapes).
 //! - **The words** — this file (headers, status values, names), `errors`
 //!   (error kinds and bodies), [`tls`].
 
@@ -41,6 +46,7 @@ pub mod broker;
 pub mod component;
 pub mod deploy;
 mod errors;
+pub mod limits;
 pub mod manifest;
 #[cfg(feature = "cli")]
 pub mod options;

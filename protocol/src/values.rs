@@ -67,6 +67,23 @@ pub fn size(text: &str) -> Result<u64, String> {
         .map_err(|e| format!("{e} (write a size like 64MiB, 4MB or 1048576)"))
 }
 
+/// A size as [`size`] reads it back, in the largest binary unit it is a
+/// whole number of (`64MiB`, `64KiB`, `1000B`): how a default size is shown
+/// in `--help`.
+pub fn size_text(bytes: u64) -> String {
+    for (unit, size) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes != 0 && bytes.is_multiple_of(size) {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    format!("{bytes}B")
+}
+
 /// A [`size`] of at least one byte.
 pub fn nonzero_size(text: &str) -> Result<u64, String> {
     match size(text)? {
@@ -174,5 +191,20 @@ mod tests {
         assert_eq!(format_bytes(1114112), "1.06 MiB (1114112 bytes)");
         assert_eq!(format_bytes(512), "512 bytes");
         assert_eq!(format_bytes(4 << 30), "4 GiB");
+    }
+
+    #[test]
+    fn sizes_are_written_as_they_are_read() {
+        for (bytes, text) in [
+            (64 << 20, "64MiB"),
+            (64 << 10, "64KiB"),
+            (4 << 30, "4GiB"),
+            (1000, "1000B"),
+            (0, "0B"),
+            ((1 << 20) + 1, "1048577B"),
+        ] {
+            assert_eq!(size_text(bytes), text);
+            assert_eq!(size(text), Ok(bytes), "{text}");
+        }
     }
 }

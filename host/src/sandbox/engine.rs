@@ -9,7 +9,7 @@ use warren_protocol::component::PROCEDURE_FEATURES;
 use super::limits::Limits;
 
 /// The engine: epochs for deadlines, the component model, and a pooling
-/// allocator sized for `limits.concurrency`.
+/// allocator sized for `limits.concurrency` and `spare_instances`.
 ///
 /// The pool keeps up to [`KEEP_RESIDENT`] of each linear memory, table and
 /// async stack resident between requests and resets only the pages a
@@ -21,22 +21,26 @@ use super::limits::Limits;
 /// `KEEP_RESIDENT` bytes. Copy-on-write memory images stay on: without them
 /// instantiation copies the data segments and peak memory grows, for no
 /// gain. BENCHMARKS.md has the measurements.
-pub(super) fn engine_config(limits: &Limits, pagemap_scan: bool) -> wasmtime::Config {
+pub(super) fn engine_config(
+    limits: &Limits,
+    spare_instances: usize,
+    pagemap_scan: bool,
+) -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
     enable_only_procedure_features(&mut config);
 
     // Enough pool slots for every concurrent request plus slack for stores
     // being torn down while the next request starts, and the spares.
-    let slots = (limits.concurrency as u32) * 2 + 2 + limits.spare_instances as u32;
-    let keep_resident = KEEP_RESIDENT.min(usize::try_from(limits.max_memory).unwrap_or(usize::MAX));
+    let slots = (limits.concurrency() as u32) * 2 + 2 + spare_instances as u32;
+    let keep_resident = KEEP_RESIDENT.min(usize::try_from(limits.memory()).unwrap_or(usize::MAX));
     let mut pool = wasmtime::PoolingAllocationConfig::default();
     pool.total_component_instances(slots)
         .total_core_instances(slots * 16)
         .total_memories(slots * 4)
         .total_tables(slots * 16)
         .total_stacks(slots)
-        .max_memory_size(limits.max_memory as usize)
+        .max_memory_size(limits.memory() as usize)
         .linear_memory_keep_resident(keep_resident)
         .table_keep_resident(keep_resident)
         .async_stack_keep_resident(keep_resident)
@@ -100,7 +104,8 @@ mod tests {
     /// past the check either; and what procedures use still compiles.
     #[test]
     fn the_engine_refuses_every_proposal_procedures_do_not_need() {
-        let compiler = Compiler::new(engine_config(&Limits::default(), true)).unwrap();
+        let spares = usize::from(crate::sandbox::DEFAULT_SPARE_INSTANCES);
+        let compiler = Compiler::new(engine_config(&Limits::default(), spares, true)).unwrap();
         for (proposal, module) in DISABLED {
             let wasm = wat::parse_str(format!("(component (core module {module}))"))
                 .unwrap_or_else(|e| panic!("{proposal}: {e}"));

@@ -5,7 +5,9 @@
 //! Why it is built this way:
 //! - **Limits only go down.** A manifest can lower the host's timeout,
 //!   memory, reply size and concurrency for its procedure, never raise them:
-//!   the operator's flags are the ceiling for code they did not write.
+//!   the operator's flags are the ceiling for code they did not write. The
+//!   rule is [`Limits::lowered_by`], in `warren-protocol` with the one
+//!   [`Limits`] type.
 //! - **Configuration and secrets share one door,** `wasi:config/store`, as
 //!   the issue asked and as Spin does: a guest reads `api-key` the way it
 //!   reads `greeting`. Secret values are read from the host's side
@@ -73,20 +75,21 @@ impl Grants {
     /// else.
     pub fn none(host: &Limits) -> Grants {
         Grants {
-            limits: host.clone(),
+            limits: *host,
             store: Arc::default(),
             store_granted: false,
             secrets: Arc::default(),
             slots: None,
             http: None,
-            effective: effective(host, None, &Manifest::default()),
+            effective: EffectiveGrants::new(&Manifest::default(), None, host),
         }
     }
 
     /// `manifest` (whose text has digest `manifest_digest`) applied to the
-    /// host's limits, with secret values read from `secrets_dir`. Refused,
-    /// saying why, when the manifest names a secret the host does not have or
-    /// grants what this host cannot give.
+    /// host's limits (each set: [`Limits::with_defaults`]), with secret
+    /// values read from `secrets_dir`. Refused, saying why, when the
+    /// manifest names a secret the host does not have or grants what this
+    /// host cannot give.
     pub fn resolve(
         host: &Limits,
         manifest: &Manifest,
@@ -99,20 +102,7 @@ impl Grants {
                 .map(Arc::new),
             None => None,
         };
-        let wanted = &manifest.limits;
-        let limits = Limits {
-            timeout: wanted.timeout.map_or(host.timeout, |t| t.min(host.timeout)),
-            max_memory: wanted
-                .memory
-                .map_or(host.max_memory, |m| m.min(host.max_memory)),
-            max_reply_bytes: wanted.reply.map_or(host.max_reply_bytes, |r| {
-                usize::try_from(r).map_or(host.max_reply_bytes, |r| r.min(host.max_reply_bytes))
-            }),
-            concurrency: wanted
-                .concurrency
-                .map_or(host.concurrency, |c| c.min(host.concurrency)),
-            ..host.clone()
-        };
+        let limits = host.lowered_by(&manifest.limits);
         let mut store = WasiConfigVariables::new();
         for (key, value) in &manifest.config {
             store.insert(key, value);
@@ -123,11 +113,11 @@ impl Grants {
             store.insert(name, &value);
             secrets.push(value);
         }
-        let slots = (limits.concurrency < host.concurrency)
-            .then(|| Arc::new(Semaphore::new(limits.concurrency)));
+        let slots = (limits.concurrency() < host.concurrency())
+            .then(|| Arc::new(Semaphore::new(limits.concurrency())));
         Ok(Grants {
             http,
-            effective: effective(&limits, Some(manifest_digest), manifest),
+            effective: EffectiveGrants::new(manifest, Some(manifest_digest), &limits),
             store_granted: !manifest.config.is_empty() || !manifest.secrets.names.is_empty(),
             store: Arc::new(store),
             secrets: Arc::new(Scrubber::new(secrets.iter().map(String::as_str))),
@@ -139,25 +129,6 @@ impl Grants {
     /// What is granted, without secret values.
     pub fn effective(&self) -> &EffectiveGrants {
         &self.effective
-    }
-}
-
-fn effective(limits: &Limits, digest: Option<&str>, manifest: &Manifest) -> EffectiveGrants {
-    let http = manifest.http.as_ref().filter(|http| !http.allow.is_empty());
-    EffectiveGrants {
-        manifest: digest.map(str::to_owned),
-        callers: manifest.callers.clone(),
-        callers_anonymous: manifest.callers_anonymous == Some(true),
-        quota: manifest.quota,
-        timeout_ms: limits.timeout.as_millis() as u64,
-        memory_bytes: limits.max_memory,
-        reply_bytes: limits.max_reply_bytes as u64,
-        concurrency: limits.concurrency as u64,
-        config: manifest.config.keys().cloned().collect(),
-        secrets: manifest.secrets.names.clone(),
-        http: http.map_or_else(Vec::new, |http| http.allow.clone()),
-        http_calls: http.map_or(0, |http| u64::from(http.calls)),
-        http_bytes: http.map_or(0, |http| http.bytes),
     }
 }
 
@@ -229,20 +200,20 @@ mod tests {
     #[test]
     fn limits_only_go_down() {
         let host = Limits {
-            concurrency: 4,
-            ..Limits::default()
+            concurrency: Some(4),
+            ..Limits::DEFAULT
         };
         let lower = manifest("[limits]\ntimeout = \"2s\"\nmemory = \"1MiB\"\nconcurrency = 2\n");
         let grants = Grants::resolve(&host, &lower, "sha256:00", None).unwrap();
-        assert_eq!(grants.limits.timeout, std::time::Duration::from_secs(2));
-        assert_eq!(grants.limits.max_memory, 1 << 20);
-        assert_eq!(grants.limits.concurrency, 2);
+        assert_eq!(grants.limits.timeout(), std::time::Duration::from_secs(2));
+        assert_eq!(grants.limits.memory(), 1 << 20);
+        assert_eq!(grants.limits.concurrency(), 2);
         assert!(grants.slots.is_some());
         let higher = manifest("[limits]\ntimeout = \"1h\"\nmemory = \"4GiB\"\nconcurrency = 64\n");
         let grants = Grants::resolve(&host, &higher, "sha256:00", None).unwrap();
-        assert_eq!(grants.limits.timeout, host.timeout);
-        assert_eq!(grants.limits.max_memory, host.max_memory);
-        assert_eq!(grants.limits.concurrency, 4);
+        assert_eq!(grants.limits.timeout(), host.timeout());
+        assert_eq!(grants.limits.memory(), host.memory());
+        assert_eq!(grants.limits.concurrency(), 4);
         assert!(grants.slots.is_none());
     }
 

@@ -28,14 +28,14 @@ impl Guest {
     /// memory limit, no instance yet.
     pub(super) fn new(engine: &Engine, grants: &Grants) -> Self {
         let limits = &grants.limits;
-        let stdout = CappedOutput::new(limits.max_output_bytes);
-        let stderr = CappedOutput::new(limits.max_output_bytes);
+        let stdout = CappedOutput::new(limits.output());
+        let stderr = CappedOutput::new(limits.output());
         let mut store = Store::new(
             engine,
             GuestState {
                 wasi: no_capabilities(&stdout, &stderr),
                 table: ResourceTable::new(),
-                limiter: MemoryLimiter::new(limits.max_memory),
+                limiter: MemoryLimiter::new(limits.memory()),
                 config: grants.store.clone(),
                 http_ctx: WasiHttpCtx::new(),
                 http: OutboundHttp::new(grants.http.clone(), grants.secrets.clone()),

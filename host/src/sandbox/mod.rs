@@ -105,10 +105,11 @@ pub struct Slot {
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<GuestState>,
+    /// The host's limits, every one set ([`Limits::with_defaults`]).
     limits: Limits,
     /// One permit per concurrency slot.
     slots: Arc<Semaphore>,
-    /// One permit per spare instance (`Limits::spare_instances`).
+    /// One permit per spare instance (`EngineOptions::spare_instances`).
     spare_permits: Arc<Semaphore>,
     /// Requests that ran in a spare instance.
     spares_used: AtomicU64,
@@ -123,6 +124,10 @@ pub struct Sandbox {
 /// How the engine is built beyond the [`Limits`].
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
+    /// Instances started ahead, in all, for procedures slow to start (a
+    /// Python or JavaScript one); 0 for none. See `sandbox::spare`. Not a
+    /// limit on a request: how many the pool holds besides the requests'.
+    pub spare_instances: usize,
     /// Write `/tmp/perf-PID.map` (the format `perf` reads for code
     /// generated at run time) as modules load, so a profile of the host
     /// names the procedures' own functions (`--perf-map`). Off by default.
@@ -140,16 +145,22 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
+            spare_instances: usize::from(DEFAULT_SPARE_INSTANCES),
             perf_map: false,
             pagemap_scan: true,
         }
     }
 }
 
+/// [`EngineOptions::spare_instances`] unless told (`--spare-instances`).
+pub const DEFAULT_SPARE_INSTANCES: u16 = 4;
+
 impl Sandbox {
     /// Builds the engine (pooling allocator sized for `limits.concurrency`),
-    /// the WASI linker and the epoch ticker. With
-    /// `cache_dir`, compiled code is kept there by module digest.
+    /// the WASI linker and the epoch ticker. A limit `limits` leaves unset
+    /// is the default ([`Limits::DEFAULT`]; concurrency: the number of
+    /// cores). With `cache_dir`, compiled code is kept there by module
+    /// digest.
     pub fn new(limits: Limits, cache_dir: Option<&Path>) -> anyhow::Result<Self> {
         Self::with_options(limits, cache_dir, EngineOptions::default())
     }
@@ -160,7 +171,10 @@ impl Sandbox {
         cache_dir: Option<&Path>,
         options: EngineOptions,
     ) -> anyhow::Result<Self> {
-        let mut config = engine_config(&limits, options.pagemap_scan);
+        // Once: the cores are counted now, and a manifest's limits are
+        // lowered from these (`Grants::resolve`), so each must be set.
+        let limits = limits.with_defaults();
+        let mut config = engine_config(&limits, options.spare_instances, options.pagemap_scan);
         // Before the profiler: the throwaway engines need not write a map,
         // the serving engine writes one as it loads their code. The serving
         // engine compiles nothing itself.
@@ -209,8 +223,8 @@ impl Sandbox {
             compiler,
             engine,
             linker,
-            slots: Arc::new(Semaphore::new(limits.concurrency)),
-            spare_permits: Arc::new(Semaphore::new(limits.spare_instances)),
+            slots: Arc::new(Semaphore::new(limits.concurrency())),
+            spare_permits: Arc::new(Semaphore::new(options.spare_instances)),
             spares_used: AtomicU64::new(0),
             limits,
             ticker,
@@ -239,7 +253,7 @@ impl Sandbox {
         }
     }
 
-    /// The limits every request runs under.
+    /// The limits every request runs under, every one set.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

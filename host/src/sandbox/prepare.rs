@@ -35,7 +35,7 @@ impl Sandbox {
         // Before the cache or the compiler see it: wasmtime refuses such a
         // module too, but in its own words, and a cached entry refused for
         // this reason would look damaged.
-        check_memory_fits(wasm, grants.limits.max_memory)?;
+        check_memory_fits(wasm, grants.limits.memory())?;
         let component = match self.cached(digest) {
             Some(component) => component,
             None => self.compile(wasm, digest)?,

@@ -73,13 +73,13 @@ impl Sandbox {
     ) -> Result<Vec<u8>, RpcError> {
         let limits = &component.grants.limits;
         let started = Instant::now();
-        let deadline = started + limits.timeout;
+        let deadline = started + limits.timeout();
         let timeout_error = || {
             RpcError::new(
                 ErrorKind::Timeout,
                 format!(
                     "the procedure ran past the {} budget (stopped after {})",
-                    humantime::format_duration(limits.timeout),
+                    humantime::format_duration(limits.timeout()),
                     format_elapsed(started.elapsed())
                 ),
             )
@@ -158,12 +158,12 @@ impl Sandbox {
                 ),
             )),
             Ok(Ok(Err(message))) => Err(RpcError::new(ErrorKind::ProcedureError, message)),
-            Ok(Ok(Ok(reply))) if reply.len() > limits.max_reply_bytes => Err(RpcError::new(
+            Ok(Ok(Ok(reply))) if reply.len() > limits.reply() => Err(RpcError::new(
                 ErrorKind::ReplyTooLarge,
                 format!(
                     "the procedure returned {} bytes; this host sends at most {} (--max-reply-bytes, or lower in its manifest)",
                     reply.len(),
-                    limits.max_reply_bytes
+                    limits.reply()
                 ),
             )),
             Ok(Ok(Ok(reply))) => Ok(reply),
@@ -199,7 +199,7 @@ impl Sandbox {
             async move {
                 let _ticking = ticker.running();
                 let started = Instant::now();
-                let deadline = started + grants.limits.timeout;
+                let deadline = started + grants.limits.timeout();
                 let mut guest = Guest::new(&engine, &grants);
                 guest.set_deadline(deadline);
                 let starting = pre.instantiate_async(&mut guest.store);
@@ -278,7 +278,7 @@ fn classify_failure(
 fn memory_limit_message(limits: &Limits) -> String {
     format!(
         "the procedure tried to grow its memory past the {} limit (--max-memory, or lower in its manifest)",
-        limits::format_bytes(limits.max_memory)
+        limits::format_bytes(limits.memory())
     )
 }
 

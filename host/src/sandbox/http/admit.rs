@@ -75,7 +75,10 @@ impl OutboundHttp {
     /// The checks that need no network: granted at all, within the call
     /// budget, a scheme, host and port the manifest lists, no user
     /// information.
-    pub(super) fn admit(&mut self, uri: &http::Uri) -> Result<(Arc<HttpGrant>, Target), Error> {
+    pub(super) fn admit(
+        &mut self,
+        uri: &http::Uri,
+    ) -> Result<(Arc<HttpGrant>, Destination), Error> {
         let shared = self.shared();
         let secrets = &self.secrets;
         let origin = || origin_of(uri, secrets);
@@ -148,7 +151,7 @@ impl OutboundHttp {
         }
         Ok((
             grant,
-            Target {
+            Destination {
                 https,
                 host,
                 port,
@@ -194,7 +197,7 @@ fn origin_of(uri: &http::Uri, secrets: &Scrubber) -> String {
 }
 
 /// Where an admitted request goes.
-pub(super) struct Target {
+pub(super) struct Destination {
     pub(super) https: bool,
     /// As the URI has it, lower case (an IPv6 address in brackets).
     pub(super) host: String,

@@ -17,7 +17,7 @@ use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::address::forbidden;
-use super::admit::{OutboundHttp, Target};
+use super::admit::{Destination, OutboundHttp};
 use super::refusal::{Refusal, RequestCalls};
 
 type SendResult = Result<
@@ -54,7 +54,7 @@ impl WasiHttpHooks for OutboundHttp {
 /// The address to connect to: the host's own when the URI names an
 /// address (the manifest listed it), else the first address the name
 /// resolves to that is not [`forbidden`].
-async fn resolve_checked(target: &Target, shared: &RequestCalls) -> Result<SocketAddr, Error> {
+async fn resolve_checked(target: &Destination, shared: &RequestCalls) -> Result<SocketAddr, Error> {
     let literal = target.host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = literal.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, target.port));
@@ -95,7 +95,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 /// `max_bytes` with what this request's other calls received.
 async fn send(
     mut request: http::Request<WasiBody>,
-    target: &Target,
+    target: &Destination,
     address: SocketAddr,
     max_bytes: u64,
     shared: Arc<RequestCalls>,

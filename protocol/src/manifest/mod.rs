@@ -47,9 +47,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use crate::limits::Limits;
-/// What `[limits]` was called when it had a type of its own: the one
-/// [`Limits`], under the name older code may use.
-pub use crate::limits::Limits as ManifestLimits;
 pub use grants::EffectiveGrants;
 pub use http::{DEFAULT_HTTP_BYTES, DEFAULT_HTTP_CALLS, Http, HttpPattern};
 pub use names::name_matches;

@@ -153,6 +153,47 @@ pub(crate) enum Command {
         #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = values::nonzero_size)]
         max_module_bytes: u64,
     },
+    /// List the versions of procedure NAME the hosts keep (each host keeps
+    /// its last --keep-versions deploys of every procedure), newest first,
+    /// one a line: digest, manifest digest, sequence, when first accepted,
+    /// signing key, which hosts keep it and which serve it. Exits 0 when
+    /// some host keeps or serves NAME, 1 when none does, 3 when no host
+    /// answered.
+    Versions {
+        /// The procedure's name.
+        #[arg(value_parser = values::procedure_name)]
+        name: String,
+        /// How long to wait for the hosts' answers (less when every host
+        /// consuming the queue has answered).
+        #[arg(long, default_value = "1s", value_parser = values::duration)]
+        wait: Duration,
+        /// Print {"procedure": NAME, "versions": [...]} as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make every host serve again a version of procedure NAME it keeps:
+    /// by default the newest one older than the version served, or the one
+    /// --to names. No module is sent: it is a signed deploy naming the
+    /// version, with a new sequence (so it cannot be replayed later), and a
+    /// host that does not keep that version refuses it. Prints each host's
+    /// answer as `deploy` does; exits 0 only if every expected host
+    /// answered and all accepted.
+    Rollback {
+        /// The procedure's name.
+        #[arg(value_parser = values::procedure_name)]
+        name: String,
+        /// The version to return to: its digest (sha256:HEX), or at least
+        /// 12 of its leading hex digits (`warren versions NAME` lists them).
+        #[arg(long, value_name = "DIGEST")]
+        to: Option<String>,
+        /// Secret key to sign with (from `warren keygen`), as for `deploy`.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Hosts that must answer [default: the number of consumers of the
+        /// queue when the rollback starts].
+        #[arg(long, value_name = "N")]
+        expect_hosts: Option<usize>,
+    },
     /// Write a new procedure project: an echo handler in Rust, Python or
     /// JavaScript, its own copy of the WIT contract, the build command and
     /// a five-line README. It builds outside this repository; drop the

@@ -8,7 +8,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::types::FieldTable;
 use warren_protocol::check_procedure_name;
 use warren_protocol::deploy::{
-    DeployAnswer, DeployHeaders, SecretKey, open_deploy_stream, publish_deploy,
+    DeployAnswer, DeployHeaders, SecretKey, next_sequence, open_deploy_stream, publish_deploy,
 };
 
 use crate::link::broker;
@@ -16,16 +16,21 @@ use crate::{CallError, DEFAULT_TIMEOUT, RpcClient};
 use warren_protocol::broker::close_quietly;
 use warren_protocol::component::{DEFAULT_MAX_MODULE_BYTES, check_procedure_component};
 
-/// One module to publish to every host of a queue.
+/// One module to publish to every host of a queue, or a version they keep
+/// to serve again.
 pub struct Deploy {
     name: String,
     module: Vec<u8>,
+    /// A version hosts keep (module digest, manifest digest): sent without
+    /// its module ([`Deploy::kept_version`]).
+    kept: Option<(String, Option<String>)>,
     max_module_bytes: u64,
     key: Option<SecretKey>,
     manifest: Option<String>,
     expect_hosts: Option<usize>,
     allow_no_hosts: bool,
     timeout: Duration,
+    after_sequence: Option<u64>,
 }
 
 impl Deploy {
@@ -35,13 +40,39 @@ impl Deploy {
         Deploy {
             name: name.into(),
             module,
+            kept: None,
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             key: None,
             manifest: None,
             expect_hosts: None,
             allow_no_hosts: false,
             timeout: DEFAULT_TIMEOUT,
+            after_sequence: None,
         }
+    }
+
+    /// Makes every host serve a version of `name` it keeps (`warren
+    /// rollback`): module `digest` with the manifest of `manifest_digest`
+    /// (or none). No module is sent; a host that does not keep that
+    /// version refuses it. Like any deploy it must be signed by a key the
+    /// hosts trust and gets a new sequence, so it cannot be replayed later.
+    pub fn kept_version(
+        name: impl Into<String>,
+        digest: impl Into<String>,
+        manifest_digest: Option<String>,
+    ) -> Self {
+        Deploy {
+            kept: Some((digest.into(), manifest_digest)),
+            ..Deploy::new(name, Vec::new())
+        }
+    }
+
+    /// Orders the deploy after the newest one the hosts accepted of its
+    /// name (`sequence`, from their status), whatever this machine's clock
+    /// says: see [`warren_protocol::deploy::next_sequence`].
+    pub fn after_sequence(mut self, sequence: u64) -> Self {
+        self.after_sequence = Some(sequence);
+        self
     }
 
     /// Sends `manifest` (the text of a `NAME.toml`, see
@@ -85,6 +116,9 @@ impl Deploy {
     /// [`RpcClient::deploy`] does this before it sends anything.
     pub fn check(&self) -> Result<(), CallError> {
         check_procedure_name(&self.name).map_err(CallError::Invalid)?;
+        if self.kept.is_some() {
+            return Ok(());
+        }
         if let Some(text) = &self.manifest {
             warren_protocol::manifest::Manifest::parse(text)
                 .map_err(|error| CallError::Invalid(format!("its manifest: {error}")))?;
@@ -173,12 +207,23 @@ impl RpcClient {
             .map_err(broker("enabling publisher confirms"))?;
 
         let mut headers = FieldTable::default();
-        DeployHeaders::new(
-            &deploy.name,
-            &deploy.module,
-            deploy.manifest.as_deref(),
-            deploy.key.as_ref(),
-        )
+        let sequence = next_sequence(deploy.after_sequence);
+        match &deploy.kept {
+            None => DeployHeaders::with_sequence(
+                &deploy.name,
+                &deploy.module,
+                deploy.manifest.as_deref(),
+                deploy.key.as_ref(),
+                sequence,
+            ),
+            Some((digest, manifest_digest)) => DeployHeaders::of_kept_version(
+                &deploy.name,
+                digest,
+                manifest_digest.as_deref(),
+                deploy.key.as_ref(),
+                sequence,
+            ),
+        }
         .write(&mut headers);
         let (waiting, mut answers) = self.expect_replies();
         let mut properties = BasicProperties::default()

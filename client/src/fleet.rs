@@ -1,12 +1,13 @@
 //! The commands that look after a fleet rather than call it: `keygen`,
-//! `deploy` and `status`.
+//! `deploy` and `status` (`versions` and `rollback` are in `versions`).
 
 use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
 use warren_client::protocol::deploy::public_key_path;
-use warren_client::{Deploy, DeployAnswer, SecretKey};
+use warren_client::protocol::status::HostStatus;
+use warren_client::{Deploy, DeployAnswer, RpcClient, SecretKey};
 
 use crate::cli::Cli;
 use crate::{connect, exit, report};
@@ -90,8 +91,37 @@ pub(crate) async fn deploy(
         Ok(client) => client,
         Err(code) => return code,
     };
-    let outcome = client.deploy_with(request, print_deploy_answer).await;
+    // The hosts say how new the newest deploy of the name is, so this one
+    // follows it even if it came from a clock that ran fast. A fleet that
+    // does not answer (none running yet) leaves the order to the clock.
+    let hosts = client.status(STATUS_WAIT).await.unwrap_or_default();
+    if let Some(newest) = newest_sequence(&hosts, name) {
+        request = request.after_sequence(newest);
+    }
+    let code = send_deploy(cli, &client, request).await;
     client.close().await;
+    code
+}
+
+/// How long `deploy` and `rollback` wait for the hosts' status (less once
+/// every host consuming the queue has answered).
+pub(crate) const STATUS_WAIT: Duration = Duration::from_secs(2);
+
+/// The newest sequence of `name` any of `hosts` accepted, from the
+/// versions they keep.
+pub(crate) fn newest_sequence(hosts: &[HostStatus], name: &str) -> Option<u64> {
+    hosts
+        .iter()
+        .flat_map(|host| &host.versions)
+        .filter(|kept| kept.name == name)
+        .map(|kept| kept.sequence)
+        .max()
+}
+
+/// Sends a deploy, prints each host's answer as it arrives, and says what
+/// came of it as an exit code: 0 when every expected host accepted.
+pub(crate) async fn send_deploy(cli: &Cli, client: &RpcClient, request: Deploy) -> u8 {
+    let outcome = client.deploy_with(request, print_deploy_answer).await;
     let report = match outcome {
         Ok(report) => report,
         Err(error) => return self::report(&error),

@@ -18,6 +18,7 @@ use warren_client::{Call, CallError, ClientOptions, Reply, RpcClient, TraceParen
 mod cli;
 mod fleet;
 mod new;
+mod versions;
 
 use cli::{Cli, Command, command};
 use fleet::{DeployOptions, deploy, keygen, status};
@@ -117,6 +118,18 @@ async fn run(cli: Cli) -> u8 {
             return deploy(&cli, name, module, key.as_deref(), options).await;
         }
         Command::Status { wait, json } => return status(&cli, *wait, *json).await,
+        Command::Versions { name, wait, json } => {
+            return versions::versions(&cli, name, *wait, *json).await;
+        }
+        Command::Rollback {
+            name,
+            to,
+            key,
+            expect_hosts,
+        } => {
+            return versions::rollback(&cli, name, to.as_deref(), key.as_deref(), *expect_hosts)
+                .await;
+        }
         Command::Fib { n } => Call::new(n.to_string()).procedure("fib"),
         Command::Call {
             procedure,

@@ -15,9 +15,10 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use warren_protocol::header_text;
 use warren_protocol::status::{
-    CONTROL_STATUS, HEADER_CONTROL, HostStatus, ProcedureStatus, declare_control_exchange,
+    CONTROL_STATUS, HEADER_CONTROL, HostStatus, declare_control_exchange,
 };
 
+use crate::deploy::versions::Versions;
 use crate::metrics::Metrics;
 use crate::modules::Serving;
 use crate::shutdown::Shutdown;
@@ -35,6 +36,8 @@ pub struct StatusSource {
     pub metrics: Arc<Metrics>,
     /// What is served.
     pub serving: Arc<Serving>,
+    /// The versions kept for rollback.
+    pub versions: Arc<Versions>,
 }
 
 impl std::fmt::Debug for StatusSource {
@@ -64,16 +67,10 @@ impl StatusSource {
             failed: totals.failed,
             forbidden: totals.forbidden,
             rate_limited: totals.rate_limited,
-            procedures: self
-                .serving
-                .list()
-                .into_iter()
-                .map(|served| ProcedureStatus {
-                    name: served.name,
-                    digest: served.digest,
-                    grants: Some(served.grants),
-                })
-                .collect(),
+            procedures: self.serving.list(),
+            versions: self
+                .versions
+                .list(|name| self.serving.get(name).map(|p| p.version())),
         }
     }
 }

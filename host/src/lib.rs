@@ -69,7 +69,6 @@ use deploy::stream::StreamState;
 use deploy::{DeployPolicy, Deployer};
 use dispatch::Dispatcher;
 use metrics::Metrics;
-pub use modules::Served;
 use modules::{ModulesFolder, Serving, watcher};
 use sandbox::{EngineOptions, Sandbox};
 use session::Target;
@@ -275,7 +274,7 @@ fn deployer(
         .host_id
         .clone()
         .unwrap_or_else(deploy::default_host_id);
-    let deployer = Deployer::new(host_id, policy, folder.clone())?;
+    let deployer = Deployer::new(host_id, policy, folder.clone(), options.keep_versions)?;
     tracing::info!(
         host_id = deployer.host_id(),
         trusted_keys = deployer_keys_summary(config),
@@ -323,6 +322,7 @@ fn target(
             durable: config.broker.durable,
             metrics: metrics.clone(),
             serving: serving.clone(),
+            versions: deployer.versions().clone(),
         }),
         queue,
     }
@@ -345,7 +345,7 @@ fn log_ready(config: &HostConfig, target: &Target, broker: &str, sandbox: &Sandb
 
 impl RunningHost {
     /// The procedures this host serves now, in name order.
-    pub fn served(&self) -> Vec<Served> {
+    pub fn served(&self) -> Vec<warren_protocol::status::ProcedureStatus> {
         self.serving.list()
     }
 

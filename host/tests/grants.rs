@@ -18,7 +18,7 @@ fn grants_of(host: &TestHost, name: &str) -> Option<EffectiveGrants> {
         .served()
         .into_iter()
         .find(|served| served.name == name)
-        .map(|served| served.grants)
+        .and_then(|served| served.grants)
 }
 
 async fn answer(host: &TestHost, procedure: &str, body: &str) -> Result<String, ErrorKind> {

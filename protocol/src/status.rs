@@ -76,6 +76,128 @@ pub struct HostStatus {
     pub rate_limited: u64,
     /// What it serves, by name.
     pub procedures: Vec<ProcedureStatus>,
+    /// The versions it keeps, each procedure's newest first (none from
+    /// hosts older than kept versions).
+    #[serde(default)]
+    pub versions: Vec<KeptVersion>,
+}
+
+/// A version of a procedure a host keeps: one it accepted by a signed
+/// deploy, kept with its manifest and signed record so that `warren
+/// rollback` can make it serve again without sending the module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptVersion {
+    /// The procedure's name.
+    pub name: String,
+    /// `sha256:<hex>` of the module.
+    pub digest: String,
+    /// `sha256:<hex>` of its manifest's text, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// The sequence of the newest deploy of it this host accepted.
+    pub sequence: u64,
+    /// The key that signed that deploy, `ed25519:<hex>` (absent for an
+    /// unsigned one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// When this host accepted it, milliseconds since the Unix epoch.
+    pub accepted_ms: u64,
+    /// Whether this host serves it now.
+    pub serving: bool,
+}
+
+impl KeptVersion {
+    /// Whether `text` names this version's module: its digest in full
+    /// (`sha256:<hex>`), or at least [`MIN_DIGEST_PREFIX`] of its leading
+    /// hex digits, with or without `sha256:`.
+    pub fn matches(&self, text: &str) -> bool {
+        digest_matches(&self.digest, text)
+    }
+}
+
+/// The fewest hex digits of a digest that name a version: 12 (48 bits), so
+/// a prefix someone types is unambiguous among any number of versions kept.
+pub const MIN_DIGEST_PREFIX: usize = 12;
+
+/// Whether `text` names `digest` (`sha256:<hex>`): in full, or by at least
+/// [`MIN_DIGEST_PREFIX`] leading hex digits, with or without `sha256:`.
+pub fn digest_matches(digest: &str, text: &str) -> bool {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    let wanted = text.strip_prefix("sha256:").unwrap_or(text);
+    wanted.len() >= MIN_DIGEST_PREFIX
+        && wanted.chars().all(|c| c.is_ascii_hexdigit())
+        && hex.starts_with(&wanted.to_ascii_lowercase())
+}
+
+/// One version of a procedure across a fleet: what `warren versions` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetVersion {
+    /// `sha256:<hex>` of the module.
+    pub digest: String,
+    /// `sha256:<hex>` of its manifest, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// The newest sequence any host accepted it with.
+    pub sequence: u64,
+    /// The key that signed that deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// When it was first accepted by a host, ms since the Unix epoch.
+    pub accepted_ms: u64,
+    /// Hosts that keep it.
+    pub kept_by: Vec<String>,
+    /// Hosts that serve it.
+    pub served_by: Vec<String>,
+}
+
+/// The versions of `name` that `hosts` keep or serve, newest sequence
+/// first. A version served but not kept (a module put into a host's folder
+/// by hand) is listed with sequence 0 and no hosts keeping it.
+pub fn fleet_versions(hosts: &[HostStatus], name: &str) -> Vec<FleetVersion> {
+    let mut versions: Vec<FleetVersion> = Vec::new();
+    let find =
+        |versions: &mut Vec<FleetVersion>, digest: &str, manifest: Option<&str>| match versions
+            .iter()
+            .position(|v| v.digest == digest && v.manifest.as_deref() == manifest)
+        {
+            Some(at) => at,
+            None => {
+                versions.push(FleetVersion {
+                    digest: digest.to_owned(),
+                    manifest: manifest.map(str::to_owned),
+                    sequence: 0,
+                    key: None,
+                    accepted_ms: u64::MAX,
+                    kept_by: Vec::new(),
+                    served_by: Vec::new(),
+                });
+                versions.len() - 1
+            }
+        };
+    for host in hosts {
+        for kept in host.versions.iter().filter(|kept| kept.name == name) {
+            let at = find(&mut versions, &kept.digest, kept.manifest.as_deref());
+            let version = &mut versions[at];
+            if kept.sequence >= version.sequence {
+                version.sequence = kept.sequence;
+                version.key = kept.key.clone();
+            }
+            version.accepted_ms = version.accepted_ms.min(kept.accepted_ms);
+            version.kept_by.push(host.host.clone());
+        }
+        for served in host.procedures.iter().filter(|p| p.name == name) {
+            let manifest = served.grants.as_ref().and_then(|g| g.manifest.as_deref());
+            let at = find(&mut versions, &served.digest, manifest);
+            versions[at].served_by.push(host.host.clone());
+        }
+    }
+    for version in &mut versions {
+        if version.accepted_ms == u64::MAX {
+            version.accepted_ms = 0;
+        }
+    }
+    versions.sort_by(|a, b| b.sequence.cmp(&a.sequence));
+    versions
 }
 
 /// One procedure a host serves.
@@ -189,6 +311,60 @@ mod tests {
                     grants: None,
                 },
             ],
+            versions: Vec::new(),
+        }
+    }
+
+    fn kept(digest: &str, sequence: u64, serving: bool) -> KeptVersion {
+        KeptVersion {
+            name: "fib".into(),
+            digest: digest.into(),
+            manifest: None,
+            sequence,
+            key: None,
+            accepted_ms: sequence,
+            serving,
+        }
+    }
+
+    #[test]
+    fn a_fleets_versions_say_who_keeps_and_who_serves_each_newest_first() {
+        let mut a = host("a", "sha256:2");
+        a.versions = vec![kept("sha256:2", 20, true), kept("sha256:1", 10, false)];
+        let mut b = host("b", "sha256:2");
+        b.versions = vec![kept("sha256:2", 20, true)];
+        let c = host("c", "sha256:0");
+        let versions = fleet_versions(&[a, b, c], "fib");
+        let digests: Vec<&str> = versions.iter().map(|v| v.digest.as_str()).collect();
+        assert_eq!(digests, ["sha256:2", "sha256:1", "sha256:0"]);
+        assert_eq!(versions[0].kept_by, ["a", "b"]);
+        assert_eq!(versions[0].served_by, ["a", "b"]);
+        assert_eq!(versions[1].kept_by, ["a"]);
+        assert!(versions[1].served_by.is_empty());
+        // Served from a file put there by hand: kept nowhere.
+        assert_eq!((versions[2].sequence, versions[2].kept_by.len()), (0, 0));
+        assert_eq!(versions[2].served_by, ["c"]);
+    }
+
+    #[test]
+    fn a_digest_is_named_in_full_or_by_twelve_hex_digits_or_more() {
+        let digest = "sha256:0123456789abcdef0123";
+        for named in [
+            digest,
+            "0123456789ab",
+            "sha256:0123456789AB",
+            "0123456789abcdef0123",
+        ] {
+            assert!(digest_matches(digest, named), "{named}");
+        }
+        for other in [
+            "0123456789a",
+            "sha256:0123",
+            "",
+            "0123456789ax",
+            "123456789abc",
+        ] {
+            assert!(!digest_matches(digest, other), "{other}");
         }
     }
 

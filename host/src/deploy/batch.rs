@@ -57,13 +57,16 @@ impl<T> Batch<'_, T> {
     /// Checks one deploy (name, size, digest, signature, order) and keeps
     /// it if it is the newest of its name so far. `tag` comes back with its
     /// answer from [`Batch::finish`].
-    pub fn add(&mut self, request: DeployRequest, tag: T) {
+    pub fn add(&mut self, mut request: DeployRequest, tag: T) {
         let received = Instant::now();
         let place = self.added;
         self.added += 1;
-        let digest = digest(&request.module);
         let deployer = self.deployer;
-        let checked = deployer.check(&request, &digest);
+        // A deploy of a kept version gets its module here, then is checked
+        // like any other.
+        let attached = deployer.attach_kept(&mut request);
+        let digest = digest(&request.module);
+        let checked = attached.and_then(|()| deployer.check(&request, &digest));
         let (answer, copy) = match checked {
             Ok(Order::New(verified)) => {
                 let waiting = Waiting {

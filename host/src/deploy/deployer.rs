@@ -14,6 +14,7 @@ use super::checks::{DeployRequest, Verified, verify};
 use super::policy::DeployPolicy;
 use super::record::{self, DeployRecord, Records};
 use super::replay::{Order, ReplayGuard};
+use super::versions::Versions;
 use crate::modules::{ModulesFolder, Procedure, version};
 
 /// Applies deploys to this host's modules folder (and so to what it serves).
@@ -27,26 +28,68 @@ pub struct Deployer {
     /// The records read at start: what a starting host puts back into the
     /// stream if the stream no longer holds it ([`super::stream`]).
     records: HashMap<String, DeployRecord>,
+    /// The versions of each procedure kept for `warren rollback`.
+    versions: Arc<Versions>,
 }
 
 impl Deployer {
     /// A deployer for this host, which remembers the newest deploy of each
     /// name from the records in the modules folder ([`super::record`]). Call it
-    /// after the folder is loaded, so it knows what the folder serves.
+    /// after the folder is loaded, so it knows what the folder serves. It
+    /// keeps the last `keep_versions` versions of each name
+    /// ([`super::versions`]).
     pub fn new(
         host_id: String,
         policy: DeployPolicy,
         folder: Arc<ModulesFolder>,
+        keep_versions: usize,
     ) -> anyhow::Result<Self> {
         let Records { read, unreadable } = record::read_records(folder.dir())?;
         let guard = ReplayGuard::new(&read, unreadable, &policy, &folder);
+        let versions = Versions::open(folder.dir(), keep_versions)?;
         Ok(Deployer {
             host_id,
             policy,
             folder,
             guard,
             records: read,
+            versions: Arc::new(versions),
         })
+    }
+
+    /// The versions this host keeps.
+    pub fn versions(&self) -> &Arc<Versions> {
+        &self.versions
+    }
+
+    /// Gives a deploy of a kept version ([`DeployHeaders::kept`]) the
+    /// module and manifest this host keeps of it, so that it is checked
+    /// and applied as any deploy is. Refuses one whose version this host
+    /// does not keep. Any other deploy is left as it is. The reason never
+    /// repeats a header's value.
+    ///
+    /// [`DeployHeaders::kept`]: warren_protocol::deploy::DeployHeaders::kept
+    pub fn attach_kept(&self, request: &mut DeployRequest) -> Result<(), String> {
+        if request.headers.kept.is_none() {
+            return Ok(());
+        }
+        let (Some(name), Some(digest)) = (&request.headers.name, &request.headers.digest) else {
+            return Err("the deploy of a kept version names no procedure or digest".into());
+        };
+        let manifest_digest = request.headers.manifest_digest();
+        match self.versions.find(name, digest, manifest_digest.as_deref()) {
+            Some(kept) => {
+                request.module = kept.module;
+                request.headers = request.headers.with_manifest_attached(kept.manifest);
+                Ok(())
+            }
+            None => Err(format!(
+                "this host keeps no such version of the procedure (it keeps the last {} \
+                 accepted of each; `warren versions NAME` lists what each host keeps): deploy \
+                 the module itself with `warren deploy`",
+                self.versions.keep_count()
+            )),
+        }
     }
 
     /// The deploy records read from the modules folder at start.
@@ -136,10 +179,40 @@ impl Deployer {
             .await
             .context("the compile task failed")??
         };
+        let module = match record {
+            Some(record) => self.keep_version(record, module, manifest.clone()).await?,
+            None => module,
+        };
         let record = record.as_ref().map(DeployRecord::to_text);
         self.folder
             .save_and_serve(procedure, module, manifest.clone(), record)
             .await
+    }
+
+    /// Keeps the version `record` describes ([`super::versions`]) off the
+    /// async runtime, and hands the module back. A version that cannot be
+    /// kept is still served: it is logged, and only a rollback to it would
+    /// be refused.
+    async fn keep_version(
+        &self,
+        record: &DeployRecord,
+        module: Vec<u8>,
+        manifest: Option<String>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let versions = self.versions.clone();
+        let record = record.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = versions.keep(&record, &module, manifest.as_deref()) {
+                tracing::warn!(
+                    procedure = %record.name,
+                    digest = %record.digest,
+                    "could not keep this version for rollback: {error:#}"
+                );
+            }
+            module
+        })
+        .await
+        .context("the task keeping the version failed")
     }
 }
 

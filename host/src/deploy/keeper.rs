@@ -78,12 +78,21 @@ impl Keeper {
             kept.after = kept.after.saturating_add(size);
         }
         if let Some((name, headers, whole)) = accepted {
+            // A deploy of a kept version carries no module: a host that
+            // keeps no copy of that version (one started later) could not
+            // apply it from the stream, so it is due at once, to be
+            // published again with its module attached.
+            let after = if headers.kept.is_some() {
+                self.retention.republish_after()
+            } else {
+                whole.saturating_sub(size)
+            };
             self.kept.insert(
                 name,
                 Kept {
                     headers,
                     size: whole.max(size),
-                    after: whole.saturating_sub(size),
+                    after,
                     claimed: None,
                 },
             );

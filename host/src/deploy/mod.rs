@@ -6,7 +6,9 @@
 //! the host's [`DeployPolicy`], compile off the async runtime, save it into
 //! the modules folder (so a restart serves it too), and only then swap it in
 //! (make-before-break, like a file change). A deploy is all or nothing: a
-//! refused one is neither served nor stored.
+//! refused one is neither served nor stored. Each accepted deploy is also
+//! kept ([`versions`]), so that a later deploy can name it instead of
+//! carrying it (`warren rollback`).
 //!
 //! The broker is untrusted transport. Per name, a deploy must carry a
 //! higher sequence than the newest one this host accepted (the sequence is
@@ -26,10 +28,12 @@
 //! - `policy`: which deploys a host accepts ([`DeployPolicy`]);
 //! - [`record`]: the signed record of the newest deploy of a name, kept
 //!   beside its module;
+//! - [`versions`]: the last versions of each procedure, kept for rollback;
 //! - `checks`: a deploy as received and every check before compiling;
 //! - `parts`: a deploy published in parts, joined again;
 //! - `replay`: the order rule (a replay refused, a copy recognised);
-//! - `deployer`: the [`Deployer`], which checks, compiles, saves and serves;
+//! - `deployer`: the [`Deployer`], which checks, compiles, keeps, saves and
+//!   serves;
 //! - `batch`: deploys read together, the newest of each name applied;
 //! - `keeper`: keeping each procedure's newest deploy in the stream;
 //! - `answers`: a settled deploy's log line and its deployer's answer;
@@ -45,6 +49,7 @@ mod policy;
 pub mod record;
 mod replay;
 pub mod stream;
+pub mod versions;
 
 pub use deployer::{Deployer, default_host_id};
 pub use policy::DeployPolicy;

@@ -28,6 +28,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use warren_protocol::check_procedure_name;
 use warren_protocol::manifest::{EffectiveGrants, Manifest};
+use warren_protocol::status::ProcedureStatus;
 
 use crate::callers::QuotaBook;
 use crate::sandbox::{PreparedComponent, Sandbox};
@@ -118,17 +119,6 @@ pub fn version(digest: &str, manifest_digest: Option<&str>) -> String {
         None => digest.to_owned(),
         Some(manifest) => format!("{digest} with manifest {manifest}"),
     }
-}
-
-/// What [`Serving::list`] says of one procedure served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Served {
-    /// The procedure's name.
-    pub name: String,
-    /// The digest of the version served.
-    pub digest: String,
-    /// What it is granted here.
-    pub grants: EffectiveGrants,
 }
 
 /// The procedures being served, by name; cheap to read from any thread.
@@ -223,15 +213,15 @@ impl Serving {
         }
     }
 
-    /// Every procedure served, in name order.
-    pub fn list(&self) -> Vec<Served> {
+    /// Every procedure served, in name order, as `warren status` shows it.
+    pub fn list(&self) -> Vec<ProcedureStatus> {
         self.procedures
             .load()
             .values()
-            .map(|p| Served {
+            .map(|p| ProcedureStatus {
                 name: p.name.clone(),
                 digest: p.digest.clone(),
-                grants: p.grants().clone(),
+                grants: Some(p.grants().clone()),
             })
             .collect()
     }

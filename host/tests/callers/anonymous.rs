@@ -88,7 +88,8 @@ async fn callers_anonymous_lets_no_identity_in_and_the_host_flag_refuses_it() {
         .unwrap();
     assert_eq!(named.0.as_deref(), Some("forbidden"));
     let served = host.host.as_ref().unwrap().served();
-    let grants = &served.iter().find(|p| p.name == "fib").unwrap().grants;
+    let fib = served.iter().find(|p| p.name == "fib").unwrap();
+    let grants = fib.grants.as_ref().expect("a host says what it grants");
     assert!(grants.callers_anonymous, "{grants:?}");
     assert!(
         grants.to_string().contains("and requests without user_id"),

@@ -79,6 +79,17 @@ pub const HEADER_DEPLOY_COPY: &str = "x-deploy-copy";
 /// headers say which deploy; empty body). Hosts read claims in stream
 /// order; only the host of the first claim of a round publishes the copy.
 pub const HEADER_DEPLOY_CLAIM: &str = "x-deploy-claim";
+/// Deploy header: the deploy is of a version hosts already keep (`warren
+/// rollback`), so its body is empty: each host takes the module and manifest
+/// from the versions it keeps, or refuses it if it keeps no such version.
+/// The value is the version's manifest digest (`sha256:<hex>`), or `none`
+/// for a version without a manifest. The signature is the same as a full
+/// deploy's (it covers the name, the module's and manifest's digests and the
+/// sequence, not how the bytes travel), so a host may publish the deploy
+/// again with its module attached, and its signature still holds.
+pub const HEADER_DEPLOY_KEPT: &str = "x-deploy-kept";
+/// [`HEADER_DEPLOY_KEPT`]'s value for a version without a manifest.
+pub const KEPT_WITHOUT_MANIFEST: &str = "none";
 /// Header RabbitMQ puts on every message read from a stream: its offset.
 pub const HEADER_STREAM_OFFSET: &str = "x-stream-offset";
 
@@ -100,6 +111,10 @@ pub struct DeployHeaders {
     pub signature: Option<String>,
     /// The manifest's text ([`HEADER_DEPLOY_MANIFEST`]).
     pub manifest: Option<String>,
+    /// Present on a deploy of a version hosts keep, with no module in it
+    /// ([`HEADER_DEPLOY_KEPT`]): the version's manifest digest or
+    /// [`KEPT_WITHOUT_MANIFEST`].
+    pub kept: Option<String>,
 }
 
 impl DeployHeaders {
@@ -107,9 +122,20 @@ impl DeployHeaders {
     /// `manifest` text if it has one, signed by `key` when given, with a
     /// fresh [`new_sequence`].
     pub fn new(name: &str, module: &[u8], manifest: Option<&str>, key: Option<&SecretKey>) -> Self {
+        Self::with_sequence(name, module, manifest, key, new_sequence())
+    }
+
+    /// [`DeployHeaders::new`] with a sequence of the deployer's choosing
+    /// ([`next_sequence`]).
+    pub fn with_sequence(
+        name: &str,
+        module: &[u8],
+        manifest: Option<&str>,
+        key: Option<&SecretKey>,
+        sequence: u64,
+    ) -> Self {
         let digest = crate::digest(module);
         let manifest_digest = manifest.map(crate::digest);
-        let sequence = new_sequence();
         DeployHeaders {
             name: Some(name.to_owned()),
             key: key.map(|key| key.public_key().to_string()),
@@ -117,13 +143,51 @@ impl DeployHeaders {
             digest: Some(digest),
             sequence: Some(sequence.to_string()),
             manifest: manifest.map(str::to_owned),
+            kept: None,
         }
     }
 
-    /// `sha256:<hex>` of the manifest's text, if the deploy has one: what
-    /// the signature covers of it.
+    /// The headers of a deploy of a version hosts keep ([`HEADER_DEPLOY_KEPT`]):
+    /// module `digest` with the manifest of `manifest_digest` (or none),
+    /// signed by `key` when given, at `sequence`. Its body is empty.
+    pub fn of_kept_version(
+        name: &str,
+        digest: &str,
+        manifest_digest: Option<&str>,
+        key: Option<&SecretKey>,
+        sequence: u64,
+    ) -> Self {
+        DeployHeaders {
+            name: Some(name.to_owned()),
+            key: key.map(|key| key.public_key().to_string()),
+            signature: key.map(|key| key.sign(name, digest, sequence, manifest_digest)),
+            digest: Some(digest.to_owned()),
+            sequence: Some(sequence.to_string()),
+            manifest: None,
+            kept: Some(manifest_digest.unwrap_or(KEPT_WITHOUT_MANIFEST).to_owned()),
+        }
+    }
+
+    /// `sha256:<hex>` of the manifest, if the deploy has one: what the
+    /// signature covers of it. From the manifest's text when the deploy
+    /// carries it, else from [`HEADER_DEPLOY_KEPT`].
     pub fn manifest_digest(&self) -> Option<String> {
-        self.manifest.as_deref().map(crate::digest)
+        match (&self.manifest, &self.kept) {
+            (Some(text), _) => Some(crate::digest(text)),
+            (None, Some(kept)) if kept != KEPT_WITHOUT_MANIFEST => Some(kept.clone()),
+            _ => None,
+        }
+    }
+
+    /// These headers with the version's `manifest` text in place of
+    /// [`HEADER_DEPLOY_KEPT`]: the deploy as it reads with its module
+    /// attached (the signature is unchanged and still holds).
+    pub fn with_manifest_attached(&self, manifest: Option<String>) -> Self {
+        DeployHeaders {
+            manifest,
+            kept: None,
+            ..self.clone()
+        }
     }
 
     /// Reads them off a message (absent or non-text headers are `None`).
@@ -136,6 +200,7 @@ impl DeployHeaders {
             key: text(HEADER_DEPLOY_KEY),
             signature: text(HEADER_DEPLOY_SIGNATURE),
             manifest: text(HEADER_DEPLOY_MANIFEST),
+            kept: text(HEADER_DEPLOY_KEPT),
         }
     }
 
@@ -148,6 +213,7 @@ impl DeployHeaders {
             (HEADER_DEPLOY_KEY, &self.key),
             (HEADER_DEPLOY_SIGNATURE, &self.signature),
             (HEADER_DEPLOY_MANIFEST, &self.manifest),
+            (HEADER_DEPLOY_KEPT, &self.kept),
         ];
         for (header, value) in fields {
             if let Some(value) = value {
@@ -176,11 +242,25 @@ pub fn signed_bytes(name: &str, digest: &str, sequence: u64, manifest: Option<&s
 
 /// A sequence for a new deploy: the clock in milliseconds since the Unix
 /// epoch. Deployers whose clocks disagree by more than the time between two
-/// deploys of one name can see the later one refused as older.
+/// deploys of one name can see the later one refused as older; a deployer
+/// that can ask the hosts uses [`next_sequence`] instead.
 pub fn new_sequence() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// The sequence for a deploy of a name whose newest accepted deploy (as
+/// the hosts report it) is `newest`: the clock ([`new_sequence`]), or one
+/// above `newest` when that is ahead of the clock. So a deploy from a clock
+/// that ran fast does not block the deploys that follow it from clocks
+/// that are right: they go on from it.
+pub fn next_sequence(newest: Option<u64>) -> u64 {
+    let clock = new_sequence();
+    match newest {
+        Some(newest) if newest >= clock => newest.saturating_add(1),
+        _ => clock,
+    }
 }
 
 /// A host's answer to one deploy.

@@ -38,21 +38,15 @@ impl DeployStream {
             if state.keeper.kept(name).is_some() || served != Some(recorded) {
                 continue;
             }
-            let dir = deployer.folder().dir();
-            let manifest = match &record.manifest_digest {
-                None => None,
-                Some(expected) => {
-                    let path = dir.join(format!(
-                        "{name}.{}",
-                        warren_protocol::manifest::MANIFEST_EXTENSION
-                    ));
-                    match std::fs::read_to_string(path) {
-                        Ok(text) if warren_protocol::digest(&text) == *expected => Some(text),
-                        _ => continue,
-                    }
-                }
+            let Some(manifest) =
+                read_served_manifest(deployer, name, record.manifest_digest.as_deref())
+            else {
+                continue;
             };
-            let module = dir.join(format!("{name}.{MODULE_EXTENSION}"));
+            let module = deployer
+                .folder()
+                .dir()
+                .join(format!("{name}.{MODULE_EXTENSION}"));
             let Ok(size) = std::fs::metadata(module).map(|metadata| metadata.len()) else {
                 continue;
             };
@@ -137,8 +131,21 @@ impl DeployStream {
         let Some(module) = self.read_kept_module(deployer, name, kept).await? else {
             return Ok(false);
         };
+        let full = match kept.headers.kept {
+            None => kept.headers.clone(),
+            // A deploy of a kept version goes back with its module and
+            // manifest attached: hosts that keep no copy can apply it.
+            Some(_) => {
+                let expected = kept.headers.manifest_digest();
+                let Some(manifest) = read_served_manifest(deployer, name, expected.as_deref())
+                else {
+                    return Ok(false);
+                };
+                kept.headers.with_manifest_attached(manifest)
+            }
+        };
         let mut headers = FieldTable::default();
-        kept.headers.write(&mut headers);
+        full.write(&mut headers);
         set_header_text(&mut headers, HEADER_DEPLOY_COPY, deployer.host_id());
         self.publish_confirmed(module, headers).await.map(|()| true)
     }
@@ -171,6 +178,26 @@ impl DeployStream {
     }
 }
 
+/// The manifest beside `name`'s module, when its digest is `expected`:
+/// `Some(None)` when none is expected, `None` when the one there is not it.
+fn read_served_manifest(
+    deployer: &Deployer,
+    name: &str,
+    expected: Option<&str>,
+) -> Option<Option<String>> {
+    let Some(expected) = expected else {
+        return Some(None);
+    };
+    let path = deployer.folder().dir().join(format!(
+        "{name}.{}",
+        warren_protocol::manifest::MANIFEST_EXTENSION
+    ));
+    match std::fs::read_to_string(path) {
+        Ok(text) if digest(&text) == expected => Some(Some(text)),
+        _ => None,
+    }
+}
+
 /// The headers of the deploy a `record` of `name` describes, as its
 /// deployer published them (`manifest`: the manifest's text beside the
 /// module, when the record names one).
@@ -182,6 +209,7 @@ fn recorded_headers(name: &str, record: &DeployRecord, manifest: Option<String>)
         key: record.key.clone(),
         signature: record.signature.clone(),
         manifest,
+        kept: None,
     }
 }
 
@@ -239,6 +267,7 @@ mod tests {
             key: Some("ed25519:k".into()),
             signature: Some("5151".into()),
             manifest: Some("[limits]\n".into()),
+            kept: None,
         }
     }
 

@@ -1,7 +1,10 @@
 //! Remote deploys across a fleet: signed modules over the deploy stream,
 //! accepted only from trusted keys, served by every host of the queue;
-//! what `warren deploy` refuses before sending. The history a host replays
-//! is in `deploy_history.rs`.
+//! what `warren deploy` refuses before sending; the versions hosts keep and
+//! `warren rollback` (`versions.rs`). The history a host replays is in
+//! `deploy_history.rs`.
+
+mod versions;
 
 use std::process::Command;
 

@@ -1,0 +1,311 @@
+//! The versions each host keeps, `warren versions`, `warren rollback`, and
+//! sequences that do not hang on a deployer's clock.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use warren_client::protocol::deploy::{HEADER_DEPLOY_KEPT, new_sequence, public_key_path};
+use warren_client::protocol::header_text;
+use warren_client::{Deploy, SecretKey};
+use warren_testing::*;
+
+/// Runs `warren --queue QUEUE ARGS…` and returns what it printed.
+async fn warren(queue: &str, args: &[&str]) -> Output {
+    let mut command = Command::new(binary("warren"));
+    command
+        .env("AMQP_URL", amqp_url())
+        .args(["--queue", queue, "--timeout", "60s"])
+        .args(args);
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}stderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Signed deploys of each module in turn, every host accepting.
+async fn deploy_all(queue: &str, secret: &Path, modules: &[&[u8]]) {
+    for module in modules {
+        let key = SecretKey::read(secret).unwrap();
+        let answers = deploy(queue, Deploy::new("fib", module.to_vec()).signed_by(key)).await;
+        assert!(
+            !answers.is_empty() && answers.iter().all(|a| a.accepted),
+            "{answers:?}"
+        );
+    }
+}
+
+/// Calls fib(15) one after another until `stop`, counting failures.
+fn keep_calling(queue: &str, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u64, u64)> {
+    let queue = queue.to_owned();
+    tokio::spawn(async move {
+        let client = warren_client::RpcClient::connect(&amqp_url(), &queue)
+            .await
+            .unwrap();
+        let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        while !stop.load(Ordering::Relaxed) {
+            match client.call(call("15").procedure("fib")).await {
+                Ok(reply) if reply.body == b"610" => ok.fetch_add(1, Ordering::Relaxed),
+                _ => failed.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        client.close().await;
+        (ok.into_inner(), failed.into_inner())
+    })
+}
+
+/// Issue 39: versions are kept, listed fleet-wide, and one command returns
+/// every host to an earlier one, sending no module, failing no request; a
+/// host started afterwards, which keeps nothing, serves it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_returns_every_host_to_a_kept_version_without_sending_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, key) = key_in(keys.path(), "ops");
+    let v1 = fib_wasm();
+    let (v2, v3) = (
+        with_custom_section(&v1, "v2"),
+        with_custom_section(&v1, "v3"),
+    );
+    let a = TestHost::start_with(
+        "rollback",
+        &[("fib", &v1)],
+        trusting(public_key_path(&secret), "host-a"),
+    )
+    .await;
+    let b = TestHost::join(
+        &a.queue,
+        &[("fib", &v1)],
+        trusting(public_key_path(&secret), "host-b"),
+    )
+    .await;
+    deploy_all(&a.queue, &secret, &[&v2, &v3]).await;
+
+    let listed = warren(&a.queue, &["versions", "fib"]).await;
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed));
+    let stdout = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "v3, v2 and the folder's v1: {stdout}");
+    assert!(lines[0].starts_with(&digest(&v3)), "newest first: {stdout}");
+    assert!(
+        lines[0].contains("kept by host-a,host-b\tserved by host-a,host-b"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with(&digest(&v2)) && lines[1].contains("served by -"),
+        "{stdout}"
+    );
+    assert!(lines[1].contains(&key.public_key().to_string()), "{stdout}");
+    assert!(
+        lines[2].starts_with(&digest(&v1)) && lines[2].contains("kept by -"),
+        "{stdout}"
+    );
+    for host in [&a, &b] {
+        let kept = host.modules.path().join(".versions/fib");
+        assert_eq!(
+            std::fs::read_dir(&kept).unwrap().count(),
+            2,
+            "{}",
+            kept.display()
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = keep_calling(&a.queue, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rolled = warren(
+        &a.queue,
+        &["rollback", "fib", "--key", secret.to_str().unwrap()],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = caller.await.unwrap();
+    assert_eq!(rolled.status.code(), Some(0), "{}", text(&rolled));
+    let answers = String::from_utf8_lossy(&rolled.stdout).into_owned();
+    assert_eq!(answers.lines().count(), 2, "{answers}");
+    assert!(
+        answers
+            .lines()
+            .all(|l| l.contains("\taccepted\t") && l.contains(&digest(&v2))),
+        "{answers}"
+    );
+    assert!(
+        ok > 0 && failed == 0,
+        "{ok} answered, {failed} failed across the rollback"
+    );
+    for host in [&a, &b] {
+        assert_eq!(host.serving("fib"), Some(digest(&v2)));
+        assert_eq!(std::fs::read(host.module_path("fib")).unwrap(), v2);
+    }
+
+    // The rollback itself carried no module; a host published it again
+    // with its module, so a host that keeps nothing finds it.
+    let stream = read_deploy_stream(&a.queue).await;
+    let kept: Vec<_> = stream
+        .iter()
+        .filter(|m| header_text(Some(&m.headers), HEADER_DEPLOY_KEPT).is_some())
+        .collect();
+    assert_eq!(kept.len(), 1, "{stream:?}");
+    assert_eq!(kept[0].bytes, 0);
+    let c = TestHost::join(&a.queue, &[], trusting(public_key_path(&secret), "host-c")).await;
+    assert!(
+        c.wait_serving("fib", &digest(&v2), Duration::from_secs(20))
+            .await,
+        "a host started after the rollback serves {:?}",
+        c.serving("fib")
+    );
+
+    // Back to v3 by a digest prefix; then a deploy of v1 (never deployed)
+    // is an ordinary deploy again.
+    let prefix = &digest(&v3)["sha256:".len()..][..12];
+    let forward = warren(
+        &a.queue,
+        &[
+            "rollback",
+            "fib",
+            "--to",
+            prefix,
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(forward.status.code(), Some(0), "{}", text(&forward));
+    for host in [&a, &b, &c] {
+        assert!(
+            host.wait_serving("fib", &digest(&v3), Duration::from_secs(10))
+                .await
+        );
+    }
+    c.stop().await;
+    b.stop().await;
+    a.stop().await;
+}
+
+/// A rollback is a deploy like any other: unsigned or to a version a host
+/// does not keep, it is refused and nothing changes; a --to that names no
+/// kept version sends nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_to_a_version_not_kept_or_unsigned_changes_nothing() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, key) = key_in(keys.path(), "ops");
+    let v1 = fib_wasm();
+    let v2 = with_custom_section(&v1, "v2");
+    let host = TestHost::start_with(
+        "rollback-refused",
+        &[("fib", &v1)],
+        trusting(public_key_path(&secret), "host-a"),
+    )
+    .await;
+    deploy_all(&host.queue, &secret, &[&v2]).await;
+
+    let never_kept = with_custom_section(&v1, "never deployed");
+    let refused = only_answer(
+        deploy(
+            &host.queue,
+            Deploy::kept_version("fib", digest(&never_kept), None)
+                .signed_by(SecretKey::read(&secret).unwrap()),
+        )
+        .await,
+    );
+    assert!(
+        !refused.accepted && refused.reason.contains("keeps no such version"),
+        "{refused:?}"
+    );
+    let unsigned =
+        only_answer(deploy(&host.queue, Deploy::kept_version("fib", digest(&v2), None)).await);
+    assert!(
+        !unsigned.accepted && unsigned.reason.contains("unsigned"),
+        "{unsigned:?}"
+    );
+    // Signed for one manifest, claiming another: the signature fails.
+    let mut forged = Deploy::kept_version("fib", digest(&v2), Some(digest("[config]\n")));
+    forged = forged.signed_by(key);
+    let forged = only_answer(deploy(&host.queue, forged).await);
+    assert!(!forged.accepted, "{forged:?}");
+    assert_eq!(host.serving("fib"), Some(digest(&v2)));
+
+    let nothing = warren(
+        &host.queue,
+        &[
+            "rollback",
+            "fib",
+            "--to",
+            "000000000000",
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(nothing.status.code(), Some(2), "{}", text(&nothing));
+    assert!(
+        text(&nothing).contains("no host keeps a version"),
+        "{}",
+        text(&nothing)
+    );
+    // v2 is served and v1 was never deployed: nothing older is kept.
+    let none_older = warren(
+        &host.queue,
+        &["rollback", "fib", "--key", secret.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(none_older.status.code(), Some(2), "{}", text(&none_older));
+    assert_eq!(host.serving("fib"), Some(digest(&v2)));
+    host.stop().await;
+}
+
+/// Issue 39: a deploy from a clock an hour fast is served, and the deploy
+/// after it from a clock that is right is not refused as older: `warren
+/// deploy` goes on from the newest sequence the hosts hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_from_a_fast_clock_does_not_block_the_next_one() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, key) = key_in(keys.path(), "ops");
+    let v1 = fib_wasm();
+    let (fast, next) = (
+        with_custom_section(&v1, "from a fast clock"),
+        with_custom_section(&v1, "from a right clock"),
+    );
+    let host = TestHost::start_with(
+        "fast-clock",
+        &[("fib", &v1)],
+        trusting(public_key_path(&secret), "host-a"),
+    )
+    .await;
+    let hour_ahead = new_sequence() + 3_600_000;
+    let answers = deploy(
+        &host.queue,
+        Deploy::new("fib", fast.clone())
+            .signed_by(key)
+            .after_sequence(hour_ahead),
+    )
+    .await;
+    assert!(only_answer(answers).accepted);
+
+    let module = keys.path().join("next.wasm");
+    std::fs::write(&module, &next).unwrap();
+    let deployed = warren(
+        &host.queue,
+        &[
+            "deploy",
+            "fib",
+            module.to_str().unwrap(),
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(deployed.status.code(), Some(0), "{}", text(&deployed));
+    assert_eq!(host.serving("fib"), Some(digest(&next)));
+    host.stop().await;
+}

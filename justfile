@@ -93,6 +93,8 @@ test: build-guest build-test-guests broker py-env
     WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-py
     WARREN_TOOLCHAIN_OPTIONAL=1 scripts/build-guest-js
     WARREN_PYTHON="$PWD/target/py/bin/python" {{test_runner}} --workspace --all-targets
+    # nextest leaves the criterion benches out (.config/nextest.toml): run once each here.
+    if [ "{{test_runner}}" = "cargo nextest run" ]; then cargo test --workspace --benches; fi
 
 # Writes target/bench-compare/{report.md,report.json,chart.svg}.
 # Warren beside the bare echo worker and the seed's server (bench-compare), then the criterion benches.

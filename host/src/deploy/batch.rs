@@ -65,7 +65,11 @@ impl<T> Batch<'_, T> {
         // A deploy of a kept version gets its module here, then is checked
         // like any other.
         let attached = deployer.attach_kept(&mut request);
-        let digest = digest(&request.module);
+        // Not the digest of an empty body when there is no module to check.
+        let digest = match attached {
+            Ok(()) => digest(&request.module),
+            Err(_) => String::new(),
+        };
         let checked = attached.and_then(|()| deployer.check(&request, &digest));
         let (answer, copy) = match checked {
             Ok(Order::New(verified)) => {

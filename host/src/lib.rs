@@ -19,8 +19,9 @@
 //!   remote deploys, checked (`deploy::checks`, and `deploy::replay`: no
 //!   rollback by replay) and applied a batch at a time (`deploy::deployer`,
 //!   `deploy::batch`; `deploy::stream` reads them, `deploy::keeper` keeps
-//!   each procedure's newest one in the stream); `control`: the answer to
-//!   `warren status`; `admin`: `/metrics` and the health checks over HTTP.
+//!   each procedure's newest one in the stream, `deploy::versions` the
+//!   last versions accepted, for `warren rollback`); `control`: the answer
+//!   to `warren status`; `admin`: `/metrics` and the health checks over HTTP.
 //! - **Deciding and running** — `dispatch`: one request to one verdict
 //!   (which procedure, who may call it, sizes, the caller's deadline), no
 //!   AMQP; `callers`: caller identity, per-caller quotas (`callers::quota`),

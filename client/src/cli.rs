@@ -187,8 +187,14 @@ pub(crate) enum Command {
         #[arg(long, value_name = "DIGEST")]
         to: Option<String>,
         /// Secret key to sign with (from `warren keygen`), as for `deploy`.
+        /// Only versions whose deploy this key (or one in --trusted-keys)
+        /// signed are rolled back to: what hosts report is not signed.
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
+        /// More public keys (a hosts' --trusted-keys file) whose deploys may
+        /// be rolled back to, besides --key's own.
+        #[arg(long, value_name = "FILE")]
+        trusted_keys: Option<PathBuf>,
         /// Hosts that must answer [default: the number of consumers of the
         /// queue when the rollback starts].
         #[arg(long, value_name = "N")]

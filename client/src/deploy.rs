@@ -30,7 +30,8 @@ pub struct Deploy {
     expect_hosts: Option<usize>,
     allow_no_hosts: bool,
     timeout: Duration,
-    after_sequence: Option<u64>,
+    /// Sequences of this name the hosts reported ([`Deploy::after_sequence`]).
+    reported: Vec<u64>,
 }
 
 impl Deploy {
@@ -47,7 +48,7 @@ impl Deploy {
             expect_hosts: None,
             allow_no_hosts: false,
             timeout: DEFAULT_TIMEOUT,
-            after_sequence: None,
+            reported: Vec::new(),
         }
     }
 
@@ -67,11 +68,13 @@ impl Deploy {
         }
     }
 
-    /// Orders the deploy after the newest one the hosts accepted of its
-    /// name (`sequence`, from their status), whatever this machine's clock
-    /// says: see [`warren_protocol::deploy::next_sequence`].
+    /// Orders the deploy after `sequence`, a deploy of its name the hosts
+    /// accepted (from their status), whatever this machine's clock says,
+    /// unless it is past belief: see
+    /// [`warren_protocol::deploy::next_sequence`]. Call it for each one
+    /// reported.
     pub fn after_sequence(mut self, sequence: u64) -> Self {
-        self.after_sequence = Some(sequence);
+        self.reported.push(sequence);
         self
     }
 
@@ -207,7 +210,7 @@ impl RpcClient {
             .map_err(broker("enabling publisher confirms"))?;
 
         let mut headers = FieldTable::default();
-        let sequence = next_sequence(deploy.after_sequence);
+        let sequence = next_sequence(deploy.reported.iter().copied());
         match &deploy.kept {
             None => DeployHeaders::with_sequence(
                 &deploy.name,

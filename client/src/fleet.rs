@@ -95,8 +95,8 @@ pub(crate) async fn deploy(
     // follows it even if it came from a clock that ran fast. A fleet that
     // does not answer (none running yet) leaves the order to the clock.
     let hosts = client.status(STATUS_WAIT).await.unwrap_or_default();
-    if let Some(newest) = newest_sequence(&hosts, name) {
-        request = request.after_sequence(newest);
+    for sequence in reported_sequences(&hosts, name) {
+        request = request.after_sequence(sequence);
     }
     let code = send_deploy(cli, &client, request).await;
     client.close().await;
@@ -107,15 +107,15 @@ pub(crate) async fn deploy(
 /// every host consuming the queue has answered).
 pub(crate) const STATUS_WAIT: Duration = Duration::from_secs(2);
 
-/// The newest sequence of `name` any of `hosts` accepted, from the
-/// versions they keep.
-pub(crate) fn newest_sequence(hosts: &[HostStatus], name: &str) -> Option<u64> {
+/// The sequences of `name` that `hosts` say they accepted (the versions
+/// they keep): a deploy goes on from the newest it believes.
+pub(crate) fn reported_sequences(hosts: &[HostStatus], name: &str) -> Vec<u64> {
     hosts
         .iter()
         .flat_map(|host| &host.versions)
         .filter(|kept| kept.name == name)
         .map(|kept| kept.sequence)
-        .max()
+        .collect()
 }
 
 /// Sends a deploy, prints each host's answer as it arrives, and says what

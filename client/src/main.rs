@@ -125,10 +125,16 @@ async fn run(cli: Cli) -> u8 {
             name,
             to,
             key,
+            trusted_keys,
             expect_hosts,
         } => {
-            return versions::rollback(&cli, name, to.as_deref(), key.as_deref(), *expect_hosts)
-                .await;
+            let options = versions::RollbackOptions {
+                to: to.as_deref(),
+                key: key.as_deref(),
+                trusted_keys: trusted_keys.as_deref(),
+                expect_hosts: *expect_hosts,
+            };
+            return versions::rollback(&cli, name, options).await;
         }
         Command::Fib { n } => Call::new(n.to_string()).procedure("fib"),
         Command::Call {

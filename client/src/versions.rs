@@ -6,11 +6,12 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+use warren_client::protocol::deploy::{PublicKey, read_trusted_keys};
 use warren_client::protocol::status::{FleetVersion, HostStatus, fleet_versions};
 use warren_client::{Deploy, SecretKey};
 
 use crate::cli::Cli;
-use crate::fleet::{STATUS_WAIT, newest_sequence, send_deploy};
+use crate::fleet::{STATUS_WAIT, reported_sequences, send_deploy};
 use crate::{connect, exit, report};
 
 /// `warren versions NAME`: one line per version, newest first.
@@ -41,14 +42,8 @@ pub(crate) async fn versions(cli: &Cli, name: &str, wait: Duration, json: bool) 
 }
 
 /// `warren rollback NAME [--to DIGEST]`.
-pub(crate) async fn rollback(
-    cli: &Cli,
-    name: &str,
-    to: Option<&str>,
-    key: Option<&Path>,
-    expect_hosts: Option<usize>,
-) -> u8 {
-    let key = match key.map(SecretKey::read) {
+pub(crate) async fn rollback(cli: &Cli, name: &str, options: RollbackOptions<'_>) -> u8 {
+    let key = match options.key.map(SecretKey::read) {
         Some(Ok(key)) => Some(key),
         Some(Err(error)) => {
             eprintln!("warren: {error}");
@@ -59,6 +54,19 @@ pub(crate) async fn rollback(
             None
         }
     };
+    // Status answers are not signed: a version is rolled back to only if a
+    // key this deployer trusts signed its deploy, so a forged answer cannot
+    // have it sign a module someone else chose.
+    let mut trusted: Vec<PublicKey> = key.iter().map(SecretKey::public_key).collect();
+    if let Some(path) = options.trusted_keys {
+        match read_trusted_keys(path) {
+            Ok(keys) => trusted.extend(keys),
+            Err(error) => {
+                eprintln!("warren: {error}");
+                return exit::USAGE;
+            }
+        }
+    }
     let client = match connect(cli).await {
         Ok(client) => client,
         Err(code) => return code,
@@ -78,8 +86,18 @@ pub(crate) async fn rollback(
             return report(&error);
         }
     };
-    let versions = fleet_versions(&hosts, name);
-    let target = match choose(&versions, to) {
+    let mut versions = fleet_versions(&hosts, name);
+    if trusted.is_empty() {
+        eprintln!(
+            "warren: without --key or --trusted-keys the versions the hosts report cannot be \
+             checked; rolling back to one anyway"
+        );
+    } else {
+        versions.retain(|version| {
+            version.kept_by.is_empty() || signed_by_one_of(version, name, &trusted)
+        });
+    }
+    let target = match choose(&versions, options.to) {
         Ok(target) => target,
         Err(why) => {
             client.close().await;
@@ -101,18 +119,45 @@ pub(crate) async fn rollback(
     }
     let mut request =
         Deploy::kept_version(name, &target.digest, target.manifest.clone()).timeout(cli.timeout);
-    if let Some(newest) = newest_sequence(&hosts, name) {
-        request = request.after_sequence(newest);
+    for sequence in reported_sequences(&hosts, name) {
+        request = request.after_sequence(sequence);
     }
     if let Some(key) = key {
         request = request.signed_by(key);
     }
-    if let Some(hosts) = expect_hosts {
+    if let Some(hosts) = options.expect_hosts {
         request = request.expect_hosts(hosts);
     }
     let code = send_deploy(cli, &client, request).await;
     client.close().await;
     code
+}
+
+/// `warren rollback` options beyond the name.
+pub(crate) struct RollbackOptions<'a> {
+    pub(crate) to: Option<&'a str>,
+    pub(crate) key: Option<&'a Path>,
+    pub(crate) trusted_keys: Option<&'a Path>,
+    pub(crate) expect_hosts: Option<usize>,
+}
+
+/// Whether the deploy `version` was last accepted with is signed, as the
+/// hosts report it, by one of `trusted`.
+fn signed_by_one_of(version: &FleetVersion, name: &str, trusted: &[PublicKey]) -> bool {
+    let (Some(key), Some(signature)) = (&version.key, &version.signature) else {
+        return false;
+    };
+    let Ok(key) = PublicKey::parse(key) else {
+        return false;
+    };
+    trusted.contains(&key)
+        && key.verifies(
+            name,
+            &version.digest,
+            version.sequence,
+            version.manifest.as_deref(),
+            signature,
+        )
 }
 
 /// Every host's status, or the exit code saying why there is none.
@@ -192,7 +237,7 @@ fn version_line(version: &FleetVersion) -> String {
             hosts.join(",")
         }
     };
-    format!(
+    let line = format!(
         "{}\tmanifest {}\tsequence {}\taccepted {accepted}\t{}\tkept by {}\tserved by {}",
         version.digest,
         version.manifest.as_deref().unwrap_or("-"),
@@ -200,7 +245,12 @@ fn version_line(version: &FleetVersion) -> String {
         version.key.as_deref().unwrap_or("unsigned"),
         hosts(&version.kept_by),
         hosts(&version.served_by),
-    )
+    );
+    // What hosts report is shown, not obeyed: no control characters that
+    // could rewrite a terminal's line.
+    line.chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -213,6 +263,7 @@ mod tests {
             manifest: None,
             sequence,
             key: None,
+            signature: None,
             accepted_ms: sequence,
             kept_by: kept.iter().map(|h| h.to_string()).collect(),
             served_by: served.iter().map(|h| h.to_string()).collect(),

@@ -100,6 +100,11 @@ pub struct KeptVersion {
     /// unsigned one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// That deploy's signature (hex), over the name, digest, sequence and
+    /// manifest digest: status answers are not signed, so a deployer checks
+    /// it before it signs a rollback to this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// When this host accepted it, milliseconds since the Unix epoch.
     pub accepted_ms: u64,
     /// Whether this host serves it now.
@@ -142,6 +147,9 @@ pub struct FleetVersion {
     /// The key that signed that deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// That deploy's signature, as a host reported it (unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     /// When it was first accepted by a host, ms since the Unix epoch.
     pub accepted_ms: u64,
     /// Hosts that keep it.
@@ -167,6 +175,7 @@ pub fn fleet_versions(hosts: &[HostStatus], name: &str) -> Vec<FleetVersion> {
                     manifest: manifest.map(str::to_owned),
                     sequence: 0,
                     key: None,
+                    signature: None,
                     accepted_ms: u64::MAX,
                     kept_by: Vec::new(),
                     served_by: Vec::new(),
@@ -181,6 +190,7 @@ pub fn fleet_versions(hosts: &[HostStatus], name: &str) -> Vec<FleetVersion> {
             if kept.sequence >= version.sequence {
                 version.sequence = kept.sequence;
                 version.key = kept.key.clone();
+                version.signature = kept.signature.clone();
             }
             version.accepted_ms = version.accepted_ms.min(kept.accepted_ms);
             version.kept_by.push(host.host.clone());
@@ -322,6 +332,7 @@ mod tests {
             manifest: None,
             sequence,
             key: None,
+            signature: None,
             accepted_ms: sequence,
             serving,
         }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use warren_protocol::deploy::{DeployAnswer, DeployHeaders};
 
 use super::checks::{DeployRequest, Verified};
-use super::deployer::Deployer;
+use super::deployer::{Deployer, Kept};
 use super::replay::Order;
 use warren_protocol::digest;
 
@@ -65,12 +65,19 @@ impl<T> Batch<'_, T> {
         // A deploy of a kept version gets its module here, then is checked
         // like any other.
         let attached = deployer.attach_kept(&mut request);
-        // Not the digest of an empty body when there is no module to check.
-        let digest = match attached {
-            Ok(()) => digest(&request.module),
-            Err(_) => String::new(),
+        let (digest, checked) = match attached {
+            Ok(Kept::Copy) => (
+                request.headers.digest.clone().unwrap_or_default(),
+                Ok(Order::Copy),
+            ),
+            Ok(_) => {
+                let digest = digest(&request.module);
+                let checked = deployer.check(&request, &digest);
+                (digest, checked)
+            }
+            // Not the digest of an empty body: there was no module to check.
+            Err(reason) => (String::new(), Err(reason)),
         };
-        let checked = attached.and_then(|()| deployer.check(&request, &digest));
         let (answer, copy) = match checked {
             Ok(Order::New(verified)) => {
                 let waiting = Waiting {

@@ -95,7 +95,7 @@ pub fn verify(
     })
 }
 
-fn check_signature(
+pub fn check_signature(
     policy: &DeployPolicy,
     request: &DeployRequest,
     name: &str,

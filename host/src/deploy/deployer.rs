@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use warren_protocol::deploy::DeployAnswer;
 
-use super::checks::{DeployRequest, Verified, verify};
+use super::checks::{DeployRequest, Verified, check_signature, verify};
 use super::policy::DeployPolicy;
 use super::record::{self, DeployRecord, Records};
 use super::replay::{Order, ReplayGuard};
@@ -64,24 +64,45 @@ impl Deployer {
 
     /// Gives a deploy of a kept version ([`DeployHeaders::kept`]) the
     /// module and manifest this host keeps of it, so that it is checked
-    /// and applied as any deploy is. Refuses one whose version this host
-    /// does not keep. Any other deploy is left as it is. The reason never
+    /// and applied as any deploy is; any other deploy is left as it is.
+    /// Before any file is read, its signature and order are checked from
+    /// its headers alone (they name everything that is signed): a message
+    /// without a trusted signature costs nothing, and the newest accepted
+    /// deploy seen again is [`Kept::Copy`], answered without reading the
+    /// module. Refuses a version this host does not keep. The reason never
     /// repeats a header's value.
     ///
     /// [`DeployHeaders::kept`]: warren_protocol::deploy::DeployHeaders::kept
-    pub fn attach_kept(&self, request: &mut DeployRequest) -> Result<(), String> {
+    pub fn attach_kept(&self, request: &mut DeployRequest) -> Result<Kept, String> {
         if request.headers.kept.is_none() {
-            return Ok(());
+            return Ok(Kept::NotKept);
         }
-        let (Some(name), Some(digest)) = (&request.headers.name, &request.headers.digest) else {
+        let headers = &request.headers;
+        let (Some(name), Some(digest)) = (&headers.name, &headers.digest) else {
             return Err("the deploy of a kept version names no procedure or digest".into());
         };
-        let manifest_digest = request.headers.manifest_digest();
+        warren_protocol::check_procedure_name(name).map_err(
+            |_| "the deploy's name (header x-deploy-name) is not a valid procedure name",
+        )?;
+        let Some(sequence) = headers
+            .sequence
+            .as_deref()
+            .and_then(|s| s.trim().parse().ok())
+        else {
+            return Err("a deploy of a kept version needs a sequence (x-deploy-sequence)".into());
+        };
+        check_signature(&self.policy, request, name, digest, Some(sequence))?;
+        match self.guard.peek_order(name, sequence, digest) {
+            Some(Ok(())) => return Ok(Kept::Copy),
+            Some(Err(older)) => return Err(older),
+            None => {}
+        }
+        let manifest_digest = headers.manifest_digest();
         match self.versions.find(name, digest, manifest_digest.as_deref()) {
             Some(kept) => {
                 request.module = kept.module;
                 request.headers = request.headers.with_manifest_attached(kept.manifest);
-                Ok(())
+                Ok(Kept::Attached)
             }
             None => Err(format!(
                 "this host keeps no such version of the procedure (it keeps the last {} \
@@ -214,6 +235,17 @@ impl Deployer {
         .await
         .context("the task keeping the version failed")
     }
+}
+
+/// What [`Deployer::attach_kept`] did with a deploy.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// Not a deploy of a kept version: it carries its module.
+    NotKept,
+    /// Its module and manifest are attached, from what this host keeps.
+    Attached,
+    /// The newest deploy this host accepted of its name, seen again.
+    Copy,
 }
 
 /// A default host id: `hostname-pid`, unique per process on a fleet.

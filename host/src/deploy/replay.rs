@@ -114,6 +114,38 @@ impl ReplayGuard {
         }
     }
 
+    /// Whether a deploy of `name` at `sequence` of module `digest` would
+    /// be the newest accepted one seen again (a copy), or refused as older:
+    /// what [`ReplayGuard::check_order`] would say, without remembering
+    /// anything. `None`: it would be new.
+    pub fn peek_order(
+        &self,
+        name: &str,
+        sequence: u64,
+        digest: &str,
+    ) -> Option<Result<(), String>> {
+        if self.unreadable.contains_key(name) {
+            return Some(Err(format!(
+                "the record of the last deploy of {name} on this host cannot be read (the host's \
+                 log says why)"
+            )));
+        }
+        let accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = accepted.get(name)?;
+        let same = newest.sequence == sequence && newest.digest == digest;
+        if same && !newest.unserved {
+            Some(Ok(()))
+        } else if sequence < newest.sequence || (sequence == newest.sequence && !same) {
+            Some(Err(format!(
+                "older than a deploy of {name} this host already accepted (sequence {sequence} \
+                 is not above {})",
+                newest.sequence
+            )))
+        } else {
+            None
+        }
+    }
+
     /// Refuses a deploy that is not newer than the newest accepted for its
     /// name (a replay), recognises that newest one seen again (a copy), and
     /// otherwise remembers it as the newest. Deploys are checked in stream

@@ -35,6 +35,19 @@ pub const VERSIONS_DIR: &str = ".versions";
 pub const DEFAULT_KEEP_VERSIONS: usize = 5;
 
 const RECORD_FILE: &str = "deploy.json";
+/// How a version being written is named until it is whole (then renamed):
+/// what a save cut short leaves is removed at the next start.
+const NEW_PREFIX: &str = ".new-";
+
+/// A name no other save, in this process or an earlier one, has used.
+fn unique() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    format!("{}-{count}-{nanos}", std::process::id())
+}
 
 /// The versions a host keeps, on disk, with an index in memory.
 pub struct Versions {
@@ -60,7 +73,8 @@ pub struct KeptFiles {
 
 impl Versions {
     /// The versions kept in `modules_dir`, `keep` of each name (0: none
-    /// are kept, and those kept before are left alone). Reads the records
+    /// are kept, listed or served from here; those kept before are left on
+    /// disk). Reads the records
     /// of what is there; a version whose record cannot be read is skipped
     /// with a warning (it is never served from here without one).
     pub fn open(modules_dir: &Path, keep: usize) -> anyhow::Result<Self> {
@@ -85,6 +99,15 @@ impl Versions {
             .flatten()
             .filter_map(Result::ok)
         {
+            if version
+                .file_name()
+                .to_string_lossy()
+                .starts_with(NEW_PREFIX)
+            {
+                // A version whose save was cut short.
+                let _ = std::fs::remove_dir_all(version.path());
+                continue;
+            }
             let path = version.path().join(RECORD_FILE);
             let read = std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
@@ -152,13 +175,12 @@ impl Versions {
         if target.is_dir() {
             // The same version again (a rollback to it): only its record
             // is newer.
-            let temporary = target.join(format!(".{RECORD_FILE}.{}", std::process::id()));
+            let temporary = target.join(format!(".{RECORD_FILE}.{}", unique()));
             std::fs::write(&temporary, &record_text)
                 .and_then(|()| std::fs::rename(&temporary, target.join(RECORD_FILE)))
                 .with_context(|| format!("updating {}", target.display()))?;
         } else {
-            let temporary = parent.join(format!(".new-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&temporary);
+            let temporary = parent.join(format!("{NEW_PREFIX}{}", unique()));
             let written = std::fs::create_dir(&temporary)
                 .and_then(|()| std::fs::write(temporary.join(module_file()), module))
                 .and_then(|()| match manifest {
@@ -203,6 +225,9 @@ impl Versions {
         digest: &str,
         manifest_digest: Option<&str>,
     ) -> Option<KeptFiles> {
+        if self.keep == 0 {
+            return None;
+        }
         let record = self
             .lock()
             .get(name)?
@@ -231,6 +256,9 @@ impl Versions {
     /// Every version kept, each name's newest first; `serving(name)` is
     /// the version ([`crate::modules::version`]) served under that name.
     pub fn list(&self, serving: impl Fn(&str) -> Option<String>) -> Vec<KeptVersion> {
+        if self.keep == 0 {
+            return Vec::new();
+        }
         let index = self.lock();
         index
             .iter()
@@ -246,6 +274,7 @@ impl Versions {
                         manifest: record.manifest_digest.clone(),
                         sequence: record.sequence,
                         key: record.key.clone(),
+                        signature: record.signature.clone(),
                         accepted_ms: entry.accepted_ms,
                         serving: served.as_deref() == Some(version.as_str()),
                     }

@@ -334,3 +334,180 @@ async fn a_deploy_from_a_fast_clock_does_not_block_the_next_one() {
     assert_eq!(host.serving("fib"), Some(digest(&next)));
     host.stop().await;
 }
+
+/// Answers every status request on `queue`'s control exchange with
+/// `status`, as a forged host would: anyone who can bind a queue there can.
+async fn forge_status(
+    queue: &str,
+    status: warren_client::protocol::status::HostStatus,
+) -> tokio::task::JoinHandle<()> {
+    use futures_lite::StreamExt as _;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let own = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let exchange = warren_client::protocol::status::control_exchange(queue);
+    channel
+        .queue_bind(
+            own.name().as_str().into(),
+            exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut asks = channel
+        .basic_consume(
+            own.name().as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let body = serde_json::to_vec(&status).unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(ask)) = asks.next().await {
+            let (Some(to), Some(id)) = (
+                ask.properties.reply_to().clone(),
+                ask.properties.correlation_id().clone(),
+            ) else {
+                continue;
+            };
+            let _ = channel
+                .basic_publish(
+                    "".into(),
+                    to.as_str().into(),
+                    Default::default(),
+                    &body,
+                    lapin::BasicProperties::default().with_correlation_id(id),
+                )
+                .await;
+        }
+        drop(connection);
+    })
+}
+
+/// Status answers are not signed: a forged host reporting a version of the
+/// attacker's choosing (signed by its own key, or carrying a trusted key
+/// with a signature that does not verify), newer than anything real, does
+/// not get a deployer to sign it. The rollback goes to the real version,
+/// or nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_status_answer_cannot_choose_what_a_rollback_signs() {
+    use warren_client::protocol::status::{HostStatus, KeptVersion, ProcedureStatus};
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, key) = key_in(keys.path(), "ops");
+    let (_, attacker) = key_in(keys.path(), "attacker");
+    let v1 = fib_wasm();
+    let (v2, evil) = (
+        with_custom_section(&v1, "v2"),
+        with_custom_section(&v1, "chosen by the attacker"),
+    );
+    let host = TestHost::start_with(
+        "rollback-forged",
+        &[("fib", &v1)],
+        trusting(public_key_path(&secret), "host-a"),
+    )
+    .await;
+    deploy_all(&host.queue, &secret, &[&v2]).await;
+    let v2_sequence = read_deploy_stream(&host.queue)
+        .await
+        .iter()
+        .filter_map(|m| header_text(Some(&m.headers), "x-deploy-sequence"))
+        .filter_map(|s| s.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let sequence = v2_sequence + 10;
+    let forged = |key: Option<String>, signature: Option<String>, sequence| KeptVersion {
+        name: "fib".into(),
+        digest: digest(&evil),
+        manifest: None,
+        sequence,
+        key,
+        signature,
+        accepted_ms: 1,
+        serving: false,
+    };
+    let fake = HostStatus {
+        host: "host-forged".into(),
+        version: "0".into(),
+        uptime_seconds: 1,
+        node: String::new(),
+        queue: host.queue.clone(),
+        durable: false,
+        concurrency: 1,
+        in_flight: 0,
+        served: 0,
+        failed: 0,
+        forbidden: 0,
+        rate_limited: 0,
+        procedures: vec![ProcedureStatus {
+            name: "fib".into(),
+            digest: digest(&v2),
+            grants: None,
+        }],
+        versions: vec![
+            // Signed, but by a key the deployer does not trust.
+            forged(
+                Some(attacker.public_key().to_string()),
+                Some(attacker.sign("fib", &digest(&evil), sequence - 1, None)),
+                sequence - 1,
+            ),
+            // The trusted key, with a signature it never made.
+            forged(
+                Some(key.public_key().to_string()),
+                Some(attacker.sign("fib", &digest(&evil), sequence - 2, None)),
+                sequence - 2,
+            ),
+        ],
+    };
+    let forger = forge_status(&host.queue, fake).await;
+    let evil_prefix = &digest(&evil)["sha256:".len()..][..12];
+    let named = warren(
+        &host.queue,
+        &[
+            "rollback",
+            "fib",
+            "--to",
+            evil_prefix,
+            "--key",
+            secret.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(named.status.code(), Some(2), "{}", text(&named));
+    let chosen = warren(
+        &host.queue,
+        &["rollback", "fib", "--key", secret.to_str().unwrap()],
+    )
+    .await;
+    // Nothing older than the served v2 is kept with a trusted signature.
+    assert_eq!(chosen.status.code(), Some(2), "{}", text(&chosen));
+    forger.abort();
+    let stream = read_deploy_stream(&host.queue).await;
+    assert!(
+        stream
+            .iter()
+            .all(|m| header_text(Some(&m.headers), "x-deploy-digest") != Some(digest(&evil))),
+        "a deploy of the attacker's digest was signed and sent: {stream:?}"
+    );
+    assert_ne!(host.serving("fib"), Some(digest(&evil)));
+    host.stop().await;
+}

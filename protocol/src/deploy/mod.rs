@@ -250,15 +250,25 @@ pub fn new_sequence() -> u64 {
         .map_or(0, |since| since.as_millis() as u64)
 }
 
-/// The sequence for a deploy of a name whose newest accepted deploy (as
-/// the hosts report it) is `newest`: the clock ([`new_sequence`]), or one
-/// above `newest` when that is ahead of the clock. So a deploy from a clock
-/// that ran fast does not block the deploys that follow it from clocks
-/// that are right: they go on from it.
-pub fn next_sequence(newest: Option<u64>) -> u64 {
+/// How far ahead of the deployer's clock a sequence the hosts report may
+/// be for [`next_sequence`] to go on from it: a day. Status answers are not
+/// signed (anyone who can bind a queue to the control exchange can answer
+/// one), so without a bound a forged answer near `u64::MAX` would have a
+/// deployer sign a sequence at the end of the range, and every later deploy
+/// of that name would be refused as older.
+pub const MAX_SEQUENCE_LEAD_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The sequence for a deploy of a name whose accepted deploys the hosts
+/// report at `reported` sequences: the clock ([`new_sequence`]), or one
+/// above the newest of them when that is ahead of the clock. So a deploy
+/// from a clock that ran fast does not block the deploys that follow it
+/// from clocks that are right: they go on from it. A reported sequence
+/// more than [`MAX_SEQUENCE_LEAD_MS`] ahead of the clock is not believed.
+pub fn next_sequence(reported: impl IntoIterator<Item = u64>) -> u64 {
     let clock = new_sequence();
-    match newest {
-        Some(newest) if newest >= clock => newest.saturating_add(1),
+    let believed = clock.saturating_add(MAX_SEQUENCE_LEAD_MS);
+    match reported.into_iter().filter(|s| *s <= believed).max() {
+        Some(newest) if newest >= clock => newest + 1,
         _ => clock,
     }
 }
@@ -277,4 +287,26 @@ pub struct DeployAnswer {
     pub digest: String,
     /// Time from receipt to serving (or refusing), in milliseconds.
     pub took_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequence_goes_on_from_the_newest_reported_unless_that_is_past_belief() {
+        let clock = new_sequence();
+        assert!(next_sequence([]) >= clock);
+        assert!(next_sequence([clock - 5_000]) >= clock, "behind the clock");
+        let hour = clock + 3_600_000;
+        assert_eq!(
+            next_sequence([clock - 1, hour]),
+            hour + 1,
+            "a clock that ran fast"
+        );
+        // A forged answer near the end of the range is not believed, and
+        // does not hide the true newest one.
+        assert_eq!(next_sequence([u64::MAX - 1, hour]), hour + 1);
+        assert!(next_sequence([u64::MAX]) < clock + MAX_SEQUENCE_LEAD_MS);
+    }
 }

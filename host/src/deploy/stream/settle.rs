@@ -42,6 +42,7 @@ impl DeployStream {
             updates[index] = KeeperUpdate::of(
                 name,
                 answer.accepted,
+                copy,
                 verified,
                 properties.headers().as_ref(),
             );

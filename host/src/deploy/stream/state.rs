@@ -83,17 +83,23 @@ pub enum KeeperUpdate {
 
 impl KeeperUpdate {
     /// What a settled deploy of `name` with these message `headers` is for
-    /// the keeper: one `accepted` (or a copy of the one accepted) is kept,
+    /// the keeper: one `accepted` (or a `copy` of the one accepted) is kept,
     /// one that was `verified` but not served is no longer, and any other
-    /// changes nothing.
+    /// changes nothing. A copy without its module (a deploy of a kept
+    /// version put back into the stream by anyone) changes nothing either:
+    /// only a new one makes a host publish it again with its module.
     pub fn of(
         name: String,
         accepted: bool,
+        copy: bool,
         verified: bool,
         headers: Option<&FieldTable>,
     ) -> Option<Self> {
         if accepted {
             let headers = DeployHeaders::read(headers);
+            if copy && headers.kept.is_some() {
+                return None;
+            }
             Some(KeeperUpdate::Serving(name, headers))
         } else if verified {
             Some(KeeperUpdate::Unserved(name))
@@ -317,16 +323,16 @@ mod tests {
     fn only_an_accepted_or_verified_deploy_updates_the_keeper() {
         let mut table = FieldTable::default();
         set_header_text(&mut table, HEADER_DEPLOY_DIGEST, "sha256:a");
-        let update = KeeperUpdate::of("a".into(), true, true, Some(&table));
+        let update = KeeperUpdate::of("a".into(), true, false, true, Some(&table));
         let Some(KeeperUpdate::Serving(name, headers)) = update else {
             panic!("an accepted deploy is kept");
         };
         assert_eq!(name, "a");
         assert_eq!(headers.digest.as_deref(), Some("sha256:a"));
         assert!(matches!(
-            KeeperUpdate::of("a".into(), false, true, Some(&table)),
+            KeeperUpdate::of("a".into(), false, false, true, Some(&table)),
             Some(KeeperUpdate::Unserved(name)) if name == "a"
         ));
-        assert!(KeeperUpdate::of("a".into(), false, false, Some(&table)).is_none());
+        assert!(KeeperUpdate::of("a".into(), false, false, false, Some(&table)).is_none());
     }
 }

@@ -206,7 +206,7 @@ pub fn fleet_versions(hosts: &[HostStatus], name: &str) -> Vec<FleetVersion> {
             version.accepted_ms = 0;
         }
     }
-    versions.sort_by(|a, b| b.sequence.cmp(&a.sequence));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.sequence));
     versions
 }
 

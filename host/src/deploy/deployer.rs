@@ -75,7 +75,7 @@ impl Deployer {
     /// [`DeployHeaders::kept`]: warren_protocol::deploy::DeployHeaders::kept
     pub fn attach_kept(&self, request: &mut DeployRequest) -> Result<Kept, String> {
         if request.headers.kept.is_none() {
-            return Ok(Kept::NotKept);
+            return Ok(Kept::Carried);
         }
         let headers = &request.headers;
         let (Some(name), Some(digest)) = (&headers.name, &headers.digest) else {
@@ -241,7 +241,7 @@ impl Deployer {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Kept {
     /// Not a deploy of a kept version: it carries its module.
-    NotKept,
+    Carried,
     /// Its module and manifest are attached, from what this host keeps.
     Attached,
     /// The newest deploy this host accepted of its name, seen again.

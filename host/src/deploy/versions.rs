@@ -137,7 +137,7 @@ impl Versions {
             }
         }
         for entries in index.values_mut() {
-            entries.sort_by(|a, b| b.record.sequence.cmp(&a.record.sequence));
+            entries.sort_by_key(|e| std::cmp::Reverse(e.record.sequence));
         }
         Ok(Versions {
             dir,
@@ -202,7 +202,7 @@ impl Versions {
                 record: record.clone(),
                 accepted_ms: modified_ms(&target.join(RECORD_FILE)),
             });
-            entries.sort_by(|a, b| b.record.sequence.cmp(&a.record.sequence));
+            entries.sort_by_key(|e| std::cmp::Reverse(e.record.sequence));
             let keep = self.keep.min(entries.len());
             entries.split_off(keep)
         };

@@ -70,10 +70,23 @@ impl<T> Batch<'_, T> {
                 request.headers.digest.clone().unwrap_or_default(),
                 Ok(Order::Copy),
             ),
-            Ok(_) => {
+            Ok(Kept::Carried | Kept::Attached) => {
                 let digest = digest(&request.module);
                 let checked = deployer.check(&request, &digest);
                 (digest, checked)
+            }
+            // A rollback to a version this host does not keep (one that
+            // started after it, replaying the stream): what came before it
+            // in the history is what was rolled back from, so none of it
+            // is applied; the rollback's copy, published again with its
+            // module by a host that keeps it, follows in the stream.
+            Ok(Kept::Missing(reason)) => {
+                if let Some(name) = &request.headers.name
+                    && let Some(older) = self.waiting.remove(name)
+                {
+                    self.supersede(older);
+                }
+                (String::new(), Err(reason))
             }
             // Not the digest of an empty body: there was no module to check.
             Err(reason) => (String::new(), Err(reason)),

@@ -69,8 +69,8 @@ impl Deployer {
     /// its headers alone (they name everything that is signed): a message
     /// without a trusted signature costs nothing, and the newest accepted
     /// deploy seen again is [`Kept::Copy`], answered without reading the
-    /// module. Refuses a version this host does not keep. The reason never
-    /// repeats a header's value.
+    /// module. A trusted, newer deploy of a version this host does not keep
+    /// is [`Kept::Missing`]. The reason never repeats a header's value.
     ///
     /// [`DeployHeaders::kept`]: warren_protocol::deploy::DeployHeaders::kept
     pub fn attach_kept(&self, request: &mut DeployRequest) -> Result<Kept, String> {
@@ -104,12 +104,12 @@ impl Deployer {
                 request.headers = request.headers.with_manifest_attached(kept.manifest);
                 Ok(Kept::Attached)
             }
-            None => Err(format!(
+            None => Ok(Kept::Missing(format!(
                 "this host keeps no such version of the procedure (it keeps the last {} \
                  accepted of each; `warren versions NAME` lists what each host keeps): deploy \
                  the module itself with `warren deploy`",
                 self.versions.keep_count()
-            )),
+            ))),
         }
     }
 
@@ -246,6 +246,10 @@ pub enum Kept {
     Attached,
     /// The newest deploy this host accepted of its name, seen again.
     Copy,
+    /// Signed by a trusted key and newer than what this host accepted, but
+    /// of a version this host does not keep (why, for its answer): it
+    /// cannot be applied, but the older deploys before it are out of date.
+    Missing(String),
 }
 
 /// A default host id: `hostname-pid`, unique per process on a fleet.

@@ -511,3 +511,44 @@ async fn a_forged_status_answer_cannot_choose_what_a_rollback_signs() {
     assert_ne!(host.serving("fib"), Some(digest(&evil)));
     host.stop().await;
 }
+
+/// A host that starts after a rollback, before any host has published it
+/// again with its module, keeps no copy of the version rolled back to: it
+/// must not serve the version rolled back from (the newest full deploy in
+/// the history) meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_started_before_a_rollbacks_copy_does_not_serve_what_was_rolled_back() {
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, _) = key_in(keys.path(), "ops");
+    let v1 = fib_wasm();
+    let (v2, v3) = (
+        with_custom_section(&v1, "v2"),
+        with_custom_section(&v1, "v3, rolled back"),
+    );
+    // No copy for a minute: the stream holds the rollback without its module.
+    let slow_keeper = |config: &mut warren_host::HostConfig| {
+        trusting(public_key_path(&secret), "host-a")(config);
+        config.deploy_republish_jitter = Duration::from_secs(60);
+    };
+    let a = TestHost::start_with("rollback-window", &[("fib", &v1)], slow_keeper).await;
+    deploy_all(&a.queue, &secret, &[&v2, &v3]).await;
+    let rollback = Deploy::kept_version("fib", digest(&v2), None)
+        .signed_by(SecretKey::read(&secret).unwrap())
+        .after_sequence(new_sequence() + 1_000);
+    assert!(only_answer(deploy(&a.queue, rollback).await).accepted);
+    assert_eq!(a.serving("fib"), Some(digest(&v2)));
+
+    let late = TestHost::join(
+        &a.queue,
+        &[],
+        trusting(public_key_path(&secret), "host-late"),
+    )
+    .await;
+    assert_eq!(
+        late.serving("fib"),
+        None,
+        "a host that keeps neither version serves none until the copy comes"
+    );
+    late.stop().await;
+    a.stop().await;
+}

@@ -115,35 +115,20 @@ impl ReplayGuard {
     }
 
     /// Whether a deploy of `name` at `sequence` of module `digest` would
-    /// be the newest accepted one seen again (a copy), or refused as older:
-    /// what [`ReplayGuard::check_order`] would say, without remembering
-    /// anything. `None`: it would be new.
+    /// be the newest accepted one seen again (`Some(Ok)`, a copy), or
+    /// refused as older (`Some(Err)`): what [`ReplayGuard::check_order`]
+    /// would say, without remembering anything. `None`: it would be new.
     pub fn peek_order(
         &self,
         name: &str,
         sequence: u64,
         digest: &str,
     ) -> Option<Result<(), String>> {
-        if self.unreadable.contains_key(name) {
-            return Some(Err(format!(
-                "the record of the last deploy of {name} on this host cannot be read (the host's \
-                 log says why)"
-            )));
+        if let Err(why) = self.readable(name) {
+            return Some(Err(why));
         }
         let accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
-        let newest = accepted.get(name)?;
-        let same = newest.sequence == sequence && newest.digest == digest;
-        if same && !newest.unserved {
-            Some(Ok(()))
-        } else if sequence < newest.sequence || (sequence == newest.sequence && !same) {
-            Some(Err(format!(
-                "older than a deploy of {name} this host already accepted (sequence {sequence} \
-                 is not above {})",
-                newest.sequence
-            )))
-        } else {
-            None
-        }
+        order(&accepted, name, sequence, digest)
     }
 
     /// Refuses a deploy that is not newer than the newest accepted for its
@@ -152,33 +137,15 @@ impl ReplayGuard {
     /// order, so this holds on replay too; the records saved with the
     /// modules make it hold across restarts.
     pub fn check_order(&self, verified: Verified) -> Result<Order, String> {
-        if self.unreadable.contains_key(&verified.name) {
-            return Err(format!(
-                "the record of the last deploy of {} on this host cannot be read, so it refuses \
-                 every deploy of it until a person removes or mends {}.{} (the host's log says why)",
-                verified.name,
-                verified.name,
-                record::RECORD_EXTENSION
-            ));
-        }
+        self.readable(&verified.name)?;
         let Some(sequence) = verified.sequence else {
             return Ok(Order::New(Box::new(verified)));
         };
         let mut accepted = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(newest) = accepted.get(&verified.name) {
-            let same = newest.sequence == sequence && newest.digest == verified.digest;
-            if same && !newest.unserved {
-                return Ok(Order::Copy);
-            }
-            if sequence < newest.sequence || (sequence == newest.sequence && !same) {
-                return Err(format!(
-                    "older than a deploy of {} this host already accepted (sequence {sequence} is \
-                     not above {}): a replayed deploy cannot roll a procedure back. To go back to \
-                     an old version, deploy it again; if this is a new deploy, the deployer's \
-                     clock is behind",
-                    verified.name, newest.sequence
-                ));
-            }
+        match order(&accepted, &verified.name, sequence, &verified.digest) {
+            Some(Ok(())) => return Ok(Order::Copy),
+            Some(Err(older)) => return Err(older),
+            None => {}
         }
         accepted.insert(
             verified.name.clone(),
@@ -189,6 +156,45 @@ impl ReplayGuard {
             },
         );
         Ok(Order::New(Box::new(verified)))
+    }
+
+    /// Refuses every deploy of `name` while its record cannot be read.
+    fn readable(&self, name: &str) -> Result<(), String> {
+        if self.unreadable.contains_key(name) {
+            return Err(format!(
+                "the record of the last deploy of {name} on this host cannot be read, so it \
+                 refuses every deploy of it until a person removes or mends {name}.{} (the \
+                 host's log says why)",
+                record::RECORD_EXTENSION
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The order rule, against the newest deploy of `name` accepted: the same
+/// deploy again is a copy (`Some(Ok)`), one not above it is refused
+/// (`Some(Err)`), and any other is new (`None`).
+fn order(
+    accepted: &HashMap<String, NewestAccepted>,
+    name: &str,
+    sequence: u64,
+    digest: &str,
+) -> Option<Result<(), String>> {
+    let newest = accepted.get(name)?;
+    let same = newest.sequence == sequence && newest.digest == digest;
+    if same && !newest.unserved {
+        Some(Ok(()))
+    } else if sequence < newest.sequence || (sequence == newest.sequence && !same) {
+        Some(Err(format!(
+            "older than a deploy of {name} this host already accepted (sequence {sequence} is \
+             not above {}): a replayed deploy cannot roll a procedure back. To go back to an \
+             old version, `warren rollback` or deploy it again; if this is a new deploy, the \
+             deployer's clock is behind",
+            newest.sequence
+        )))
+    } else {
+        None
     }
 }
 

@@ -155,7 +155,7 @@ pub(crate) enum Command {
     },
     /// List the versions of procedure NAME the hosts keep (each host keeps
     /// its last --keep-versions deploys of every procedure), newest first,
-    /// one a line: digest, manifest digest, sequence, when first accepted,
+    /// one a line: digest, manifest digest, sequence, when last accepted,
     /// signing key, which hosts keep it and which serve it. Exits 0 when
     /// some host keeps or serves NAME, 1 when none does, 3 when no host
     /// answered.

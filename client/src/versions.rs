@@ -87,21 +87,39 @@ pub(crate) async fn rollback(cli: &Cli, name: &str, options: RollbackOptions<'_>
         }
     };
     let mut versions = fleet_versions(&hosts, name);
+    if versions.is_empty() {
+        client.close().await;
+        eprintln!(
+            "warren: none of the {} hosts that answered keeps or serves a procedure named {name:?}",
+            hosts.len()
+        );
+        return exit::FAILED;
+    }
+    let mut untrusted = 0;
     if trusted.is_empty() {
         eprintln!(
             "warren: without --key or --trusted-keys the versions the hosts report cannot be \
              checked; rolling back to one anyway"
         );
     } else {
+        let before = versions.len();
         versions.retain(|version| {
             version.kept_by.is_empty() || signed_by_one_of(version, name, &trusted)
         });
+        untrusted = before - versions.len();
     }
     let target = match choose(&versions, options.to) {
         Ok(target) => target,
         Err(why) => {
             client.close().await;
             eprintln!("warren: {why} (`warren versions {name}` lists them)");
+            if untrusted > 0 {
+                eprintln!(
+                    "warren: {untrusted} kept version(s) were left out: their deploys are not \
+                     signed by --key's key or one in --trusted-keys (the hosts' status is not \
+                     signed, so only such versions are rolled back to)"
+                );
+            }
             return exit::USAGE;
         }
     };
@@ -110,11 +128,13 @@ pub(crate) async fn rollback(cli: &Cli, name: &str, options: RollbackOptions<'_>
         .map(|host| host.host.as_str())
         .filter(|host| !target.kept_by.iter().any(|kept| kept == host))
         .collect();
-    eprintln!("warren: rolling {name} back to {}", version_line(target));
+    eprintln!("warren: returning {name} to {}", version_line(target));
     if !missing.is_empty() {
         eprintln!(
-            "warren: {} do not keep that version and will refuse it",
-            missing.join(", ")
+            "warren: {} {} not keep that version and will refuse it (they apply it when a host \
+             that keeps it publishes it again with its module, within seconds)",
+            missing.join(", "),
+            if missing.len() == 1 { "does" } else { "do" }
         );
     }
     let mut request =
@@ -185,6 +205,11 @@ async fn fleet_status(cli: &Cli, wait: Duration) -> Result<Vec<HostStatus>, u8> 
 fn choose<'v>(versions: &'v [FleetVersion], to: Option<&str>) -> Result<&'v FleetVersion, String> {
     let kept = versions.iter().filter(|v| !v.kept_by.is_empty());
     match to {
+        Some(to) if !prefix_shape(to) => Err(format!(
+            "--to {to:?} is not a digest: give sha256:HEX, or at least {} of its leading hex \
+             digits",
+            warren_client::protocol::status::MIN_DIGEST_PREFIX
+        )),
         Some(to) => {
             let named: Vec<&FleetVersion> = kept
                 .filter(|v| warren_client::protocol::status::digest_matches(&v.digest, to))
@@ -220,8 +245,15 @@ fn choose<'v>(versions: &'v [FleetVersion], to: Option<&str>) -> Result<&'v Flee
     }
 }
 
+/// Whether `to` looks like a digest or a long enough prefix of one.
+fn prefix_shape(to: &str) -> bool {
+    let hex = to.strip_prefix("sha256:").unwrap_or(to);
+    hex.len() >= warren_client::protocol::status::MIN_DIGEST_PREFIX
+        && hex.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// One version, tab-separated: digest, manifest digest (or -), sequence,
-/// when first accepted, signing key (or unsigned), the hosts keeping it and
+/// when last accepted, signing key (or unsigned), the hosts keeping it and
 /// those serving it.
 fn version_line(version: &FleetVersion) -> String {
     let accepted = if version.accepted_ms == 0 {
@@ -282,7 +314,8 @@ mod tests {
             choose(&versions, Some("111111111111")).unwrap().sequence,
             10
         );
-        assert!(choose(&versions, Some("1111")).is_err(), "too short");
+        let short = choose(&versions, Some("1111")).unwrap_err();
+        assert!(short.contains("is not a digest"), "{short}");
         assert!(choose(&versions, Some("444444444444")).is_err());
         // Served by nobody: nothing to go back from.
         let unserved = [version("sha256:111111111111aa", 10, &["a"], &[])];

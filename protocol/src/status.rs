@@ -105,7 +105,8 @@ pub struct KeptVersion {
     /// it before it signs a rollback to this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
-    /// When this host accepted it, milliseconds since the Unix epoch.
+    /// When this host last accepted it (a rollback to it is an
+    /// acceptance), milliseconds since the Unix epoch.
     pub accepted_ms: u64,
     /// Whether this host serves it now.
     pub serving: bool,
@@ -150,7 +151,8 @@ pub struct FleetVersion {
     /// That deploy's signature, as a host reported it (unchecked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
-    /// When it was first accepted by a host, ms since the Unix epoch.
+    /// When a host accepted it, the earliest of the hosts' latest
+    /// acceptances (a rollback to it is one), ms since the Unix epoch.
     pub accepted_ms: u64,
     /// Hosts that keep it.
     pub kept_by: Vec<String>,

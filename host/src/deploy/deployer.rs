@@ -104,12 +104,17 @@ impl Deployer {
                 request.headers = request.headers.with_manifest_attached(kept.manifest);
                 Ok(Kept::Attached)
             }
-            None => Ok(Kept::Missing(format!(
-                "this host keeps no such version of the procedure (it keeps the last {} \
-                 accepted of each; `warren versions NAME` lists what each host keeps): deploy \
-                 the module itself with `warren deploy`",
-                self.versions.keep_count()
-            ))),
+            None => Ok(Kept::Missing(match self.versions.keep_count() {
+                0 => "this host keeps no versions (--keep-versions 0): deploy the module \
+                      itself with `warren deploy`"
+                    .to_owned(),
+                keep => format!(
+                    "this host keeps no such version of the procedure (it keeps the last \
+                     {keep} accepted of each; `warren versions NAME` lists what each host \
+                     keeps): it applies it once a host that keeps it publishes it again with \
+                     its module, or deploy the module itself with `warren deploy`"
+                ),
+            })),
         }
     }
 

@@ -199,7 +199,7 @@ async fn a_rollback_returns_every_host_to_a_kept_version_without_sending_it() {
     .await;
     assert_eq!(forward.status.code(), Some(1), "{}", text(&forward));
     let said = text(&forward);
-    assert!(said.contains("host-c do not keep that version"), "{said}");
+    assert!(said.contains("host-c does not keep that version"), "{said}");
     assert!(
         said.contains("host-c\trefused\t\t"),
         "no digest for what was not checked: {said}"

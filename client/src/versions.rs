@@ -215,6 +215,12 @@ fn choose<'v>(versions: &'v [FleetVersion], to: Option<&str>) -> Result<&'v Flee
                 .filter(|v| warren_client::protocol::status::digest_matches(&v.digest, to))
                 .collect();
             match named.as_slice() {
+                [one]
+                    if !one.served_by.is_empty()
+                        && one.served_by.len() == hosts_serving(versions) =>
+                {
+                    Err("every host that answered serves that version already".into())
+                }
                 [one] => Ok(one),
                 [] => Err(format!(
                     "no host keeps a version whose digest is or starts with {to:?} (give the \
@@ -243,6 +249,14 @@ fn choose<'v>(versions: &'v [FleetVersion], to: Option<&str>) -> Result<&'v Flee
                 .ok_or_else(|| "no host keeps a version older than the one served".into())
         }
     }
+}
+
+/// How many hosts serve some version of the procedure.
+fn hosts_serving(versions: &[FleetVersion]) -> usize {
+    let mut hosts: Vec<&String> = versions.iter().flat_map(|v| &v.served_by).collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts.len()
 }
 
 /// Whether `to` looks like a digest or a long enough prefix of one.
@@ -314,6 +328,8 @@ mod tests {
             choose(&versions, Some("111111111111")).unwrap().sequence,
             10
         );
+        let served = choose(&versions, Some("333333333333")).unwrap_err();
+        assert!(served.contains("serves that version already"), "{served}");
         let short = choose(&versions, Some("1111")).unwrap_err();
         assert!(short.contains("is not a digest"), "{short}");
         assert!(choose(&versions, Some("444444444444")).is_err());

@@ -138,6 +138,13 @@ impl Versions {
         }
         for entries in index.values_mut() {
             entries.sort_by_key(|e| std::cmp::Reverse(e.record.sequence));
+            // A count lowered since they were kept applies now (0 leaves
+            // them on disk, unused).
+            if keep > 0 && entries.len() > keep {
+                for old in entries.split_off(keep) {
+                    let _ = std::fs::remove_dir_all(version_dir(&dir, &old.record));
+                }
+            }
         }
         Ok(Versions {
             dir,
@@ -371,6 +378,11 @@ mod tests {
 
         let reopened = Versions::open(modules.path(), 2).unwrap();
         assert_eq!(listed(&reopened), [(13, false), (12, true)]);
+        // Restarted keeping fewer: the oldest go at once.
+        let fewer = Versions::open(modules.path(), 1).unwrap();
+        assert_eq!(listed(&fewer), [(13, false)]);
+        let kept = std::fs::read_dir(modules.path().join(VERSIONS_DIR).join("fib")).unwrap();
+        assert_eq!(kept.count(), 1);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use warren_client::protocol::deploy::{PublicKey, read_trusted_keys};
+use warren_client::protocol::deploy::{PublicKey, SignedDeploy, read_trusted_keys};
 use warren_client::protocol::status::{FleetVersion, HostStatus, fleet_versions};
 use warren_client::{Deploy, SecretKey};
 
@@ -164,20 +164,15 @@ pub(crate) struct RollbackOptions<'a> {
 /// Whether the deploy `version` was last accepted with is signed, as the
 /// hosts report it, by one of `trusted`.
 fn signed_by_one_of(version: &FleetVersion, name: &str, trusted: &[PublicKey]) -> bool {
-    let (Some(key), Some(signature)) = (&version.key, &version.signature) else {
-        return false;
-    };
-    let Ok(key) = PublicKey::parse(key) else {
-        return false;
-    };
-    trusted.contains(&key)
-        && key.verifies(
-            name,
-            &version.digest,
-            version.sequence,
-            version.manifest.as_deref(),
-            signature,
-        )
+    SignedDeploy {
+        name,
+        digest: &version.digest,
+        sequence: version.sequence,
+        manifest_digest: version.manifest.as_deref(),
+        key: version.key.as_deref(),
+        signature: version.signature.as_deref(),
+    }
+    .signed_by_one_of(trusted)
 }
 
 /// Every host's status, or the exit code saying why there is none.

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use warren_protocol::deploy::PublicKey;
+use warren_protocol::deploy::{PublicKey, SignedDeploy};
 
 pub use crate::modules::RECORD_EXTENSION;
 
@@ -54,20 +54,15 @@ impl DeployRecord {
 
     /// Whether a key in `trusted` signed exactly this deploy.
     pub fn signed_by_one_of(&self, trusted: &[PublicKey]) -> bool {
-        let (Some(key), Some(signature)) = (&self.key, &self.signature) else {
-            return false;
-        };
-        let Ok(key) = PublicKey::parse(key) else {
-            return false;
-        };
-        trusted.contains(&key)
-            && key.verifies(
-                &self.name,
-                &self.digest,
-                self.sequence,
-                self.manifest_digest.as_deref(),
-                signature,
-            )
+        SignedDeploy {
+            name: &self.name,
+            digest: &self.digest,
+            sequence: self.sequence,
+            manifest_digest: self.manifest_digest.as_deref(),
+            key: self.key.as_deref(),
+            signature: self.signature.as_deref(),
+        }
+        .signed_by_one_of(trusted)
     }
 }
 

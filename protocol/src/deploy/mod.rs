@@ -240,6 +240,39 @@ pub fn signed_bytes(name: &str, digest: &str, sequence: u64, manifest: Option<&s
     }
 }
 
+/// What a deploy's signature covers, with the key and signature it
+/// carries as text (`ed25519:<hex>`, hex): a deploy record, or one as hosts
+/// report it.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedDeploy<'a> {
+    pub name: &'a str,
+    pub digest: &'a str,
+    pub sequence: u64,
+    pub manifest_digest: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub signature: Option<&'a str>,
+}
+
+impl SignedDeploy<'_> {
+    /// Whether a key in `trusted` signed exactly this deploy.
+    pub fn signed_by_one_of(&self, trusted: &[PublicKey]) -> bool {
+        let (Some(key), Some(signature)) = (self.key, self.signature) else {
+            return false;
+        };
+        let Ok(key) = PublicKey::parse(key) else {
+            return false;
+        };
+        trusted.contains(&key)
+            && key.verifies(
+                self.name,
+                self.digest,
+                self.sequence,
+                self.manifest_digest,
+                signature,
+            )
+    }
+}
+
 /// A sequence for a new deploy: the clock in milliseconds since the Unix
 /// epoch. Deployers whose clocks disagree by more than the time between two
 /// deploys of one name can see the later one refused as older; a deployer
